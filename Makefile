@@ -1,0 +1,38 @@
+# Podium: `make run` installs and runs the default experiment; `make test` installs and tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Debian packages the project uses: real data, the team stack's database, compose validation.
+DEB_PACKAGES := dataset-fashion-mnist postgresql docker-compose
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@scripts/install-debs.sh $(DEB_PACKAGES)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: install
+	$(VENV)/bin/podium run
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Unit tests only: seconds, not minutes.
+test-fast: install
+	$(PY) -m pytest -q -m 'not slow' $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check orchestrator workers tracking tests benchmarks
+	$(VENV)/bin/mypy orchestrator workers tracking
+
+bench: install
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) podium-runs *.egg-info

@@ -1,0 +1,38 @@
+"""Errors the orchestrator raises on purpose; the CLI maps them to exit codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PodiumError(Exception):
+    """Base of Podium's own errors (exit code 1 unless a subclass says otherwise)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec: where, what value, and what to do."""
+
+    path: str
+    value: object
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(PodiumError):
+    """A spec (or an override) is invalid. Carries every problem found, not just the first."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid experiment spec ({len(problems)} problem(s)):\n{lines}")
+
+
+class RunError(PodiumError):
+    """The sweep could not run or finish (Ray, MLflow or every trial failed)."""

@@ -1,0 +1,559 @@
+"""The experiment spec: YAML in, a typed and validated :class:`ExperimentSpec` out.
+
+Any searchable value may be a search space, written as a one-key mapping::
+
+    lr: {loguniform: [0.0001, 0.1]}        # also uniform, randint (inclusive bounds)
+    dropout: {choice: [0.0, 0.2, 0.5]}     # sampled
+    hidden: {grid: [[64], [128, 64]]}      # every value, once per sample
+    optimizer:                             # a choice of whole sections makes its keys
+      choice:                              # conditional: momentum only where sgd is chosen
+        - {name: momentum, lr: 0.05, momentum: {uniform: [0.5, 0.99]}}
+        - {name: adam, lr: 0.001}
+
+Validation reports every problem at once, each with its dotted path and bad value, before
+anything starts (no Ray, no MLflow). Example:
+
+    >>> spec = parse_spec({"name": "demo", "search": {"num_samples": 2}})
+    >>> spec.search.num_samples, spec.model["arch"]
+    (2, 'mlp')
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import Problem, SpecError
+from tracking import keys
+from tracking.selection import check_policy
+from workers.adversarial import check_adversarial
+from workers.models import MODELS
+from workers.optimizers import OPTIMIZERS, check_hparams
+from workers.optimizers.schedules import check_schedule
+from workers.recipes import check_recipe
+from workers.registry import is_plugin_ref
+from workers.tasks import TASKS
+
+SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
+SCHEDULERS = ("asha", "fifo", "hyperband", "median", "pbt")
+SEARCHERS = ("grid", "optuna", "random")
+# Schedulers act on a metric every epoch, so the search metric must be one reported every epoch.
+SEARCH_METRICS = (*keys.EPOCH_METRICS, keys.ROBUST_ACCURACY)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+DEFAULT_SPEC = Path(__file__).parent / "defaults" / "digits.yaml"
+
+
+# --------------------------------------------------------------------------- search spaces
+
+
+def is_space(value: Any) -> bool:
+    """True for a search-space mapping such as ``{choice: [...]}``."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACE_KINDS
+
+
+def space_kind(value: dict) -> str:
+    return next(iter(value))
+
+
+def space_candidates(value: dict) -> list[Any]:
+    """The values a space can produce that validation can check: all of a choice or grid, the
+    bounds of a range."""
+    return list(value[space_kind(value)])
+
+
+def _check_space_form(path: str, value: dict) -> list[Problem]:
+    kind, arg = space_kind(value), value[space_kind(value)]
+    if kind in ("choice", "grid"):
+        if not isinstance(arg, list) or not arg:
+            return [Problem(path, value, f"{kind} needs a non-empty list, got {arg!r}")]
+        return []
+    if not (isinstance(arg, list) and len(arg) == 2 and all(_is_number(v) for v in arg)):
+        return [Problem(path, value, f"{kind} needs [low, high] numbers, got {arg!r}")]
+    low, high = arg
+    if not low < high:
+        return [Problem(path, value, f"{kind} needs low < high, got [{low}, {high}]")]
+    if kind == "loguniform" and low <= 0:
+        return [Problem(path, value, f"loguniform needs low > 0, got {low}")]
+    if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
+        return [Problem(path, value, f"randint needs integer bounds, got [{low}, {high}]")]
+    return []
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _candidates(path: str, value: Any, problems: list[Problem]) -> list[Any]:
+    """Concrete values to check for ``value``: itself, or a valid space's candidates."""
+    if not is_space(value):
+        return [value]
+    form = _check_space_form(path, value)
+    problems += form
+    return [] if form else space_candidates(value)
+
+
+# --------------------------------------------------------------------------- spec sections
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass
+class SearchSpec:
+    """How trials are chosen and stopped (never a search space itself)."""
+
+    num_samples: int = _doc("trials to sample (with grid: repeats of the grid)", default=8)
+    scheduler: str = _doc(f"trial scheduler: {', '.join(SCHEDULERS)}", default="asha")
+    searcher: str = _doc(f"how configs are proposed: {', '.join(SEARCHERS)}", default="random")
+    metric: str = _doc("the per-epoch metric schedulers and searchers optimise", default="val_accuracy")
+    mode: str = _doc("max or min", default="max")
+    max_concurrent: int | None = _doc("trials at once (default: as many as resources allow)", default=None)
+    grace_period: int = _doc("epochs before asha/hyperband/median may stop a trial", default=1)
+
+
+@dataclass
+class ResourcesSpec:
+    """What one trial asks Ray for."""
+
+    cpu: float = _doc("CPUs per trial", default=1.0)
+    gpu: float = _doc("GPUs per trial; fractions share a GPU", default=0.0)
+    tpu: float = _doc("TPU chips per trial (Ray custom resource 'TPU')", default=0.0)
+    memory_mb: int | None = _doc("memory reserved per trial, in MiB", default=None)
+
+
+@dataclass
+class TrackingSpec:
+    """Where runs are recorded; the CLI flag and MLFLOW_TRACKING_URI take precedence over uri."""
+
+    uri: str | None = _doc("MLflow tracking URI (sqlite:///..., postgresql://..., http://...)", default=None)
+    artifact_location: str | None = _doc("artifact root for a new experiment", default=None)
+
+
+@dataclass
+class ClusterSpec:
+    """Which Ray cluster runs the trials."""
+
+    address: str | None = _doc("None: a local Ray; 'auto', 'ray://host:port' or 'host:port'", default=None)
+
+
+@dataclass
+class PromotionSpec:
+    """How the best trial is chosen and registered."""
+
+    model_name: str | None = _doc("registered model name (default: the experiment name)", default=None)
+    alias: str = _doc("registry alias the winner receives", default="champion")
+    objectives: list[dict[str, str]] = _doc(
+        "[{metric, mode}]: the first decides, the rest break ties (strategy best)",
+        default_factory=lambda: [{"metric": keys.TEST_ACCURACY, "mode": "max"}],
+    )
+    constraints: list[str] = _doc("e.g. 'latency_ms_p50 <= 1.0'; infeasible trials never win",
+                                  default_factory=list)
+    strategy: str = _doc("best, or pareto", default="best")
+    pick: str = _doc("how pareto picks one point: knee or weighted", default="knee")
+    weights: list[float] | None = _doc("per-objective weights for pick: weighted", default=None)
+    min_improvement: float = _doc("a challenger must beat the champion by this much", default=0.0)
+    enabled: bool = _doc("register and alias the winner at the end of the sweep", default=True)
+
+
+# Searchable sections are plain dicts (their keys depend on the chosen arch or optimizer); their
+# defaults live here and their checks in _check_model / _check_optimizer.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "arch": "mlp", "hidden": [128, 64], "batch_norm": False, "dropout": 0.0,
+}
+MODEL_KEYS = {"arch", "hidden", "channels", "batch_norm", "dropout"}
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 10, "batch_size": None, "seed": 0, "l1_penalty": 0.0,
+    "lr_schedule": None, "adversarial": None, "checkpoint_every": 1,
+}
+
+
+@dataclass
+class ExperimentSpec:
+    """One experiment. ``model``, ``optimizer``, ``training`` and ``recipe`` may hold search spaces;
+    the other sections are plain settings."""
+
+    name: str = _doc("experiment name: MLflow experiment and default registered-model name")
+    task: Any = _doc("data set: digits, fashion-mnist, breast_cancer, wine, or module:function",
+                     default="digits")
+    model: dict[str, Any] = _doc("arch (mlp, cnn, module:function), hidden, channels, batch_norm, "
+                                 "dropout", default_factory=lambda: dict(MODEL_DEFAULTS))
+    optimizer: Any = _doc("name, lr and the optimizer's own hyperparameters",
+                          default_factory=lambda: {"name": "adam", "lr": 0.001})
+    training: dict[str, Any] = _doc("max_epochs, batch_size, seed, l1_penalty, lr_schedule, "
+                                    "adversarial", default_factory=lambda: dict(TRAINING_DEFAULTS))
+    recipe: Any = _doc("compression steps applied after training, in order", default_factory=list)
+    search: SearchSpec = _doc("trial proposal and scheduling", default_factory=SearchSpec)
+    resources: ResourcesSpec = _doc("per-trial resources", default_factory=ResourcesSpec)
+    tracking: TrackingSpec = _doc("MLflow location", default_factory=TrackingSpec)
+    cluster: ClusterSpec = _doc("Ray cluster", default_factory=ClusterSpec)
+    promotion: PromotionSpec = _doc("model selection and registry", default_factory=PromotionSpec)
+
+    @property
+    def model_name(self) -> str:
+        return self.promotion.model_name or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def spec_hash(self) -> str:
+        """A short, stable hash of the whole spec: what the registry's model card records."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def with_tracking_uri(self, uri: str) -> ExperimentSpec:
+        new = copy.deepcopy(self)
+        new.tracking.uri = uri
+        return new
+
+
+SETTING_SECTIONS: dict[str, type] = {
+    "search": SearchSpec, "resources": ResourcesSpec, "tracking": TrackingSpec,
+    "cluster": ClusterSpec, "promotion": PromotionSpec,
+}
+TOP_KEYS = {f.name for f in fields(ExperimentSpec)}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentSpec:
+    """Read a YAML spec (the built-in default when ``path`` is None), apply ``--set`` overrides,
+    validate, and return the typed spec.
+
+    Raises:
+        SpecError: unreadable YAML, a bad override, or any invalid value (all problems at once).
+    """
+    path = Path(path) if path else DEFAULT_SPEC
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SpecError([Problem("", str(path), f"cannot read spec file {str(path)!r}: {e.strerror}")]) from e
+    except yaml.YAMLError as e:
+        raise SpecError([Problem("", str(path), f"{path} is not valid YAML: {e}")]) from e
+    if not isinstance(raw, dict):
+        raise SpecError([Problem("", raw, f"{path} must hold a mapping of sections, got {type(raw).__name__}")])
+    apply_overrides(raw, overrides or [])
+    return parse_spec(raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
+    """Apply ``path=value`` overrides in place; values are YAML (``4``, ``[64, 32]``, ``{choice: [a, b]}``)."""
+    problems = []
+    for item in overrides:
+        dotted, sep, text = item.partition("=")
+        if not sep or not dotted or any(not part for part in dotted.split(".")):
+            problems.append(Problem("--set", item, f"expected PATH=VALUE (e.g. search.num_samples=4), got {item!r}"))
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                if part in node and node[part] is not None:
+                    problems.append(Problem(dotted, item, f"cannot set inside {part!r}: it is not a mapping"))
+                    break
+                node[part] = {}
+            node = node[part]
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise SpecError(problems)
+
+
+def parse_spec(raw: dict[str, Any]) -> ExperimentSpec:
+    """Validate a spec mapping (already YAML-loaded) and return the typed spec.
+
+    Raises:
+        SpecError: with every problem found.
+    """
+    problems: list[Problem] = []
+    for key in sorted(set(raw) - TOP_KEYS):
+        problems.append(Problem(key, raw[key], f"unknown section {key!r}; valid: {', '.join(sorted(TOP_KEYS))}"))
+    sections = {name: _parse_settings(name, cls, raw.get(name), problems)
+                for name, cls in SETTING_SECTIONS.items()}
+    spec = ExperimentSpec(
+        name=raw.get("name"),  # type: ignore[arg-type]
+        task=raw.get("task", "digits"),
+        model=_with_defaults(raw.get("model"), MODEL_DEFAULTS),
+        optimizer=raw.get("optimizer", {"name": "adam", "lr": 0.001}),
+        training=_with_defaults(raw.get("training"), TRAINING_DEFAULTS),
+        recipe=raw.get("recipe") or [],
+        **sections,
+    )
+    problems += validate(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def _with_defaults(value: Any, defaults: dict[str, Any]) -> Any:
+    """Fill section defaults; a section-level space gets them filled into each branch."""
+    if value is None:
+        return dict(defaults)
+    if is_space(value) and isinstance(space_candidates(value), list):
+        kind = space_kind(value)
+        return {kind: [_with_defaults(v, defaults) if isinstance(v, dict) else v for v in value[kind]]}
+    return {**defaults, **value} if isinstance(value, dict) else value
+
+
+def _parse_settings(name: str, cls: type, value: Any, problems: list[Problem]) -> Any:
+    if value is None:
+        return cls()
+    if not isinstance(value, dict):
+        problems.append(Problem(name, value, f"must be a mapping of settings, got {value!r}"))
+        return cls()
+    known = {f.name for f in fields(cls)}
+    for key in sorted(set(value) - known):
+        problems.append(Problem(f"{name}.{key}", value[key],
+                                f"unknown setting {key!r}; valid: {', '.join(sorted(known))}"))
+    for key in sorted(set(value) & known):
+        if is_space(value[key]):
+            problems.append(Problem(f"{name}.{key}", value[key], "a search space is not allowed here"))
+    return cls(**{k: v for k, v in value.items() if k in known and not is_space(v)})
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(spec: ExperimentSpec) -> list[Problem]:
+    """Every problem in ``spec``, each with its dotted path; empty when valid."""
+    p: list[Problem] = []
+    if not isinstance(spec.name, str) or not NAME_RE.match(spec.name):
+        p.append(Problem("name", spec.name, "required: letters, digits, '_', '.', '-' (at most 100), "
+                         f"got {spec.name!r}"))
+    p += _check_task(spec.task)
+    p += _check_section("model", spec.model, _check_model)
+    p += _check_section("optimizer", spec.optimizer, _check_optimizer)
+    p += _check_section("training", spec.training, _check_training)
+    p += _check_section("recipe", spec.recipe, _check_recipe, container=list)
+    p += _check_search(spec.search, spec)
+    p += _check_resources(spec.resources)
+    p += _check_strings("tracking", asdict(spec.tracking))
+    p += _check_strings("cluster", asdict(spec.cluster))
+    p += _check_promotion(spec.promotion)
+    return p
+
+
+def _check_section(path: str, value: Any, check: Callable[[str, Any], list[Problem]],
+                   container: type = dict) -> list[Problem]:
+    """A section is a mapping (list for recipe) or a choice/grid over several of them."""
+    if is_space(value):
+        if space_kind(value) not in ("choice", "grid"):
+            return [Problem(path, value, "a whole section can only be a choice or grid of sections")]
+        problems = _check_space_form(path, value)
+        for i, branch in enumerate(space_candidates(value) if not problems else []):
+            problems += _check_section(f"{path}[{i}]", branch, check, container)
+        return problems
+    if not isinstance(value, container):
+        return [Problem(path, value, f"must be a {'list' if container is list else 'mapping'}, got {value!r}")]
+    return check(path, value)
+
+
+def _leaf(path: str, value: Any, check: Callable[[Any], str | None]) -> list[Problem]:
+    problems: list[Problem] = []
+    for candidate in _candidates(path, value, problems):
+        msg = check(candidate)
+        if msg:
+            problems.append(Problem(path, candidate, msg))
+    return problems
+
+
+def _check_task(task: Any) -> list[Problem]:
+    def check(v: Any) -> str | None:
+        if is_plugin_ref(v) or v in TASKS:
+            return None
+        return f"{v!r} is not one of: {', '.join(TASKS.names())} (or module:function)"
+
+    return _leaf("task", task, check)
+
+
+def _int_list(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+        return f"must be a list of positive integers, got {v!r}"
+    return None
+
+
+def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
+    p = [Problem(f"{path}.{k}", m[k], f"unknown key {k!r}; valid: {', '.join(sorted(MODEL_KEYS))}")
+         for k in sorted(set(m) - MODEL_KEYS)]
+    p += _leaf(f"{path}.arch", m.get("arch"), lambda v: None if (v in MODELS or is_plugin_ref(v))
+               else f"{v!r} is not one of: {', '.join(MODELS.names())} (or module:function)")
+    p += _leaf(f"{path}.hidden", m.get("hidden"), _int_list)
+    if "channels" in m:
+        p += _leaf(f"{path}.channels", m["channels"], _int_list)
+    p += _leaf(f"{path}.batch_norm", m.get("batch_norm"),
+               lambda v: None if isinstance(v, bool) else f"must be true or false, got {v!r}")
+    p += _leaf(f"{path}.dropout", m.get("dropout"),
+               lambda v: None if _is_number(v) and 0 <= v < 1 else f"must be in [0, 1), got {v!r}")
+    return p
+
+
+def _check_optimizer(path: str, o: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    names = _candidates(f"{path}.name", o.get("name"), problems)
+    for name in names:
+        if name not in OPTIMIZERS:
+            problems.append(Problem(f"{path}.name", name, f"{name!r} is not one of: {', '.join(OPTIMIZERS.names())}"))
+    for key, value in o.items():
+        if key == "name":
+            continue
+        for candidate in _candidates(f"{path}.{key}", value, problems):
+            for name in (n for n in names if n in OPTIMIZERS):
+                for _, bad, msg in check_hparams(name, {key: candidate}):
+                    problems.append(Problem(f"{path}.{key}", bad, msg + (
+                        "; make it conditional with a choice of optimizer sections" if len(names) > 1 else "")))
+    return _dedupe(problems)
+
+
+def _check_training(path: str, t: dict[str, Any]) -> list[Problem]:
+    p = [Problem(f"{path}.{k}", t[k], f"unknown key {k!r}; valid: {', '.join(sorted(TRAINING_DEFAULTS))}")
+         for k in sorted(set(t) - set(TRAINING_DEFAULTS))]
+    p += _leaf(f"{path}.max_epochs", t["max_epochs"], _positive_int)
+    p += _leaf(f"{path}.batch_size", t["batch_size"], lambda v: None if v is None else _positive_int(v))
+    p += _leaf(f"{path}.seed", t["seed"], lambda v: None if isinstance(v, int) and not isinstance(v, bool)
+               else f"must be an integer, got {v!r}")
+    p += _leaf(f"{path}.checkpoint_every", t["checkpoint_every"], _positive_int)
+    p += _leaf(f"{path}.l1_penalty", t["l1_penalty"],
+               lambda v: None if _is_number(v) and v >= 0 else f"must be a number >= 0, got {v!r}")
+    for key, check in (("lr_schedule", check_schedule), ("adversarial", check_adversarial)):
+        section = t.get(key)
+        if section is not None and not isinstance(section, dict):
+            p.append(Problem(f"{path}.{key}", section, f"must be a mapping, got {section!r}"))
+        elif section is not None:
+            p += [Problem(_join(f"{path}.{key}", k), v, msg) for k, v, msg in _check_nested(section, check)]
+    return p
+
+
+def _check_nested(section: dict, check: Callable) -> list[tuple[str, Any, str]]:
+    """Run a plug-in check on each concrete variant of a section's leaf spaces (bounds included)."""
+    out: list[tuple[str, Any, str]] = []
+    for key, value in section.items():
+        if is_space(value):
+            form = _check_space_form(key, value)
+            out += [(key, pr.value, pr.message) for pr in form]
+            for candidate in ([] if form else space_candidates(value)):
+                out += check({**section, key: candidate})
+    out += check({k: (space_candidates(v)[0] if is_space(v) else v) for k, v in section.items()})
+    return _dedupe_tuples(out)
+
+
+def _check_recipe(path: str, steps: list[Any]) -> list[Problem]:
+    out: list[Problem] = []
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            out.append(Problem(f"{path}[{i}]", step, "each recipe step must be a mapping with 'step'"))
+            continue
+        for sub, value, msg in _check_nested(step, lambda s: check_recipe([s])):
+            out.append(Problem(_join(f"{path}[{i}]", sub.removeprefix("[0]").lstrip(".")), value, msg))
+    return _dedupe(out)
+
+
+def _check_search(s: SearchSpec, spec: ExperimentSpec) -> list[Problem]:
+    p = _leaf("search.num_samples", s.num_samples, _positive_int)
+    p += _leaf("search.scheduler", s.scheduler, _one_of(SCHEDULERS))
+    p += _leaf("search.searcher", s.searcher, _one_of(SEARCHERS))
+    p += _leaf("search.metric", s.metric, _one_of(SEARCH_METRICS))
+    p += _leaf("search.mode", s.mode, _one_of(("max", "min")))
+    p += _leaf("search.grace_period", s.grace_period, _positive_int)
+    if s.max_concurrent is not None:
+        p += _leaf("search.max_concurrent", s.max_concurrent, _positive_int)
+    kinds = set(_space_kinds(spec))
+    if s.searcher == "optuna" and "grid" in kinds:
+        p.append(Problem("search.searcher", s.searcher, "optuna cannot run grid spaces; use choice, "
+                         "or set search.searcher: random"))
+    if s.searcher == "grid" and kinds & {"uniform", "loguniform", "randint"}:
+        p.append(Problem("search.searcher", s.searcher, "grid can only enumerate choice and grid "
+                         "spaces; this spec has ranges (uniform/loguniform/randint)"))
+    if s.scheduler == "pbt" and s.searcher != "random":
+        p.append(Problem("search.scheduler", s.scheduler, "pbt mutates trials itself; use searcher: random"))
+    return p
+
+
+def _space_kinds(spec: ExperimentSpec) -> Iterator[str]:
+    def walk(v: Any) -> Iterator[str]:
+        if is_space(v):
+            yield space_kind(v)
+            for c in space_candidates(v):
+                yield from walk(c)
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                yield from walk(x)
+
+    for section in (spec.task, spec.model, spec.optimizer, spec.training, spec.recipe):
+        yield from walk(section)
+
+
+def _check_resources(r: ResourcesSpec) -> list[Problem]:
+    nonneg = lambda v: None if _is_number(v) and v >= 0 else f"must be a number >= 0, got {v!r}"  # noqa: E731
+    p = _leaf("resources.cpu", r.cpu, nonneg) + _leaf("resources.gpu", r.gpu, nonneg)
+    p += _leaf("resources.tpu", r.tpu, nonneg)
+    if _is_number(r.cpu) and _is_number(r.gpu) and _is_number(r.tpu) and r.cpu + r.gpu + r.tpu == 0:
+        p.append(Problem("resources.cpu", r.cpu, "a trial needs at least some cpu, gpu or tpu"))
+    if r.memory_mb is not None:
+        p += _leaf("resources.memory_mb", r.memory_mb, _positive_int)
+    return p
+
+
+def _check_promotion(pr: PromotionSpec) -> list[Problem]:
+    p = []
+    if pr.model_name is not None and (not isinstance(pr.model_name, str) or not NAME_RE.match(pr.model_name)):
+        p.append(Problem("promotion.model_name", pr.model_name, "letters, digits, '_', '.', '-' only"))
+    if not isinstance(pr.alias, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", pr.alias) \
+            or re.match(r"^v\d+$", pr.alias) or pr.alias == "latest":
+        p.append(Problem("promotion.alias", pr.alias, "an alias is a name like 'champion' "
+                         "(not 'latest' nor v<number>)"))
+    p += [Problem(_join("promotion", k), v, m) for k, v, m in check_policy(asdict(pr))]
+    return p
+
+
+def _check_strings(section: str, values: dict[str, Any]) -> list[Problem]:
+    return [Problem(f"{section}.{k}", v, f"must be a string, got {v!r}")
+            for k, v in values.items() if v is not None and not isinstance(v, str)]
+
+
+def _positive_int(v: Any) -> str | None:
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return None
+    return f"must be a positive integer, got {v!r}"
+
+
+def _one_of(valid: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in valid else f"{v!r} is not one of: {', '.join(valid)}"
+
+
+def _join(prefix: str, key: str) -> str:
+    if not key:
+        return prefix
+    return f"{prefix}{key}" if key.startswith("[") else f"{prefix}.{key}"
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for pr in problems:
+        k = (pr.path, repr(pr.value), pr.message)
+        if k not in seen:
+            seen.add(k)
+            out.append(pr)
+    return out
+
+
+def _dedupe_tuples(items: list[tuple[str, Any, str]]) -> list[tuple[str, Any, str]]:
+    return [(p.path, p.value, p.message) for p in _dedupe([Problem(*t) for t in items])]

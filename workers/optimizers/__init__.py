@@ -1,0 +1,19 @@
+"""Optimizers by name (``optimizer.name`` in a spec), each with its own hyperparameters.
+
+Add one with ``OPTIMIZERS.add(name, OptimizerEntry(...))``; the spec validator, ``podium optimizers``
+and the training loop read everything they need from the entry.
+"""
+
+from __future__ import annotations
+
+from workers.optimizers._base import (
+    OPTIMIZERS,
+    BatchMode,
+    HParam,
+    OptimizerEntry,
+    build_optimizer,
+    check_hparams,
+)
+from workers.optimizers import _torch  # noqa: F401  (registers the torch.optim catalogue)
+
+__all__ = ["OPTIMIZERS", "BatchMode", "HParam", "OptimizerEntry", "build_optimizer", "check_hparams"]

@@ -1,0 +1,84 @@
+"""Name-based registries: the one plug-in mechanism of Podium.
+
+A registry maps a stable name (what a spec says and what MLflow records) to an entry. Users add
+their own entries through a spec value of the form ``module:function``, loaded only when named.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from workers.errors import UnknownNameError, WorkerError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A plain mapping from name to entry, with errors that list the valid names.
+
+    Example:
+        >>> models = Registry[str]("model.arch")
+        >>> models.add("mlp", "an MLP")
+        >>> models.get("mlp")
+        'an MLP'
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T) -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind}: {name!r} is registered twice")
+        self._entries[name] = entry
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator form of :meth:`add`."""
+
+        def deco(entry: T) -> T:
+            self.add(name, entry)
+            return entry
+
+        return deco
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self.names()) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def is_plugin_ref(value: object) -> bool:
+    """True for a user plug-in reference ``module:function``."""
+    return isinstance(value, str) and value.count(":") == 1 and all(value.split(":"))
+
+
+def load_plugin(ref: str) -> Callable:
+    """Import ``module:function`` and return the function.
+
+    Raises:
+        WorkerError: the module or the attribute cannot be imported, with the reason.
+    """
+    module_name, attr = ref.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise WorkerError(f"cannot import plug-in module {module_name!r} (from {ref!r}): {e}") from e
+    try:
+        fn = getattr(module, attr)
+    except AttributeError:
+        raise WorkerError(f"module {module_name!r} has no attribute {attr!r} (from {ref!r})") from None
+    if not callable(fn):
+        raise WorkerError(f"plug-in {ref!r} is not callable")
+    return fn
