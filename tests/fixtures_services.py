@@ -1,0 +1,155 @@
+"""Real services for tests: PostgreSQL and ``mlflow server`` as processes on 127.0.0.1.
+
+Registered from ``tests/conftest.py`` through ``pytest_plugins``. Nothing here is mocked: the
+fixtures start the real programs and stop them afterwards. ``MlflowServer`` can be stopped and
+restarted on the same port, which the tracking-outage fault test needs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pg import PostgresServer, find_bin_dir, free_port
+
+ADMIN_USER = "podium-admin"
+
+
+class MlflowServer:
+    """``mlflow server`` in its own process group, on a fixed loopback port across restarts.
+
+    Args:
+        backend_uri: the tracking store (``postgresql://...`` or ``sqlite:///...``).
+        artifacts_dir: where ``--serve-artifacts`` keeps artifacts.
+        auth_db_uri: turn basic authentication on (``--app-name basic-auth``) with its user
+            store here; clients then need MLFLOW_TRACKING_USERNAME/PASSWORD (see ``client_env``).
+    """
+
+    def __init__(self, backend_uri: str, artifacts_dir: Path,
+                 auth_db_uri: str | None = None) -> None:
+        self.backend_uri = backend_uri
+        self.artifacts_dir = artifacts_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.auth_db_uri = auth_db_uri
+        self.password = secrets.token_urlsafe(16) if auth_db_uri else None
+        self.secret_key = secrets.token_hex(16)  # the same across restarts, as in production
+        self.home = Path(tempfile.mkdtemp(prefix="podium-mlflow-"))
+        self.proc: subprocess.Popen | None = None
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        if self.auth_db_uri:
+            ini = self.home / "auth.ini"
+            ini.write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = {self.auth_db_uri}\nadmin_username = {ADMIN_USER}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini),
+                       MLFLOW_AUTH_ADMIN_PASSWORD=self.password or "",
+                       MLFLOW_FLASK_SERVER_SECRET_KEY=self.secret_key)
+        return env
+
+    def client_env(self) -> dict[str, str]:
+        """Environment a client (``podium run``, MlflowClient) needs to talk to this server."""
+        env = {"MLFLOW_TRACKING_URI": self.url}
+        if self.password:
+            env.update(MLFLOW_TRACKING_USERNAME=ADMIN_USER, MLFLOW_TRACKING_PASSWORD=self.password)
+        return env
+
+    def start(self, timeout: float = 120) -> MlflowServer:
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", "1", "--backend-store-uri", self.backend_uri,
+               "--artifacts-destination", str(self.artifacts_dir), "--serve-artifacts"]
+        if self.auth_db_uri:
+            cmd += ["--app-name", "basic-auth"]
+        log = open(self.home / "server.log", "ab")  # noqa: SIM115 (kept open for the process)
+        self.proc = subprocess.Popen(cmd, env=self._env(), cwd=self.home, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_healthy(timeout)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"mlflow server not healthy after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        path = self.home / "server.log"
+        return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop the server and its workers (the whole process group we started)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _need_postgres() -> None:
+    if find_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (make install adds Debian's postgresql package)")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session; each test makes its own database."""
+    _need_postgres()
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_database(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's PostgreSQL; returns its URI."""
+    name = f"t_{secrets.token_hex(4)}"
+    return postgres.create_database(name)
+
+
+@pytest.fixture
+def mlflow_server_factory(tmp_path: Path) -> Iterator:
+    """Builds started ``MlflowServer``s; all are stopped after the test."""
+    servers: list[MlflowServer] = []
+
+    def make(backend_uri: str | None = None, auth_db_uri: str | None = None) -> MlflowServer:
+        backend = backend_uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
+        server = MlflowServer(backend, tmp_path / "artifacts", auth_db_uri=auth_db_uri)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.cleanup()
