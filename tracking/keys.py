@@ -51,3 +51,32 @@ LEADERBOARD_ARTIFACT = "leaderboard.csv"
 
 ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"
+
+# Compression recipes (workers/recipes). With a recipe, a trial's final test_accuracy,
+# param_count, nonzero_params, model_size_bytes, latency_ms_* and throughput_sps describe the
+# exported, compressed artifact (model.onnx run by ONNX Runtime on CPU); the uncompressed model's
+# figures are under the recipe.baseline_* prefixes. Ratios are "times better" (> 1 is a gain):
+SIZE_RATIO = "size_ratio"  # fp32 ONNX export bytes / final artifact bytes
+SPEEDUP = "speedup"  # batch-1 p50 latency: eager fp32 torch / final artifact
+SPEEDUP_VS_ONNX = "speedup_vs_onnx_fp32"  # batch-1 p50 latency: fp32 ONNX (same runtime) / final
+THROUGHPUT_RATIO = "throughput_ratio"  # batch-64 samples/s: final artifact / eager fp32 torch
+ACCURACY_DROP_PTS = "accuracy_drop_pts"  # (eager fp32 test_accuracy - final) * 100, points
+TEST_ACCURACY_BEFORE = "test_accuracy_before"  # per step: accuracy of what the step started from
+MEASURE_THREADS = "measure_threads"  # intra-op threads every latency/throughput figure used
+COMPRESSION_METRICS = (SIZE_RATIO, SPEEDUP, SPEEDUP_VS_ONNX, THROUGHPUT_RATIO, ACCURACY_DROP_PTS)
+RECIPE_PREFIX = "recipe."
+RECIPE_BASELINE_EAGER = "baseline_eager"  # recipe.baseline_eager.latency_ms_p50, ...
+RECIPE_BASELINE_ONNX = "baseline_onnx"  # recipe.baseline_onnx.model_size_bytes, ...
+
+
+def recipe_metric(label: str, metric: str) -> str:
+    """Per-step metric name: ``recipe.<index>_<step>.<metric>``, e.g. ``recipe.1_quantize.
+    test_accuracy`` for ``recipe[1]`` (0-based, like the spec path), or a baseline label."""
+    return f"{RECIPE_PREFIX}{label}.{metric}"
+
+
+TAG_CPU_MODEL = "podium.cpu_model"  # the CPU latency was measured on
+TAG_MEASURE_THREADS = "podium.measure_threads"
+ONNX_ARTIFACT = "model.onnx"  # the final compressed model: what is measured, logged, registered
+TORCHSCRIPT_ARTIFACT = "model.torchscript.pt"
+RECIPE_ARTIFACT = "recipe.json"  # the final model's arch section and how it was compressed

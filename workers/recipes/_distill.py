@@ -1,0 +1,174 @@
+"""The ``distill`` step: train a fresh, usually smaller student to match a teacher's softened
+outputs (Hinton et al. 2015).
+
+Loss per batch: ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE``.
+The ``T^2`` keeps the soft term's gradient scale independent of the temperature.
+
+The teacher is ``trial`` (the model as the recipe has it at this step: the trial's trained model
+when distill comes first) or ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` from the
+MLflow registry. Workers never talk to MLflow: the driver resolves registry teachers before any
+trial starts (``tracking.onnx_model.fetch_teacher``) and passes local files in
+``RecipeContext.teachers``. A teacher file is ONNX (run with ONNX Runtime) or a weights-only torch
+file ``{state_dict, model, input_shape, num_classes}``.
+
+The teacher's logits for the whole training split are computed once: the teacher is frozen, so
+this is exact and makes each student epoch cost only the student's forward and backward.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from workers.errors import WorkerError
+from workers.models import build_model
+from workers.optimizers._base import HParam
+from workers.recipes._base import (
+    STEPS,
+    IntListParam,
+    Problems,
+    RecipeContext,
+    RecipeState,
+    StepEntry,
+    StrParam,
+)
+from workers.recipes._train import make_optimizer, train_epoch
+from workers.tasks import TaskData
+
+TEACHER_URI = re.compile(r"^models:/[^/@]+(@[A-Za-z_][A-Za-z0-9_-]*|/\d+)$")
+
+
+def is_registry_teacher(value: object) -> bool:
+    return isinstance(value, str) and bool(TEACHER_URI.match(value))
+
+
+def distill(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> None:
+    """Replace ``state.model`` with a student distilled from the teacher."""
+    soft = teacher_logits(_teacher(state, p["teacher"], ctx), data.x_train)
+    section = {**state.section, **{k: p[k] for k in ("hidden", "channels") if p[k] is not None}}
+    torch.manual_seed(ctx.seed)
+    student = build_model(section, data.input_shape, data.num_classes).to(ctx.device)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    opt = make_optimizer(student, p["lr"])
+    loss_fn = _distill_loss(p["temperature"], p["alpha"])
+    for _ in range(p["epochs"]):
+        train_epoch(
+            student,
+            data,
+            opt=opt,
+            batch_size=p["batch_size"],
+            generator=generator,
+            loss_fn=loss_fn,
+            aux=soft,
+            device=ctx.device,
+        )
+    state.model, state.section = student.cpu().eval(), section
+
+
+def _distill_loss(temperature: float, alpha: float):  # noqa: ANN202
+    def loss(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None
+    ) -> torch.Tensor:
+        logits = model(x)
+        soft = F.kl_div(
+            F.log_softmax(logits / temperature, 1),
+            F.log_softmax(teacher / temperature, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(logits, y)
+
+    return loss
+
+
+def _teacher(state: RecipeState, teacher: str, ctx: RecipeContext) -> nn.Module | Path:
+    if teacher == "trial":
+        return state.model
+    path = ctx.teachers.get(teacher)
+    if path is None:
+        raise WorkerError(
+            f"recipe distill.teacher {teacher!r} was not resolved by the driver; "
+            "registry teachers are fetched before trials start"
+        )
+    return Path(path)
+
+
+@torch.inference_mode()
+def teacher_logits(teacher: nn.Module | Path, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """The teacher's logits for every row of ``x`` (float32, CPU)."""
+    if isinstance(teacher, Path) and teacher.suffix == ".onnx":
+        from workers.recipes._measure import onnx_predict, onnx_session
+
+        arr = x.numpy().astype(np.float32, copy=False)
+        return torch.from_numpy(
+            onnx_predict(onnx_session(teacher, threads=torch.get_num_threads()), arr)
+        )
+    model = load_torch_teacher(teacher) if isinstance(teacher, Path) else teacher
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat(
+        [model(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)]
+    )
+
+
+def load_torch_teacher(path: Path) -> nn.Module:
+    """Rebuild a teacher from a weights-only ``{state_dict, model, input_shape, num_classes}``."""
+    blob = torch.load(path, weights_only=True, map_location="cpu")
+    try:
+        model = build_model(blob["model"], tuple(blob["input_shape"]), int(blob["num_classes"]))
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise WorkerError(f"teacher file {path.name} is not a Podium model file: {e}") from e
+    return model.eval()
+
+
+def _check(p: dict) -> Problems:
+    out: Problems = []
+    if p["teacher"] != "trial" and not is_registry_teacher(p["teacher"]):
+        out.append(
+            (
+                "teacher",
+                p["teacher"],
+                "must be 'trial' or a registry URI "
+                "models:/<name>@<alias> or models:/<name>/<version>",
+            )
+        )
+    if p["temperature"] <= 0:
+        out.append(("temperature", p["temperature"], f"must be > 0, got {p['temperature']!r}"))
+    return out
+
+
+STEPS.add(
+    "distill",
+    StepEntry(
+        name="distill",
+        doc="train a fresh student on a teacher's softened outputs",
+        params={
+            "teacher": StrParam(
+                "trial", "'trial' or models:/<name>@<alias> | models:/<name>/<version>"
+            ),
+            "hidden": IntListParam(None, "student hidden widths (default: the trial's)"),
+            "channels": IntListParam(
+                None, "student conv channels, cnn only (default: the trial's)"
+            ),
+            "temperature": HParam(4.0, "softmax temperature for both models", float, low=0.0),
+            "alpha": HParam(
+                0.7,
+                "weight of the soft (teacher) term; 1 - alpha on the labels",
+                float,
+                low=0.0,
+                high=1.0,
+            ),
+            "epochs": HParam(5, "student training epochs", int, low=1),
+            "lr": HParam(1e-3, "Adam learning rate", float, low=0.0),
+            "batch_size": HParam(128, "batch size", int, low=1),
+        },
+        apply=distill,
+        check=_check,
+    ),
+)
