@@ -80,3 +80,7 @@ TAG_MEASURE_THREADS = "podium.measure_threads"
 ONNX_ARTIFACT = "model.onnx"  # the final compressed model: what is measured, logged, registered
 TORCHSCRIPT_ARTIFACT = "model.torchscript.pt"
 RECIPE_ARTIFACT = "recipe.json"  # the final model's arch section and how it was compressed
+
+# Model selection, registry and serving (tracking/selection.py, registry.py, serve.py).
+STATE_DICT_ARTIFACT = "state_dict.pt"  # weights only: torch.load(weights_only=True) can read it
+ARCH_ARTIFACT = "arch.json"  # {"model": <spec model section>, "input_shape": [...], "num_classes": n}

@@ -1,0 +1,253 @@
+"""The scoring server: real models, a real MLflow registry (SQLite), the server as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tracking import keys
+from tracking.serve import ServeError, UnsafeModelError, load_scorer, make_server, parse_inputs
+from workers.models import build_model
+from workers.tasks import load_task
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCH = {"arch": "mlp", "hidden": [32], "batch_norm": False, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small MLP trained for real on digits, and its test split."""
+    data = load_task("digits", 0)
+    torch.manual_seed(0)
+    model = build_model(ARCH, data.input_shape, data.num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):  # full batch: ~1 s on one core
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x_train), data.y_train).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    assert acc > 0.85, f"the fixture model should have learnt digits, got {acc:.3f}"
+    return model, data
+
+
+def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
+    torch.onnx.export(model, (x[:2],), str(path), input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    return path
+
+
+def write_state_dict(model: torch.nn.Module, data, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / keys.STATE_DICT_ARTIFACT)
+    (folder / keys.ARCH_ARTIFACT).write_text(json.dumps(
+        {"model": ARCH, "input_shape": list(data.input_shape), "num_classes": data.num_classes}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, trained):
+    """A SQLite MLflow store with three registered models: ONNX, state dict, pickle."""
+    import mlflow
+    import mlflow.onnx
+    import mlflow.pytorch
+    import onnx
+    from mlflow import MlflowClient
+
+    model, data = trained
+    tmp = tmp_path_factory.mktemp("serve-registry")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.create_experiment("serve", artifact_location=(tmp / "artifacts").as_uri())
+    client = MlflowClient(uri, uri)
+    with mlflow.start_run(experiment_id=exp) as run:
+        onnx_file = export_onnx(model, data.x_test, tmp / keys.ONNX_ARTIFACT)
+        mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="onnx", registered_model_name="digits-onnx")
+        mlflow.log_artifacts(str(write_state_dict(model, data, tmp / "sd")), "weights")
+        client.create_registered_model("digits-sd")
+        client.create_model_version("digits-sd", f"runs:/{run.info.run_id}/weights", run.info.run_id)
+        mlflow.pytorch.log_model(model, name="pickled", serialization_format="pickle",
+                                 registered_model_name="digits-pickle")
+    for name in ("digits-onnx", "digits-sd", "digits-pickle"):
+        client.set_registered_model_alias(name, "champion", "1")
+    return uri
+
+
+class Server:
+    """The server as a subprocess, on a free port it announces on stdout."""
+
+    def __init__(self, args: list[str], code: str | None = None) -> None:
+        cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "tracking.serve", *args]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # blocks until listening, or EOF if it failed
+        if not line:
+            self.proc.wait(30)
+            raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()}")
+        self.url = line.strip().rsplit(" at ", 1)[1]
+
+    def post(self, body: bytes, ctype: str = "application/json") -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + "/invocations", body, {"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+STATE_DICT_MAIN = ("import sys; from tracking.serve import main; from workers.models import "
+                   "build_model; sys.exit(main(sys.argv[1:], build_model))")
+
+
+@pytest.fixture
+def server(registry) -> Iterator:
+    started: list[Server] = []
+
+    def start(model: str, code: str | None = None) -> Server:
+        s = Server([f"models:/{model}@champion", "--port", "0", "--tracking-uri", registry], code)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def expected_logits(trained, n: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    model, data = trained
+    with torch.no_grad():
+        return data.x_test[:n].numpy(), model(data.x_test[:n]).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, code", [("digits-onnx", None), ("digits-sd", STATE_DICT_MAIN)])
+def test_served_predictions_equal_the_models_own_outputs(server, trained, model, code):
+    s = server(model, code)
+    with urllib.request.urlopen(s.url + "/ping", timeout=10) as r:
+        assert r.status == 200
+    x, want = expected_logits(trained)
+    # Flat rows (64 values), as a client without our shapes would send them.
+    status, body = s.post(json.dumps({"inputs": x.reshape(len(x), -1).tolist()}).encode())
+    assert status == 200
+    got = np.asarray(body["predictions"], dtype=np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert (got.argmax(1) == want.argmax(1)).all()
+    # MLflow's dataframe_split form answers the same.
+    status, body = s.post(json.dumps({"dataframe_split": {"columns": [f"p{i}" for i in range(64)],
+                                                          "data": x[:3].reshape(3, -1).tolist()}}).encode())
+    np.testing.assert_allclose(np.asarray(body["predictions"]), want[:3], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, trained):
+    s = server("digits-onnx")
+    status, body = s.post(b'{"inputs": [[1, 2, 3]]}')
+    assert status == 400 and "64 values" in body["message"]
+    status, body = s.post(b"{not json")
+    assert status == 400
+    status, body = s.post(b'{"rows": []}')
+    assert status == 400 and "inputs" in body["message"]
+    status, body = s.post(b'{"inputs": [[1]]}', ctype="text/plain")
+    assert status == 415
+    x, want = expected_logits(trained, 1)
+    status, body = s.post(json.dumps({"inputs": x.tolist()}).encode())
+    assert status == 200 and np.allclose(body["predictions"], want, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_pickled_model_is_refused_with_a_clear_message(registry):
+    proc = subprocess.run([sys.executable, "-m", "tracking.serve", "models:/digits-pickle@champion",
+                           "--port", "0", "--tracking-uri", registry], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1
+    assert "refusing to load model.pth" in proc.stderr and "arbitrary code" in proc.stderr
+
+
+def test_unknown_model_fails_with_the_uri(tmp_path):
+    from tracking.serve import fetch_model
+
+    with pytest.raises(ServeError, match="models:/nope@champion"):
+        fetch_model("models:/nope@champion", f"sqlite:///{tmp_path / 'empty.db'}")
+
+
+# --------------------------------------------------------------------------- in-process pieces
+
+
+def test_pickle_files_alone_are_refused(tmp_path):
+    (tmp_path / "model.pth").write_bytes(b"\x80\x04K\x01.")  # never unpickled
+    with pytest.raises(UnsafeModelError, match="model.pth"):
+        load_scorer(tmp_path)
+    (tmp_path / "model.pth").unlink()
+    with pytest.raises(ServeError, match="no servable model"):
+        load_scorer(tmp_path)
+
+
+def test_state_dict_needs_a_builder_and_is_loaded_weights_only(tmp_path, trained):
+    model, data = trained
+    folder = write_state_dict(model, data, tmp_path / "sd")
+    with pytest.raises(ServeError, match="build_model"):
+        load_scorer(folder)
+    scorer = load_scorer(folder, build_model)
+    x, want = expected_logits(trained, 5)
+    np.testing.assert_allclose(scorer.predict(x), want, rtol=1e-5, atol=1e-5)
+    # A pickled object where the weights should be is rejected by weights_only loading.
+    torch.save({"w": object.__new__(threading.Thread)}, folder / keys.STATE_DICT_ARTIFACT)
+    with pytest.raises(ServeError, match="cannot rebuild"):
+        load_scorer(folder, build_model)
+
+
+def test_parse_inputs_shapes():
+    assert parse_inputs({"inputs": [[1, 2, 3, 4]]}, (1, 2, 2)).shape == (1, 1, 2, 2)
+    assert parse_inputs({"instances": [1, 2, 3, 4]}, (4,)).shape == (1, 4)
+    assert parse_inputs({"dataframe_records": [{"a": 1, "b": 2}]}, None).shape == (1, 2)
+    for bad in ({"inputs": [[1, 2], [3]]}, {"inputs": []}, {"inputs": "x"}, [1, 2]):
+        with pytest.raises(ValueError):
+            parse_inputs(bad, None)
+
+
+def test_in_process_server_answers_concurrent_clients(tmp_path, trained):
+    """Threads answer in parallel and every answer is the right one."""
+    model, data = trained
+    scorer = load_scorer(export_onnx(model, data.x_test, tmp_path / "m.onnx"))
+    srv = make_server(scorer, port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/invocations"
+    x, want = expected_logits(trained, 40)
+    errors: list[str] = []
+
+    def client(i: int) -> None:
+        req = urllib.request.Request(url, json.dumps({"inputs": x[i:i + 1].tolist()}).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            got = np.asarray(json.loads(r.read())["predictions"])
+        if not np.allclose(got, want[i:i + 1], atol=1e-4):
+            errors.append(f"request {i} got another example's answer")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    srv.shutdown()
+    srv.server_close()
+    assert errors == [] and time.perf_counter() - t0 < 30

@@ -1,0 +1,329 @@
+"""Serve a registered model over HTTP, speaking MLflow's scoring protocol.
+
+``POST /invocations`` with ``{"inputs": [[...], ...]}`` (also ``instances``, ``dataframe_split``,
+``dataframe_records``) answers ``{"predictions": [[logit, ...], ...]}`` -- the model's raw
+outputs, as MLflow's PyTorch flavor returns them; ``GET /ping`` and ``GET /health`` answer 200
+once the model is loaded. Existing MLflow clients (``mlflow.deployments``, ``curl``) work unchanged.
+
+Only formats that cannot execute code on load are served:
+
+- ONNX (``*.onnx``), run by ONNX Runtime: a graph of known operators.
+- A weights-only state dict (``state_dict.pt``, read with ``torch.load(weights_only=True)``) plus
+  ``arch.json`` (the spec's ``model`` section, input shape, class count); the model is rebuilt by
+  the ``build_model`` callable the caller passes (the orchestrator passes
+  ``workers.models.build_model``; tracking never imports workers).
+
+A pickled model (``model.pth``, ``*.pkl``, a ``pt2`` archive, whose loader unpickles) from a store
+we do not control is refused with :class:`UnsafeModelError`: unpickling runs arbitrary code.
+
+The server is a stdlib ``ThreadingHTTPServer`` with HTTP/1.1 keep-alive: the model call dominates,
+and ONNX Runtime releases the GIL while it runs, so threads serve requests in parallel.
+
+Example (a shell)::
+
+    podium serve models:/digits-classifier@champion --port 5001
+    curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+        -d '{"inputs": [[0.0, 0.1, ...]]}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from tracking import keys
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # refuse bigger requests before reading them
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".joblib", ".cloudpickle", ".pt2")
+
+
+class ServeError(Exception):
+    """The model cannot be found, loaded or served."""
+
+
+class UnsafeModelError(ServeError):
+    """The model exists only in a format whose loading can execute code."""
+
+
+class Scorer(Protocol):
+    """What the server needs from a loaded model."""
+
+    input_shape: tuple[int, ...] | None  # one example's shape, if the model declares it
+    description: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class OnnxScorer:
+    """An ONNX file run by ONNX Runtime on CPU, one intra-op thread per request."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise ServeError("serving ONNX needs onnxruntime: pip install onnxruntime") from e
+        opts = ort.SessionOptions()
+        # Requests run on their own threads; one intra-op thread each avoids oversubscription.
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise ServeError(f"cannot load ONNX model {path.name}: {e}") from e
+        first = self._session.get_inputs()[0]
+        self._input_name = first.name
+        dims = first.shape[1:]
+        self.input_shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
+        self.description = f"ONNX {path.name} (onnxruntime)"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input_name: x})[0]
+
+
+class TorchStateDictScorer:
+    """A weights-only state dict loaded into a model rebuilt from ``arch.json``."""
+
+    def __init__(self, weights: Path, arch: Path, build_model: Callable[..., Any]) -> None:
+        import torch
+
+        try:
+            cfg = json.loads(arch.read_text())
+            model = build_model(cfg["model"], tuple(cfg["input_shape"]), int(cfg["num_classes"]))
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
+            # UnpicklingError: the weights file holds more than tensors; weights_only refused it.
+            raise ServeError(f"cannot rebuild the model from {arch.name} + {weights.name}: {e}") from e
+        self._model = model.eval()
+        self._lock = threading.Lock()  # torch modules are not documented as thread-safe
+        self.input_shape = tuple(cfg["input_shape"])
+        self.description = f"PyTorch state dict {weights.name} ({cfg['model'].get('arch', '?')})"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with self._lock, torch.inference_mode():
+            return self._model(torch.from_numpy(x)).numpy()
+
+
+def load_scorer(path: str | Path, build_model: Callable[..., Any] | None = None) -> Scorer:
+    """Load the safest servable format found under ``path`` (a model folder or a file).
+
+    ONNX is preferred (fastest and self-describing), then a state dict + ``arch.json``.
+
+    Raises:
+        UnsafeModelError: only pickled formats are present.
+        ServeError: nothing servable (or a state dict but no ``build_model``).
+    """
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    onnx = _prefer(files, keys.ONNX_ARTIFACT, ".onnx")
+    if onnx:
+        return OnnxScorer(onnx)
+    weights = next((f for f in files if f.name == keys.STATE_DICT_ARTIFACT), None)
+    arch = next((f for f in files if f.name == keys.ARCH_ARTIFACT), None)
+    if weights and arch:
+        if build_model is None:
+            raise ServeError(f"{path} holds a state dict; serving it needs a build_model function "
+                             "(use `podium serve`, which passes Podium's model registry)")
+        return TorchStateDictScorer(weights, arch, build_model)
+    pickled = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+    if pickled:
+        raise UnsafeModelError(
+            f"refusing to load {', '.join(pickled)} from {path}: pickled models can run arbitrary "
+            f"code when loaded. Podium serves only ONNX ({keys.ONNX_ARTIFACT}) or a weights-only "
+            f"state dict ({keys.STATE_DICT_ARTIFACT} + {keys.ARCH_ARTIFACT}); add an export step "
+            "to the recipe or re-register the model with Podium.")
+    raise ServeError(f"no servable model under {path}: expected {keys.ONNX_ARTIFACT} or "
+                     f"{keys.STATE_DICT_ARTIFACT} + {keys.ARCH_ARTIFACT}; found "
+                     f"{', '.join(f.name for f in files) or 'nothing'}")
+
+
+def _prefer(files: Sequence[Path], name: str, suffix: str) -> Path | None:
+    exact = [f for f in files if f.name == name]
+    return (exact or [f for f in files if f.suffix == suffix] or [None])[0]
+
+
+def fetch_model(model_uri: str, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+    """Download ``models:/<name>@<alias>`` (or ``models:/<name>/<version>``, ``runs:/...``, a
+    local path) and return the local folder. Nothing is deserialised here.
+
+    Raises:
+        ServeError: the URI does not resolve, with MLflow's reason.
+    """
+    if Path(model_uri).exists():
+        return Path(model_uri)
+    try:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise ServeError("resolving a models:/ URI needs mlflow: pip install mlflow") from e
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, tracking_uri=tracking_uri, registry_uri=tracking_uri,
+            dst_path=str(dst) if dst else None)
+    except (MlflowException, OSError) as e:
+        raise ServeError(f"cannot fetch {model_uri!r} from {tracking_uri or 'the default store'}: "
+                         f"{e}") from e
+    return Path(local)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def parse_inputs(payload: Any, input_shape: tuple[int, ...] | None) -> np.ndarray:
+    """A float32 batch from an MLflow scoring request body (already JSON-decoded).
+
+    Accepts ``inputs`` / ``instances`` (lists of examples, flat or shaped) and ``dataframe_split``
+    / ``dataframe_records`` (one flat row per example). Flat rows are reshaped to ``input_shape``.
+
+    Raises:
+        ValueError: the body has none of the keys, or the values are not a numeric batch.
+    """
+    if not isinstance(payload, dict):
+        raise ValueError("the body must be a JSON object such as {\"inputs\": [[...], ...]}")
+    if "inputs" in payload or "instances" in payload:
+        rows = payload.get("inputs", payload.get("instances"))
+    elif "dataframe_split" in payload:
+        rows = (payload["dataframe_split"] or {}).get("data")
+    elif "dataframe_records" in payload:
+        recs = payload["dataframe_records"]
+        rows = [list(r.values()) if isinstance(r, dict) else r for r in recs or []]
+    else:
+        raise ValueError("expected one of: inputs, instances, dataframe_split, dataframe_records; "
+                         f"got keys {sorted(payload)}")
+    try:
+        x = np.asarray(rows, dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"inputs must be a rectangular list of numbers: {e}") from None
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError("inputs must hold at least one example")
+    if x.ndim == 1:
+        x = x[None, :]
+    if input_shape and x.shape[1:] != input_shape:
+        per = int(np.prod(input_shape))
+        if x[0].size != per:
+            raise ValueError(f"each example must have {per} values (shape {list(input_shape)}), "
+                             f"got shape {list(x.shape[1:])}")
+        x = x.reshape((x.shape[0], *input_shape))
+    return np.ascontiguousarray(x)
+
+
+def make_server(scorer: Scorer, host: str = "127.0.0.1", port: int = 5001) -> ThreadingHTTPServer:
+    """An HTTP server (not yet serving) answering MLflow's scoring protocol with ``scorer``.
+
+    ``port=0`` picks a free port; read it back from ``server.server_address[1]``.
+    """
+    handler = type("Handler", (_Handler,), {"scorer": scorer})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse one connection
+    scorer: Scorer
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path in ("/ping", "/health"):
+            self._send(HTTPStatus.OK, b"\n", "text/plain")
+        elif self.path == "/version":
+            self._send(HTTPStatus.OK, self.scorer.description.encode(), "text/plain")
+        else:
+            self._error(HTTPStatus.NOT_FOUND, "ENDPOINT_NOT_FOUND", f"no route {self.path}")
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path != "/invocations":
+            return self._error(HTTPStatus.NOT_FOUND, "ENDPOINT_NOT_FOUND", f"no route {self.path}")
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "BAD_REQUEST",
+                               f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
+        body = self.rfile.read(length)
+        if ctype != "application/json":
+            return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "BAD_REQUEST",
+                               f"Content-Type must be application/json, got {ctype!r}")
+        try:
+            x = parse_inputs(json.loads(body), self.scorer.input_shape)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            return self._error(HTTPStatus.BAD_REQUEST, "BAD_REQUEST", str(e))
+        try:
+            y = self.scorer.predict(x)
+        except Exception as e:  # noqa: BLE001 - report, keep serving
+            return self._error(HTTPStatus.BAD_REQUEST, "BAD_REQUEST", f"prediction failed: {e}")
+        self._send(HTTPStatus.OK, json.dumps({"predictions": y.tolist()}).encode(), "application/json")
+
+    def _error(self, status: HTTPStatus, code: str, message: str) -> None:
+        self._send(status, json.dumps({"error_code": code, "message": message}).encode(), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # one line per request would dominate a benchmark; errors go back to the client
+
+
+def serve(model_uri: str, port: int = 5001, host: str = "127.0.0.1", tracking_uri: str | None = None,
+          build_model: Callable[..., Any] | None = None, ready: Callable[[str], None] | None = None) -> None:
+    """Fetch, load and serve ``model_uri`` until interrupted.
+
+    Args:
+        model_uri: ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a local folder/file.
+        port: TCP port; 0 picks a free one.
+        host: interface to bind; the default keeps it on this machine.
+        tracking_uri: the MLflow store holding the registry.
+        build_model: rebuilds a state-dict model from its ``arch.json`` section.
+        ready: called with the base URL once the server is listening.
+
+    Raises:
+        UnsafeModelError, ServeError: see :func:`load_scorer` and :func:`fetch_model`.
+    """
+    scorer = load_scorer(fetch_model(model_uri, tracking_uri), build_model)
+    server = make_server(scorer, host, port)
+    url = f"http://{host}:{server.server_address[1]}"
+    (ready or (lambda u: print(f"serving {model_uri} ({scorer.description}) at {u}", flush=True)))(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def main(argv: list[str] | None = None, build_model: Callable[..., Any] | None = None) -> int:
+    """``python -m tracking.serve MODEL_URI [--port N]``; ``podium serve`` calls :func:`serve`."""
+    ap = argparse.ArgumentParser(prog="python -m tracking.serve", description=main.__doc__)
+    ap.add_argument("model_uri")
+    ap.add_argument("--port", type=int, default=5001)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--tracking-uri", default=None)
+    args = ap.parse_args(argv)
+    try:
+        serve(args.model_uri, args.port, args.host, args.tracking_uri, build_model)
+    except ServeError as e:
+        print(f"podium serve: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
