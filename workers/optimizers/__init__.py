@@ -15,5 +15,13 @@ from workers.optimizers._base import (
     check_hparams,
 )
 from workers.optimizers import _torch  # noqa: F401  (registers the torch.optim catalogue)
+from workers.optimizers import cg, games  # noqa: F401  (register cg and the game optimizers)
+from workers.optimizers.catalogue import describe, render_markdown
+from workers.optimizers.cg import ConjugateGradient
+from workers.optimizers.games import ExtraGradient, OptimisticAdam, OptimisticGD, game_optimizer
 
-__all__ = ["OPTIMIZERS", "BatchMode", "HParam", "OptimizerEntry", "build_optimizer", "check_hparams"]
+__all__ = [
+    "OPTIMIZERS", "BatchMode", "HParam", "OptimizerEntry", "build_optimizer", "check_hparams",
+    "ConjugateGradient", "ExtraGradient", "OptimisticGD", "OptimisticAdam", "game_optimizer",
+    "describe", "render_markdown",
+]
