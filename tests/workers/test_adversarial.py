@@ -3,6 +3,8 @@ FGSM, and adversarial training buys robust accuracy a normally trained twin does
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -114,3 +116,14 @@ def test_spec_validation_reports_adversarial_problems_with_their_path():
     assert (problem.path, problem.value) == ("training.adversarial.epsilon", 1.5)
     spec = parse_spec({"name": "a", "training": {"adversarial": {"attack": "fgsm", "epsilon": 0.1}}})
     assert spec.training["adversarial"]["attack"] == "fgsm"
+
+
+def test_the_fashion_robust_example_validates_and_searches_optimizers_and_epsilon():
+    from orchestrator.spec import load_spec
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "fashion_robust.yaml"
+    spec = load_spec(path)
+    names = {branch["name"] for branch in spec.optimizer["choice"]}
+    assert {"extragradient", "optimistic_adam"} <= names
+    assert len(spec.training["adversarial"]["epsilon"]["choice"]) > 1
+    assert spec.promotion.objectives[0]["metric"] == "robust_accuracy"
