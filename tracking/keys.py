@@ -87,3 +87,6 @@ ARCH_ARTIFACT = "arch.json"  # {"model": <spec model section>, "input_shape": [.
 PARETO_PLOT_ARTIFACT = "pareto_front.png"  # on the parent run
 PARALLEL_PLOT_ARTIFACT = "parallel_coordinates.png"
 CURVES_PLOT_ARTIFACT = "learning_curves.png"
+# Optimizer benchmark (benchmarks/optimizers.py): when a run first reaches the target accuracy.
+EPOCHS_TO_TARGET = "epochs_to_target"
+TIME_TO_TARGET_S = "time_to_target_s"
