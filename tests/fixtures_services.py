@@ -116,6 +116,83 @@ class MlflowServer:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
+class RayNodes:
+    """A Ray cluster of real ``ray start`` processes on 127.0.0.1, with token authentication.
+
+    Each node is its own process group (``ray start --block`` and everything it spawns), so
+    :meth:`stop` ends exactly the processes this object started, never another Ray on the host.
+    ``env()`` is what a driver needs to join: ``RAY_ADDRESS``-free, the token in the environment.
+    """
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token or secrets.token_hex(16)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="podium-ray-"))
+        self.procs: list[subprocess.Popen] = []
+
+    def env(self) -> dict[str, str]:
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    def start_node(self, head: bool = False, name: str = "node", num_cpus: int = 1,
+                   num_gpus: int = 0, resources: dict[str, float] | None = None,
+                   timeout: float = 120) -> subprocess.Popen:
+        ray_bin = Path(sys.executable).parent / "ray"
+        cmd = [str(ray_bin), "start", "--block", "--node-ip-address=127.0.0.1",
+               f"--node-name={name}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
+               f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
+        if head:
+            cmd += ["--head", f"--port={self.port}", "--include-dashboard=false"]
+        else:
+            cmd += [f"--address={self.address}"]
+        if resources:
+            import json
+
+            cmd.append(f"--resources={json.dumps(resources)}")
+        log_path = self.temp_dir / f"{name}.log"
+        proc = subprocess.Popen(cmd, env={**os.environ, **self.env()}, stdout=open(log_path, "wb"),  # noqa: SIM115
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        deadline = time.monotonic() + timeout
+        while "Ray runtime started" not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start ({name}) failed:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        return proc
+
+    def worker_pids(self, title: str = "ray::ImplicitFunc") -> list[int]:
+        """PIDs of Ray worker processes of *this* cluster whose title starts with ``title``
+        (Tune's function trainables run in ``ray::ImplicitFunc`` actors)."""
+        groups = {p.pid for p in self.procs if p.poll() is None}
+        pids = []
+        for proc_dir in Path("/proc").iterdir():
+            if not proc_dir.name.isdigit():
+                continue
+            try:
+                pgid = os.getpgid(int(proc_dir.name))
+                cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ProcessLookupError):
+                continue
+            if pgid in groups and cmdline.startswith(title):
+                pids.append(int(proc_dir.name))
+        return pids
+
+    def stop(self) -> None:
+        """Kill every process group this cluster started (a throwaway cluster needs no drain)."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=30)
+        self.procs.clear()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
 def _need_postgres() -> None:
     if find_bin_dir() is None:
         pytest.skip("PostgreSQL is not installed (make install adds Debian's postgresql package)")

@@ -160,6 +160,8 @@ class PostgresServer:
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, args)
-                return cur.fetchall() if cur.description else []
+                rows = cur.fetchall() if cur.description else []
+            conn.commit()
+            return rows
         finally:
             conn.close()
