@@ -143,6 +143,10 @@ class ClusterSpec:
     """Which Ray cluster runs the trials."""
 
     address: str | None = _doc("None: a local Ray; 'auto', 'ray://host:port' or 'host:port'", default=None)
+    storage_path: str | None = _doc("where trial checkpoints go; shared storage on a cluster "
+                                    "(default ./podium-runs/ray_results)", default=None)
+    max_failures: int = _doc("times a trial is restarted from its checkpoint after a worker dies",
+                             default=2)
 
 
 @dataclass
@@ -201,6 +205,13 @@ class ExperimentSpec:
     def model_name(self) -> str:
         return self.promotion.model_name or self.name
 
+    def training_max_epochs(self) -> int:
+        """The largest epoch budget any trial can have (max_epochs may itself be a space)."""
+        return max(_int_candidates(self.training, "max_epochs"), default=1)
+
+    def training_seed(self) -> int:
+        return min(_int_candidates(self.training, "seed"), default=0)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -216,6 +227,18 @@ class ExperimentSpec:
         new = copy.deepcopy(self)
         new.tracking.uri = uri
         return new
+
+
+def _int_candidates(section: Any, key: str) -> list[int]:
+    """Integer candidates of ``section[key]`` across section branches and leaf spaces."""
+    branches = space_candidates(section) if is_space(section) else [section]
+    out: list[int] = []
+    for b in branches:
+        v = b.get(key) if isinstance(b, dict) else None
+        for c in space_candidates(v) if is_space(v) else [v]:
+            if isinstance(c, (int, float)) and not isinstance(c, bool):
+                out.append(int(c))
+    return out
 
 
 SETTING_SECTIONS: dict[str, type] = {
@@ -344,7 +367,10 @@ def validate(spec: ExperimentSpec) -> list[Problem]:
     p += _check_search(spec.search, spec)
     p += _check_resources(spec.resources)
     p += _check_strings("tracking", asdict(spec.tracking))
-    p += _check_strings("cluster", asdict(spec.cluster))
+    p += _check_strings("cluster", {k: v for k, v in asdict(spec.cluster).items() if k != "max_failures"})
+    p += _leaf("cluster.max_failures", spec.cluster.max_failures,
+               lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 0
+               else f"must be an integer >= 0, got {v!r}")
     p += _check_promotion(spec.promotion)
     return p
 

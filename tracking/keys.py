@@ -22,11 +22,14 @@ TRAIN_TIME_S = "train_time_s"
 LATENCY_MS_P50 = "latency_ms_p50"
 LATENCY_MS_P95 = "latency_ms_p95"
 THROUGHPUT_SPS = "throughput_sps"
-ROBUST_ACCURACY = "robust_accuracy"
+ROBUST_ACCURACY = "robust_accuracy"  # per epoch, on val, under the configured attack
+TEST_ROBUST_ACCURACY = "test_robust_accuracy"
 FINAL_METRICS = (TEST_ACCURACY, PARAM_COUNT, MODEL_SIZE_BYTES, TRAIN_TIME_S)
 
 # A result key (not a metric) that marks the trial's last report: the final metrics are in it.
 DONE = "podium_done"
+# A result key holding why the trial failed (loss became NaN/inf): it ends, marked failed.
+FAILED = "podium_failed"
 # Result keys that carry where the trial ran; logged as tags, not metrics.
 NODE = "podium_node"
 DEVICE = "podium_device"
@@ -43,6 +46,7 @@ TAG_STATUS = "podium.status"  # trial outcome: completed, stopped, failed
 TAG_ERROR = "podium.error"
 TAG_SOURCE_RUN = "podium.source_run_id"
 TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_RAY_PATH = "podium.ray_experiment_path"  # where Tune keeps the sweep's state, for --resume
 
 # Artifacts.
 SPEC_ARTIFACT = "spec.yaml"
@@ -87,6 +91,15 @@ ARCH_ARTIFACT = "arch.json"  # {"model": <spec model section>, "input_shape": [.
 PARETO_PLOT_ARTIFACT = "pareto_front.png"  # on the parent run
 PARALLEL_PLOT_ARTIFACT = "parallel_coordinates.png"
 CURVES_PLOT_ARTIFACT = "learning_curves.png"
+# The model card on each registered version (tags; the description repeats them for people).
+TAG_SPLIT = "podium.split"  # the test split its metrics come from: "<task>:seed=<n>"
+TAG_DATASET = "podium.dataset"
+TAG_OPTIMIZER = "podium.optimizer"
+TAG_RECIPE = "podium.recipe"  # the trial's recipe steps as JSON
+TAG_RUN_LINK = "podium.run_link"
+TAG_POLICY = "podium.policy"  # the promotion policy as JSON
+TAG_DECISION = "podium.decision"  # why this version was (not) promoted
+TAG_METRIC_PREFIX = "podium.metric."  # + final metric name: the card's metrics
 # Optimizer benchmark (benchmarks/optimizers.py): when a run first reaches the target accuracy.
 EPOCHS_TO_TARGET = "epochs_to_target"
 TIME_TO_TARGET_S = "time_to_target_s"

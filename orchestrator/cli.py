@@ -1,0 +1,181 @@
+"""``podium``: a thin command line over :mod:`orchestrator.api`.
+
+Exit codes: 0 success, 1 the run failed, 2 usage or spec errors.
+
+    podium run [SPEC] [--set PATH=VALUE]... [--tracking-uri URI] [--address ADDR] [--resume]
+    podium validate SPEC [--set PATH=VALUE]...
+    podium leaderboard EXPERIMENT [--top N]
+    podium ui [--port 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from orchestrator.errors import PodiumError, SpecError
+
+USAGE_ERROR = 2
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="run an experiment (no SPEC: the built-in digits example)")
+    p.add_argument("spec", nargs="?", help="YAML experiment spec")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a spec value, e.g. --set search.num_samples=4 (repeatable)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (beats MLFLOW_TRACKING_URI and the spec)")
+    p.add_argument("--address", help="Ray cluster to join: auto, ray://host:port or host:port")
+    p.add_argument("--resume", action="store_true", help="finish the interrupted sweep of this spec")
+    p.add_argument("--top", type=int, default=10, help="leaderboard rows to print at the end")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
+    loud.add_argument("-v", "--verbose", action="store_true", help="a line per result, worker logs")
+    p.set_defaults(func=cmd_run)
+
+
+def _add_validate(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check a spec and print it resolved with defaults")
+    p.add_argument("spec", help="YAML experiment spec")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    p.set_defaults(func=cmd_validate)
+
+
+def _add_leaderboard(sub: Any) -> None:
+    p = sub.add_parser("leaderboard", help="the newest sweep's trials, best first")
+    p.add_argument("experiment")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_leaderboard)
+
+
+def _add_ui(sub: Any) -> None:
+    p = sub.add_parser("ui", help="start the MLflow UI on the local store")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=cmd_ui)
+
+
+# Each subcommand registers itself here; later features add theirs to this list.
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_run, _add_validate, _add_leaderboard, _add_ui]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podium", description="Distributed experiment "
+                                     "orchestration: Ray Tune sweeps, MLflow tracking, registry promotion.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator import api
+
+    spec = api.validate(args.spec, args.overrides)
+    verbosity = 0 if args.quiet else 2 if args.verbose else 1
+    if verbosity:
+        print(f"podium: running {spec.name!r} ({spec.search.num_samples} samples, "
+              f"scheduler {spec.search.scheduler}, searcher {spec.search.searcher})", file=sys.stderr)
+    result = api.run(spec, tracking_uri=args.tracking_uri, address=args.address,
+                     resume=args.resume, verbosity=verbosity)
+    print_rows(result.rows[: args.top] if args.top else result.rows, sort=True)
+    print(f"\ntracking: {result.tracking_uri}  (parent run {result.parent_run_id})")
+    if result.promotion:
+        p = result.promotion
+        print(f"champion: {p.model_uri} = version {p.version} (trial {result.decision.winner.trial_id})")
+        print("  why: " + "; ".join(result.decision.reasons))
+    else:
+        print("no model promoted: " + "; ".join(result.decision.reasons))
+    if result.tracking_failures:
+        print(f"note: {result.tracking_failures} MLflow writes were retried", file=sys.stderr)
+    return 0 if result.decision.winner is not None else 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator import api
+
+    spec = api.validate(args.spec, args.overrides)
+    print(f"{args.spec}: valid (spec hash {spec.spec_hash()})")
+    print(spec.to_yaml(), end="")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from orchestrator import api
+
+    rows = api.leaderboard(args.experiment, args.tracking_uri, args.top)
+    if not rows:
+        print(f"experiment {args.experiment!r} has no trials yet")
+        return 0
+    print_rows(rows, sort=False)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from orchestrator import api
+
+    proc = api.ui(args.tracking_uri, args.port, args.host)
+    print(f"MLflow UI: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return 0
+
+
+def print_rows(rows: Sequence[Any], sort: bool) -> None:
+    """A compact table: status, the headline metrics, and the params that differ between trials."""
+    from orchestrator.api import _rank
+    from tracking import keys
+
+    rows = sorted(rows, key=_rank) if sort else list(rows)
+    metrics = [m for m in (keys.TEST_ACCURACY, keys.VAL_ACCURACY, keys.LATENCY_MS_P50,
+                           keys.MODEL_SIZE_BYTES) if any(m in r.metrics for r in rows)]
+    varying = sorted(k for k in {k for r in rows for k in r.params}
+                     if len({str(r.params.get(k)) for r in rows}) > 1)
+    header = ["trial", "status", *metrics, *varying]
+    table = [header] + [[r.trial_id, r.status, *(_fmt(r.metrics.get(m)) for m in metrics),
+                         *(_fmt(r.params.get(k)) for k in varying)] for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return v[:24]
+        return f"{f:.4g}" if "." in v or "e" in v else v
+    return str(v)[:24]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as e:
+        print(f"podium: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except PodiumError as e:
+        print(f"podium: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("podium: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Runs a sweep: MLflow set-up in the driver, Ray Tune fan-out, selection, registry promotion.
+
+The lifecycle, in order: resolve the tracking URI → create the experiment and the parent run
+(before any trial, so trials never race the store's first use) → start or join Ray → Tuner.fit
+(trials report per epoch; the driver-side callback logs to MLflow through a buffered writer) →
+flush the writer → select the best trial (pure) → log and register its model → finish the parent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.callbacks import MlflowTrialLogger, ProgressView, trial_error_text, trial_status
+from orchestrator.errors import RunError
+from orchestrator.schedulers import build_param_space, build_scheduler, has_grid
+from orchestrator.space import flatten_params, resolve, template_of
+from orchestrator.spec import ExperimentSpec
+from tracking import keys
+from tracking.registry import Promotion, log_torch_model, register_and_alias
+from tracking.selection import Candidate, Decision, policy_from, select_best
+from tracking.store import RunWriter, Store, TrackingError, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+# Tune's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records and cost time on
+# every report; its checkpoint-sync warning fires on every short sweep.
+_QUIET_TUNE = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    run_id: str | None
+    status: str
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    """What one ``podium run`` produced."""
+
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    rows: list[TrialRow]
+    decision: Decision
+    promotion: Promotion | None
+    tracking_failures: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status == "failed" for r in self.rows)
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    *,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    verbosity: int = 1,
+    workdir: str | os.PathLike = ".",
+) -> SweepResult:
+    """Run ``spec`` as one sweep and promote its best model.
+
+    Args:
+        spec: a validated spec (``orchestrator.spec.load_spec``).
+        tracking_uri: overrides ``MLFLOW_TRACKING_URI`` and the spec.
+        address: a Ray cluster to join (overrides ``cluster.address``); None starts a local Ray.
+        resume: continue the newest interrupted sweep of this experiment (same trials, same runs).
+        verbosity: 0 quiet, 1 progress lines, 2 one line per result plus worker logs.
+        workdir: where the embedded store (``podium-runs/``) lives when no URI is given.
+
+    Raises:
+        RunError: Ray or MLflow failed, or there is no sweep to resume.
+
+    Example:
+        >>> from orchestrator.spec import load_spec
+        >>> result = run_experiment(load_spec(overrides=["search.num_samples=2"]))  # doctest: +SKIP
+        >>> result.promotion.model_uri  # doctest: +SKIP
+        'models:/digits-classifier@champion'
+    """
+    for k, v in _QUIET_TUNE.items():
+        os.environ.setdefault(k, v)
+    uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri, workdir)
+    try:
+        store = Store(uri)
+        experiment_id = store.ensure_experiment(spec.name, spec.tracking.artifact_location)
+        parent_id, ray_path, existing = _parent_run(store, experiment_id, spec, resume, workdir)
+    except TrackingError as e:
+        raise RunError(str(e)) from e
+    writer = RunWriter(store, experiment_id, parent_id, existing)
+    template = template_of(spec)
+    started_ray = _init_ray(address or spec.cluster.address, verbosity)
+    try:
+        grid = _fit(spec, template, writer, ray_path, resume, verbosity)
+    except Exception as e:
+        raise RunError(f"the sweep failed: {e}") from e
+    finally:
+        if not writer.close(timeout_s=300):
+            log.error("some MLflow writes did not land within 300 s")
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    rows, checkpoints = _rows(grid, template, writer)
+    decision = select_best([Candidate(r.trial_id, r.metrics, r.status, r.run_id, r.params) for r in rows],
+                           policy_from(asdict(spec.promotion)))
+    promotion = None
+    if spec.promotion.enabled and decision.winner is not None:
+        promotion = promote_trial(spec, uri, decision, checkpoints[decision.winner.trial_id])
+    store.log_artifact_text(parent_id, leaderboard_csv(rows), keys.LEADERBOARD_ARTIFACT)
+    store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
+    return SweepResult(spec.name, uri, parent_id, rows, decision, promotion, writer.failures)
+
+
+def _parent_run(store: Store, experiment_id: str, spec: ExperimentSpec, resume: bool,
+                workdir: str | os.PathLike) -> tuple[str, str, dict[str, Any]]:
+    """(parent run id, Tune experiment path, existing child runs by trial id)."""
+    if resume:
+        parent = store.find_parent(experiment_id, spec.name)
+        if parent is None:
+            raise RunError(f"nothing to resume: experiment {spec.name!r} has no sweep run")
+        run = store.client.get_run(parent)
+        path = run.data.tags.get(keys.TAG_RAY_PATH)
+        if not path or not Path(path).exists():
+            raise RunError(f"cannot resume {spec.name!r}: its Tune state {path!r} is gone")
+        store.client.update_run(parent, status="RUNNING")
+        return parent, path, store.child_runs(experiment_id, parent)
+    parent = store.start_parent(experiment_id, spec.name, {
+        keys.TAG_EXPERIMENT: spec.name, keys.TAG_SPEC_HASH: spec.spec_hash()})
+    storage = Path(spec.cluster.storage_path or Path(workdir, "podium-runs", "ray_results")).resolve()
+    path = str(storage / f"{spec.name}-{parent[:8]}")
+    store.client.set_tag(parent, keys.TAG_RAY_PATH, path)
+    store.log_artifact_text(parent, spec.to_yaml(), keys.SPEC_ARTIFACT)
+    store.client.log_batch(parent, params=[])  # params live on the child runs
+    return parent, path, {}
+
+
+def _init_ray(address: str | None, verbosity: int) -> bool:
+    """Join ``address`` or start a private local Ray; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    common = {"include_dashboard": False, "log_to_driver": verbosity >= 2,
+              "logging_level": logging.INFO if verbosity >= 2 else logging.ERROR}
+    # "local" always starts a fresh Ray: a stale /tmp/ray/ray_current_cluster would otherwise make
+    # ray.init() try to join a dead cluster.
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **common)
+    return True
+
+
+def _fit(spec: ExperimentSpec, template: dict[str, Any], writer: RunWriter, ray_path: str,
+         resume: bool, verbosity: int) -> Any:
+    from ray import tune
+
+    trainable = tune.with_resources(make_trainable(template, spec), _resources(spec))
+    callbacks = [MlflowTrialLogger(writer, template),
+                 ProgressView(spec.search.metric, spec.search.mode,
+                              None if has_grid(spec) else spec.search.num_samples, verbosity)]
+    if resume:
+        tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_errored=True,
+                                   param_space=None)
+        # Callbacks are not part of Tune's saved state; put ours back.
+        tuner._local_tuner._run_config.callbacks = callbacks
+        return tuner.fit()
+    param_space, search_alg = build_param_space(spec)
+    s = spec.search
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=s.metric, mode=s.mode, num_samples=s.num_samples, search_alg=search_alg,
+            scheduler=build_scheduler(spec), max_concurrent_trials=s.max_concurrent,
+            reuse_actors=True,  # one process per slot, not per trial: start-up dominates short trials
+        ),
+        run_config=tune.RunConfig(
+            name=Path(ray_path).name, storage_path=str(Path(ray_path).parent),
+            callbacks=callbacks, verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.cluster.max_failures),
+        ),
+    )
+    return tuner.fit()
+
+
+def make_trainable(template: dict[str, Any], spec: ExperimentSpec) -> Any:
+    """The function Tune runs per trial: resolve the sampled config, then run the worker recipe."""
+    threads = max(1, int(spec.resources.cpu))
+
+    def podium_trial(config: dict[str, Any]) -> None:
+        from workers.trainable import TrialContext, run_trial
+
+        run_trial(resolve(template, config), TrialContext(threads=threads))
+
+    return podium_trial
+
+
+def _resources(spec: ExperimentSpec) -> dict[str, float]:
+    r = spec.resources
+    out: dict[str, float] = {"cpu": r.cpu, "gpu": r.gpu}
+    if r.tpu:
+        out["TPU"] = r.tpu
+    if r.memory_mb:
+        out["memory"] = r.memory_mb * 1024 * 1024
+    return out
+
+
+def _rows(grid: Any, template: dict[str, Any], writer: RunWriter) -> tuple[list[TrialRow], dict[str, Any]]:
+    rows, checkpoints = [], {}
+    for result in grid:
+        last = result.metrics or {}
+        trial_id = last.get("trial_id") or _trial_id_from_path(result.path)
+        status = trial_status(last, errored=result.error is not None)
+        error = str(last.get(keys.FAILED) or "") or (str(result.error).splitlines()[-1] if result.error else None)
+        from orchestrator.callbacks import result_metrics
+
+        rows.append(TrialRow(trial_id, writer.run_id(trial_id), status, result_metrics(last),
+                             flatten_params(resolve(template, result.config)) if result.config else {},
+                             error or None))
+        checkpoints[trial_id] = result.checkpoint
+    return rows, checkpoints
+
+
+def _trial_id_from_path(path: str) -> str:
+    # Tune names trial folders <trainable>_<trial_id>_<index>_<params>...
+    parts = Path(path).name.split("_")
+    return parts[2] if len(parts) > 2 else Path(path).name
+
+
+def promote_trial(spec: ExperimentSpec, uri: str, decision: Decision, checkpoint: Any) -> Promotion:
+    """Log the winner's model to its run and register it under the spec's model name and alias."""
+    from workers.tasks import load_task
+    from workers.trainable import load_trial_model
+
+    winner = decision.winner
+    assert winner is not None and winner.run_id is not None
+    with checkpoint.as_directory() as folder:
+        model, meta = load_trial_model(folder)
+    data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
+    example = data.x_test[:4].numpy()  # batch > 1: torch.export must not freeze the batch size
+    model_uri = log_torch_model(winner.run_id, model, example, uri)
+    tags = {keys.TAG_SPEC_HASH: spec.spec_hash(), keys.TAG_EXPERIMENT: spec.name,
+            keys.TAG_TRIAL_ID: winner.trial_id}
+    return register_and_alias(uri, model_uri, spec.model_name, spec.promotion.alias,
+                              winner.run_id, decision, tags)
+
+
+def leaderboard_csv(rows: list[TrialRow]) -> str:
+    metric_keys = sorted({k for r in rows for k in r.metrics})
+    param_keys = sorted({k for r in rows for k in r.params})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["trial_id", "run_id", "status", *metric_keys, *param_keys, "error"])
+    for r in rows:
+        w.writerow([r.trial_id, r.run_id, r.status, *(r.metrics.get(k, "") for k in metric_keys),
+                    *(r.params.get(k, "") for k in param_keys), r.error or ""])
+    return buf.getvalue()
+
+
+__all__ = ["SweepResult", "TrialRow", "run_experiment", "promote_trial", "leaderboard_csv",
+           "trial_error_text"]

@@ -1,0 +1,153 @@
+"""Spec → Ray Tune search space, and a sampled config → the concrete trial spec.
+
+Ray sees a *flat* space: one key per search-space leaf, named by its dotted spec path
+(``optimizer.lr``). A choice or grid over whole sections (a conditional space) becomes a branch
+index under the section's path (``optimizer``), and the leaves inside branch ``i`` are keyed
+``optimizer[i].lr``. :func:`resolve` rebuilds the concrete spec from the template and a sampled
+config, keeping only the chosen branch, so inactive keys never reach the trial.
+
+Example:
+    >>> template = {"optimizer": {"name": "adam", "lr": {"uniform": [0.1, 0.2]}}}
+    >>> sorted(flat_space(template))
+    ['optimizer.lr']
+    >>> resolve(template, {"optimizer.lr": 0.15})
+    {'optimizer': {'name': 'adam', 'lr': 0.15}}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from orchestrator.spec import ExperimentSpec, is_space, space_candidates, space_kind
+
+SEARCHABLE = ("task", "model", "optimizer", "training", "recipe")
+
+
+def template_of(spec: ExperimentSpec) -> dict[str, Any]:
+    """The searchable part of a spec: what every trial resolves against."""
+    return {k: copy.deepcopy(getattr(spec, k)) for k in SEARCHABLE}
+
+
+def _is_section_space(value: Any) -> bool:
+    """A choice/grid whose options hold mappings or lists (a conditional sub-space)."""
+    return is_space(value) and space_kind(value) in ("choice", "grid") and any(
+        isinstance(c, (dict, list)) and _has_structure(c) for c in space_candidates(value)
+    )
+
+
+def _has_structure(v: Any) -> bool:
+    # A list of plain numbers (e.g. hidden: [128, 64]) is a value, not a sub-space.
+    if isinstance(v, dict):
+        return True
+    return isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v)
+
+
+def iter_leaves(node: Any, path: str) -> Iterator[tuple[str, dict]]:
+    """(flat key, space) for every search-space leaf under ``node``; branches of a section space
+    are visited under ``path[i]``."""
+    if is_space(node):
+        yield path, node
+        if _is_section_space(node):
+            for i, branch in enumerate(space_candidates(node)):
+                yield from iter_leaves(branch, f"{path}[{i}]")
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from iter_leaves(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from iter_leaves(v, f"{path}.{i}")
+
+
+def flat_space(template: dict[str, Any], grid_choices: bool = False) -> dict[str, Any]:
+    """The Ray Tune param space for a template (``grid_choices``: every choice becomes a grid)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, space in iter_leaves(template, ""):
+        kind, arg = space_kind(space), space[space_kind(space)]
+        values = list(range(len(arg))) if _is_section_space(space) else arg
+        if kind == "grid" or (kind == "choice" and grid_choices):
+            out[key] = tune.grid_search(values)
+        elif kind == "choice":
+            out[key] = tune.choice(values)
+        elif kind == "uniform":
+            out[key] = tune.uniform(*arg)
+        elif kind == "loguniform":
+            out[key] = tune.loguniform(*arg)
+        else:  # randint: inclusive bounds in the spec, exclusive upper bound in Ray
+            out[key] = tune.randint(int(arg[0]), int(arg[1]) + 1)
+    return out
+
+
+def optuna_define_by_run(template: dict[str, Any]) -> Callable[[Any], None]:
+    """An Optuna define-by-run function that samples only the active branch of each section
+    choice, so Optuna's model never sees parameters that did not apply."""
+
+    def sample(trial: Any, node: Any, path: str) -> None:
+        if is_space(node):
+            kind, arg = space_kind(node), node[space_kind(node)]
+            if _is_section_space(node):
+                i = trial.suggest_categorical(path, list(range(len(arg))))
+                sample(trial, arg[i], f"{path}[{i}]")
+            elif kind == "choice":
+                # Optuna's categorical takes scalars only; lists (e.g. hidden sizes) go by index.
+                scalar = all(isinstance(a, (str, int, float, bool)) or a is None for a in arg)
+                if scalar:
+                    trial.suggest_categorical(path, arg)
+                else:
+                    trial.suggest_categorical(path + "#", list(range(len(arg))))
+            elif kind in ("uniform", "loguniform"):
+                trial.suggest_float(path, arg[0], arg[1], log=kind == "loguniform")
+            elif kind == "randint":
+                trial.suggest_int(path, int(arg[0]), int(arg[1]))
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                sample(trial, v, f"{path}.{k}" if path else k)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                sample(trial, v, f"{path}.{i}")
+
+    return lambda trial: sample(trial, template, "")
+
+
+def resolve(template: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The concrete trial spec: every space in ``template`` replaced by its sampled value.
+
+    Raises:
+        KeyError: ``config`` lacks a value for an active space (a bug, not a user error).
+    """
+
+    def walk(node: Any, path: str) -> Any:
+        if is_space(node):
+            arg = node[space_kind(node)]
+            if _is_section_space(node):
+                i = config[path]
+                return walk(arg[i], f"{path}[{i}]")
+            if path + "#" in config:  # Optuna index for a choice of lists
+                return copy.deepcopy(arg[config[path + "#"]])
+            value = config[path]
+            return int(value) if space_kind(node) == "randint" else value
+        if isinstance(node, dict):
+            return {k: walk(v, f"{path}.{k}" if path else k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(node)]
+        return node
+
+    return walk(template, "")
+
+
+def flatten_params(concrete: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted-path params of a concrete trial spec, for MLflow (``optimizer.lr`` → 0.01)."""
+    out: dict[str, Any] = {}
+    for k, v in concrete.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten_params(v, key))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, item in enumerate(v):
+                out.update(flatten_params(item, f"{key}.{i}"))
+        else:
+            out[key] = v
+    return out

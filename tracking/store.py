@@ -1,0 +1,295 @@
+"""MLflow set-up and run logging for a sweep: one parent run, one nested child run per trial.
+
+Only the driver writes to MLflow. Writes go through :class:`RunWriter`, a background thread that
+batches them (``log_batch``) and retries on failure, so a slow or restarting tracking server never
+blocks or kills training; :meth:`RunWriter.close` flushes what is left.
+
+Example:
+    >>> uri = resolve_tracking_uri(None, None, workdir=tmp)          # doctest: +SKIP
+    >>> store = Store(uri); exp_id = store.ensure_experiment("demo")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracking import keys
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIR = "podium-runs"
+ENV_URI = "MLFLOW_TRACKING_URI"
+MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+
+class TrackingError(Exception):
+    """MLflow could not be reached or refused a write; the message says which store."""
+
+
+def resolve_tracking_uri(flag: str | None, spec_uri: str | None, workdir: str | os.PathLike = ".") -> str:
+    """Where runs go: the CLI flag, then ``MLFLOW_TRACKING_URI``, then the spec, then an embedded
+    SQLite store under ``./podium-runs/``."""
+    uri = flag or os.environ.get(ENV_URI) or spec_uri
+    if uri:
+        return uri
+    folder = Path(workdir, DEFAULT_DIR).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """Artifacts beside an embedded SQLite store (``podium-runs/artifacts``); servers decide their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+class Store:
+    """A thin adapter over ``MlflowClient`` for one tracking URI."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def ensure_experiment(self, name: str, artifact_location: str | None = None) -> str:
+        """Create the experiment if needed (in the driver, before trials: parallel first use of a
+        SQLite store races its schema migration) and return its id."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(exp.experiment_id)
+                return exp.experiment_id
+            location = artifact_location or default_artifact_location(self.uri)
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as e:
+            raise TrackingError(f"MLflow store {self.uri!r} refused experiment {name!r}: {e.message}") from e
+        except Exception as e:  # connection errors come as requests/sqlalchemy exceptions
+            raise TrackingError(f"cannot reach MLflow store {self.uri!r}: {e}") from e
+
+    def start_parent(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(experiment_id, run_name=run_name,
+                                     tags={keys.TAG_ROLE: keys.ROLE_SWEEP, **tags})
+        return run.info.run_id
+
+    def find_parent(self, experiment_id: str, run_name: str) -> str | None:
+        """The newest sweep run named ``run_name`` (what ``--resume`` continues)."""
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}' and tags.`mlflow.runName` = '{run_name}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def child_runs(self, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
+        """Existing child runs by trial id, for resuming into the same runs."""
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{keys.TAG_PARENT_RUN}` = '{parent_run_id}'",
+            max_results=50000,
+        )
+        return {r.data.tags[keys.TAG_TRIAL_ID]: r for r in runs if keys.TAG_TRIAL_ID in r.data.tags}
+
+    def log_artifact_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_artifact_file(self, run_id: str, path: str | os.PathLike, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+
+# --------------------------------------------------------------------------- buffered writer
+
+
+@dataclass
+class _TrialRun:
+    run_id: str | None = None
+    steps: dict[str, int] = field(default_factory=dict)  # metric -> highest step logged
+
+
+class RunWriter:
+    """Writes trial runs from a background thread, in order, retrying until they land.
+
+    Every call only enqueues. Child runs are created lazily, so a trial can report before the
+    tracking server is back. A metric step already logged is never logged again (a trial resumed
+    from a checkpoint re-reports nothing twice).
+    """
+
+    def __init__(self, store: Store, experiment_id: str, parent_run_id: str,
+                 existing: dict[str, Any] | None = None, retry_s: float = 1.0) -> None:
+        self.store, self.experiment_id, self.parent_run_id = store, experiment_id, parent_run_id
+        self.retry_s = retry_s
+        self.runs: dict[str, _TrialRun] = {}
+        for trial_id, run in (existing or {}).items():
+            steps = {}
+            for metric in run.data.metrics:
+                history = store.client.get_metric_history(run.info.run_id, metric)
+                steps[metric] = max((m.step for m in history), default=-1)
+            self.runs[trial_id] = _TrialRun(run.info.run_id, steps)
+        self._queue: queue.Queue[tuple[str, str, Any] | None] = queue.Queue()
+        self._pending = 0
+        self._lock = threading.Condition()
+        self.failures = 0
+        self._thread = threading.Thread(target=self._loop, name="podium-mlflow-writer", daemon=True)
+        self._thread.start()
+
+    # -- what the Tune callback calls (non-blocking)
+
+    def trial_started(self, trial_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+        self._put(trial_id, "start", (name, params, tags))
+
+    def log_metrics(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
+        self._put(trial_id, "metrics", (metrics, step))
+
+    def set_tags(self, trial_id: str, tags: dict[str, str]) -> None:
+        self._put(trial_id, "tags", tags)
+
+    def trial_ended(self, trial_id: str, status: str) -> None:
+        self._put(trial_id, "end", status)
+
+    def run_id(self, trial_id: str) -> str | None:
+        run = self.runs.get(trial_id)
+        return run.run_id if run else None
+
+    def flush(self, timeout_s: float = 120.0) -> bool:
+        """Wait until everything queued has landed; False if ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, 0.5))
+        return True
+
+    def close(self, timeout_s: float = 120.0) -> bool:
+        ok = self.flush(timeout_s)
+        self._queue.put(None)
+        return ok
+
+    # -- the writer thread
+
+    def _put(self, trial_id: str, op: str, arg: Any) -> None:
+        with self._lock:
+            self._pending += 1
+        self._queue.put((trial_id, op, arg))
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            # Drain what is already queued so consecutive metric reports share one log_batch.
+            while len(batch) < 200:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            count = len(batch)  # _apply_with_retry consumes the list
+            self._apply_with_retry(batch)
+            with self._lock:
+                self._pending -= count
+                self._lock.notify_all()
+
+    def _apply_with_retry(self, batch: list[tuple[str, str, Any]]) -> None:
+        delay = self.retry_s
+        while batch:
+            try:
+                self._apply(batch)
+                return
+            except Exception as e:  # noqa: BLE001 - a store failure: keep the data, retry
+                self.failures += 1
+                if _permanent(e):
+                    # The store refused this write itself (bad value): retrying cannot help.
+                    log.error("MLflow refused %s for trial %s: %s", batch[0][1], batch[0][0], e)
+                    del batch[0]
+                    continue
+                log.warning("MLflow write failed (%s); retrying in %.0fs", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _apply(self, batch: list[tuple[str, str, Any]]) -> None:
+        """Apply ops in order; ops already applied are removed so a retry does not repeat them."""
+        from mlflow.entities import Metric, RunTag
+
+        while batch:
+            trial_id, op, arg = batch[0]
+            run = self.runs.setdefault(trial_id, _TrialRun())
+            if op == "start":
+                if run.run_id is None:
+                    self._create(run, trial_id, *arg)
+            elif run.run_id is None:
+                # A trial can fail before Tune reports its start: give it a run all the same.
+                self._create(run, trial_id, trial_id, {}, {})
+            if op == "metrics":
+                now = int(time.time() * 1000)
+                # Merge this trial's consecutive metric reports into one log_batch call.
+                rows: list[Metric] = []
+                n = 0
+                while n < len(batch) and batch[n][0] == trial_id and batch[n][1] == "metrics":
+                    metrics, step = batch[n][2]
+                    for k, v in metrics.items():
+                        if step > run.steps.get(k, -1):
+                            rows.append(Metric(k, float(v), now, step))
+                    n += 1
+                for chunk in _chunks(rows, 900):
+                    self.store.client.log_batch(run.run_id, metrics=chunk)
+                for m in rows:
+                    run.steps[m.key] = max(run.steps.get(m.key, -1), m.step)
+                del batch[:n]
+                continue
+            elif op == "tags":
+                self.store.client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in arg.items()])
+            elif op == "end":
+                self.store.client.set_terminated(run.run_id, arg)
+            del batch[0]
+
+    def _create(self, run: _TrialRun, trial_id: str, name: str, params: dict[str, Any],
+                tags: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        created = self.store.client.create_run(
+            self.experiment_id, run_name=name,
+            tags={keys.TAG_PARENT_RUN: self.parent_run_id, keys.TAG_ROLE: keys.ROLE_TRIAL,
+                  keys.TAG_TRIAL_ID: trial_id, **tags},
+        )
+        for chunk in _chunks([Param(k, _param_value(v)) for k, v in params.items()], 100):
+            self.store.client.log_batch(created.info.run_id, params=chunk)
+        run.run_id = created.info.run_id
+
+
+def _permanent(e: Exception) -> bool:
+    """True for MLflow's own refusals (invalid value, missing run); False for outages."""
+    from mlflow.exceptions import MlflowException
+
+    code = getattr(e, "error_code", "")
+    return isinstance(e, MlflowException) and code in (
+        "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST")
+
+
+def _param_value(v: Any) -> str:
+    text = str(v)
+    return text if len(text) <= MAX_PARAM_LEN else text[: MAX_PARAM_LEN - 3] + "..."
+
+
+def _chunks(rows: list, size: int) -> Iterable[list]:
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]

@@ -1,0 +1,210 @@
+"""One trial, as a recipe: set up data, model, optimizer; train with a checkpoint and a report every
+epoch; at the end evaluate on the test split, measure, compress, report the final metrics.
+
+This is the one module that talks to Ray Tune (``tune.report`` / ``tune.get_checkpoint``). It gets
+the trial's *concrete* spec (no search spaces left) from the orchestrator. Workers never write to
+MLflow: the driver logs what the trial reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tracking import keys
+from workers.adversarial import make_adversary, robust_accuracy
+from workers.errors import TrialDivergedError
+from workers.loop import batch_size_for, evaluate, train_epoch
+from workers.measure import nonzero_params, param_count, state_dict_bytes
+from workers.models import build_model
+from workers.optimizers import OPTIMIZERS, build_optimizer
+from workers.optimizers.schedules import build_schedule
+from workers.recipes import run_recipe
+from workers.tasks import TaskData, load_task
+
+STATE_FILE = "state.pt"  # weights-only: tensors and plain containers, loadable with weights_only=True
+TRIAL_FILE = "trial.json"  # the concrete spec plus the model's input shape and class count
+ARTIFACTS_DIR = "artifacts"  # files a recipe produced (e.g. model.onnx), logged by the driver
+
+
+@dataclass
+class TrialContext:
+    """What a trial knows besides its spec: where it runs and what the driver prepared.
+
+    ``extras`` carries driver-prepared inputs for plug-ins (e.g. a registry teacher's local path).
+    """
+
+    threads: int = 1
+    extras: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+    device: torch.device = torch.device("cpu")
+
+
+@dataclass
+class _State:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    generator: torch.Generator
+    epoch: int = 0
+    train_time_s: float = 0.0
+
+
+def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
+    """Train, evaluate and report one trial under Ray Tune.
+
+    Args:
+        trial: the concrete spec sections ``task``, ``model``, ``optimizer``, ``training``,
+            ``recipe`` (see ``orchestrator.space.resolve``).
+        ctx: threads and driver-prepared inputs.
+
+    Raises:
+        TrialDivergedError: the loss became NaN/inf; Tune records the trial as errored.
+    """
+    from ray import tune
+
+    torch.set_num_threads(max(1, ctx.threads))
+    training = trial["training"]
+    data = load_task(trial["task"], training["seed"])
+    state = _setup(trial, data)
+    _restore(state, tune.get_checkpoint())
+    where = {keys.NODE: socket.gethostname(), keys.DEVICE: str(ctx.device)}
+    entry = OPTIMIZERS.get(trial["optimizer"]["name"])
+    batch_size = batch_size_for(entry.batch_mode, training["batch_size"], len(data.x_train))
+    adversary = make_adversary(training.get("adversarial"))
+    max_epochs = training["max_epochs"]
+    while state.epoch < max_epochs:
+        started = time.perf_counter()
+        try:
+            result = train_epoch(
+                state.model, state.optimizer, data.x_train, data.y_train, batch_size,
+                state.generator, needs_closure=entry.needs_closure,
+                l1_penalty=training.get("l1_penalty", 0.0), schedule=state.schedule,
+                adversary=adversary,
+            )
+        except TrialDivergedError as e:
+            # End the trial, marked failed with the reason. Raising would make Tune retry it
+            # (max_failures), and a diverging config diverges again.
+            val_loss, val_acc = evaluate(state.model, data.x_val, data.y_val)
+            tune.report({keys.EPOCH: state.epoch + 1, keys.TRAIN_LOSS: float("nan"),
+                         keys.VAL_LOSS: val_loss, keys.VAL_ACCURACY: val_acc,
+                         keys.FAILED: str(e), **where})
+            return
+        val_loss, val_acc = evaluate(state.model, data.x_val, data.y_val)
+        state.train_time_s += time.perf_counter() - started
+        state.epoch += 1
+        metrics = {keys.EPOCH: state.epoch, keys.TRAIN_LOSS: result.train_loss,
+                   keys.VAL_LOSS: val_loss, keys.VAL_ACCURACY: val_acc, **where}
+        robust = robust_accuracy(state.model, data.x_val, data.y_val, training.get("adversarial"))
+        if robust is not None:
+            metrics[keys.ROBUST_ACCURACY] = robust
+        last = state.epoch == max_epochs
+        with tempfile.TemporaryDirectory(prefix="podium-ckpt-") as folder:
+            if last:
+                metrics.update(_finish(trial, data, state, ctx, Path(folder)))
+            if last or state.epoch % training.get("checkpoint_every", 1) == 0:
+                _save(state, trial, data, Path(folder))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            else:
+                tune.report(metrics)
+
+
+def _setup(trial: dict[str, Any], data: TaskData) -> _State:
+    seed = trial["training"]["seed"]
+    torch.manual_seed(seed)  # same init for the same seed: trials differ only by their config
+    model = build_model(trial["model"], data.input_shape, data.num_classes)
+    opt_section = trial["optimizer"]
+    optimizer = build_optimizer(
+        opt_section["name"], model.parameters(), {k: v for k, v in opt_section.items() if k != "name"}
+    )
+    entry = OPTIMIZERS.get(opt_section["name"])
+    batch_size = batch_size_for(entry.batch_mode, trial["training"]["batch_size"], len(data.x_train))
+    steps_per_epoch = -(-len(data.x_train) // batch_size)
+    schedule = build_schedule(optimizer, trial["training"].get("lr_schedule"), steps_per_epoch,
+                              trial["training"]["max_epochs"])
+    generator = torch.Generator().manual_seed(seed)
+    return _State(model, optimizer, schedule, generator)
+
+
+def _save(state: _State, trial: dict[str, Any], data: TaskData, folder: Path) -> None:
+    blob = {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "epoch": state.epoch,
+        "train_time_s": state.train_time_s,
+        "generator": state.generator.get_state(),
+    }
+    if state.schedule is not None and hasattr(state.schedule, "state_dict"):
+        blob["schedule"] = state.schedule.state_dict()
+    torch.save(blob, folder / STATE_FILE)
+    meta = {"trial": trial, "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+    (folder / TRIAL_FILE).write_text(json.dumps(meta))
+
+
+def _restore(state: _State, checkpoint: Any) -> None:
+    """Continue from the last checkpoint after a worker failure or a driver restart."""
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as folder:
+        blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+    state.model.load_state_dict(blob["model"])
+    configured = [dict(g) for g in state.optimizer.param_groups]
+    state.optimizer.load_state_dict(blob["optimizer"])
+    if state.schedule is None:
+        # The config wins over the checkpoint's hyperparameters: PBT restores a checkpoint into a
+        # mutated config, and a plain resume has the same config anyway.
+        for group, conf in zip(state.optimizer.param_groups, configured, strict=True):
+            group.update({k: v for k, v in conf.items() if k != "params"})
+    if "schedule" in blob and state.schedule is not None:
+        state.schedule.load_state_dict(blob["schedule"])
+    state.generator.set_state(blob["generator"])
+    state.epoch = int(blob["epoch"])
+    state.train_time_s = float(blob["train_time_s"])
+
+
+def _finish(trial: dict[str, Any], data: TaskData, state: _State, ctx: TrialContext,
+            folder: Path) -> dict[str, Any]:
+    """Final metrics: test accuracy and size of the trained model, then the compression recipe."""
+    _, test_acc = evaluate(state.model, data.x_test, data.y_test)
+    final: dict[str, Any] = {
+        keys.TEST_ACCURACY: test_acc,
+        keys.PARAM_COUNT: param_count(state.model),
+        keys.NONZERO_PARAMS: nonzero_params(state.model),
+        keys.MODEL_SIZE_BYTES: state_dict_bytes(state.model),
+        keys.TRAIN_TIME_S: state.train_time_s,
+        keys.DONE: True,
+    }
+    robust = robust_accuracy(state.model, data.x_test, data.y_test, trial["training"].get("adversarial"))
+    if robust is not None:
+        final[keys.TEST_ROBUST_ACCURACY] = robust
+    if trial.get("recipe"):
+        ctx.out_dir = folder / ARTIFACTS_DIR
+        ctx.out_dir.mkdir()
+        result = run_recipe(trial["recipe"], state.model, data, ctx)
+        if result is not None:
+            final.update(result.metrics)
+    return final
+
+
+def load_trial_model(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trial's trained model from its checkpoint folder (weights-only load).
+
+    Returns:
+        The model in eval mode and the checkpoint's metadata (``trial``, ``input_shape``,
+        ``num_classes``).
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / TRIAL_FILE).read_text())
+    model = build_model(meta["trial"]["model"], tuple(meta["input_shape"]), meta["num_classes"])
+    blob = torch.load(folder / STATE_FILE, weights_only=True)
+    model.load_state_dict(blob["model"])
+    return model.eval(), meta
