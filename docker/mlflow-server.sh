@@ -8,9 +8,10 @@ set -eu
 : "${MLFLOW_AUTH_ADMIN_PASSWORD:?}" "${MLFLOW_FLASK_SERVER_SECRET_KEY:?}"
 pg_host="${POSTGRES_HOST:-postgres}"
 pg_port="${POSTGRES_PORT:-5432}"
-# Passwords may hold URI-reserved characters; quote them for the database URIs.
+# Passwords may hold URI-reserved characters; quote them for the database URIs. The driver is
+# named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the image has psycopg2.
 pw=$(python -c 'import os, urllib.parse; print(urllib.parse.quote(os.environ["POSTGRES_PASSWORD"], safe=""))')
-db="postgresql://${POSTGRES_USER}:${pw}@${pg_host}:${pg_port}"
+db="postgresql+psycopg2://${POSTGRES_USER}:${pw}@${pg_host}:${pg_port}"
 
 # The auth app reads its user-store location from an ini file, not from a flag.
 ini=$(mktemp "${TMPDIR:-/tmp}/podium-mlflow-auth.XXXXXX")

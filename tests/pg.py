@@ -10,7 +10,7 @@ Example::
 
     with PostgresServer() as pg:
         pg.create_database("mlflow")
-        uri = pg.uri("mlflow")   # postgresql://podium:...@127.0.0.1:PORT/mlflow
+        uri = pg.uri("mlflow")   # postgresql+psycopg2://podium:...@127.0.0.1:PORT/mlflow
 """
 
 from __future__ import annotations
@@ -136,8 +136,12 @@ class PostgresServer:
                 f"dbname={database}")
 
     def uri(self, database: str = "postgres") -> str:
-        """A SQLAlchemy/MLflow URI, e.g. ``postgresql://podium:pw@127.0.0.1:5433/mlflow``."""
-        return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port}/{database}"
+        """A SQLAlchemy/MLflow URI, e.g. ``postgresql+psycopg2://podium:pw@127.0.0.1:5433/mlflow``.
+
+        The driver is named: SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, and
+        Podium installs psycopg2.
+        """
+        return f"postgresql+psycopg2://{USER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` and return its URI (CREATE DATABASE needs autocommit)."""

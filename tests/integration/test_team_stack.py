@@ -1,0 +1,153 @@
+"""The team stack's topology as real processes: what docker-compose.yml runs, without Docker.
+
+PostgreSQL from the OS packages; ``docker/mlflow-server.sh`` (the compose service's own script)
+serving MLflow on it with basic authentication; a Ray head and a Ray worker from ``ray start``
+with token authentication, all on 127.0.0.1. A ``podium run`` joins them with ``--address`` and
+``--tracking-uri``; the test then reads PostgreSQL directly to find the runs and the champion.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures_services import RayNodes
+from tests.pg import PostgresServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_postgres_helper_starts_a_real_server_and_stops_it():
+    with PostgresServer() as pg:
+        uri = pg.create_database("probe")
+        assert uri.startswith(f"postgresql+psycopg2://podium:{pg.password}@127.0.0.1:{pg.port}/probe")
+        pg.query("probe", "CREATE TABLE t (x int)")
+        assert pg.query("probe", "SELECT count(*) FROM t") == [(0,)]
+        port = pg.port
+    import psycopg2
+
+    with pytest.raises(psycopg2.OperationalError):  # stopped: nothing listens any more
+        psycopg2.connect(host="127.0.0.1", port=port, user="podium", dbname="probe",
+                         connect_timeout=2)
+
+
+def start_mlflow_from_compose_script(pg: PostgresServer,
+                                     home: Path) -> tuple[subprocess.Popen, dict]:
+    """Run docker/mlflow-server.sh as the compose service does, pointed at the local PostgreSQL."""
+    pg.create_database("mlflow")
+    pg.create_database("mlflow_auth")
+    port = free_port()
+    admin_password = "team-stack-" + os.urandom(6).hex()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "POSTGRES_USER": "podium", "POSTGRES_PASSWORD": pg.password,
+        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(pg.port),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "podium-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
+        "MLFLOW_BIND": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(home / "artifacts"), "TMPDIR": str(home),
+    }
+    proc = subprocess.Popen(["sh", str(ROOT / "docker" / "mlflow-server.sh")], env=env, cwd=home,
+                            stdout=open(home / "mlflow.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((home / "mlflow.log").read_text()[-3000:]) from None
+            time.sleep(0.5)
+    client_env = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "podium-admin",
+                  "MLFLOW_TRACKING_PASSWORD": admin_password}
+    return proc, client_env
+
+
+@pytest.fixture
+def team_stack(tmp_path):
+    """PostgreSQL + authenticated mlflow server + a 2-node token-auth Ray; all stopped after."""
+    import signal
+
+    from tests.pg import find_bin_dir
+
+    if find_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (make install adds it)")
+    pg = PostgresServer().start()
+    ray_nodes = RayNodes()
+    mlflow_proc = None
+    try:
+        mlflow_proc, client_env = start_mlflow_from_compose_script(pg, tmp_path)
+        ray_nodes.start_node(head=True, name="head", num_cpus=1)
+        ray_nodes.start_node(name="worker-1", num_cpus=1)
+        yield pg, client_env, ray_nodes
+    finally:
+        if mlflow_proc is not None and mlflow_proc.poll() is None:
+            os.killpg(mlflow_proc.pid, signal.SIGTERM)
+            mlflow_proc.wait(timeout=30)
+        ray_nodes.cleanup()
+        pg.cleanup()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_sweep_through_the_team_stack_lands_in_postgres(team_stack, tmp_path):
+    pg, client_env, ray_nodes = team_stack
+    url = client_env["MLFLOW_TRACKING_URI"]
+    # Authentication is really on: no credentials, no access.
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+    assert denied.value.code == 401
+
+    spec = {
+        "name": "team-stack",
+        "task": "digits",
+        "model": {"arch": "mlp", "hidden": [16]},
+        "optimizer": {"name": "adam", "lr": {"grid": [0.003, 0.02]}},
+        "training": {"max_epochs": 2, "batch_size": 128},
+        "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
+        "resources": {"cpu": 1},
+        "cluster": {"storage_path": str(tmp_path / "shared")},
+        "promotion": {"model_name": "team-model", "alias": "champion"},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    # The driver has the Ray token and the MLflow credentials; nothing else is shared.
+    env = {**os.environ, **client_env, **ray_nodes.env()}
+    env.pop("MLFLOW_TRACKING_URI")  # the flag must be what routes the runs
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "podium"), "run", str(tmp_path / "spec.yaml"),
+         "--address", ray_nodes.address, "--tracking-uri", url],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # Straight from PostgreSQL: one parent run, two trial runs with their metrics, the champion.
+    db = "mlflow"
+    [(exp_id,)] = pg.query(db, "SELECT experiment_id FROM experiments WHERE name = %s",
+                           ("team-stack",))
+    roles = dict(pg.query(db, "SELECT value, count(*) FROM tags t JOIN runs r ON "
+                              "r.run_uuid = t.run_uuid WHERE t.key = 'podium.role' AND "
+                              "r.experiment_id = %s GROUP BY value", (exp_id,)))
+    assert roles == {"sweep": 1, "trial": 2}
+    steps = pg.query(db, "SELECT m.run_uuid, count(*) FROM metrics m JOIN tags t ON t.run_uuid = "
+                         "m.run_uuid WHERE t.key = 'podium.role' AND t.value = 'trial' AND "
+                         "m.key = 'val_accuracy' GROUP BY m.run_uuid")
+    assert sorted(n for _, n in steps) == [2, 2]
+    nodes = {v for (v,) in pg.query(db, "SELECT value FROM tags WHERE key = 'podium.node'")}
+    assert nodes and all(v.rsplit("/", 1)[-1] in {"head", "worker-1"} for v in nodes)
+    [(alias_run,)] = pg.query(
+        db, "SELECT mv.run_id FROM registered_model_aliases a JOIN model_versions mv "
+            "ON mv.name = a.name AND mv.version = a.version WHERE a.name = %s AND a.alias = %s",
+        ("team-model", "champion"))
+    assert alias_run in {run for run, _ in steps}
+    # The user store lives in its own database, as in docker-compose.yml.
+    assert pg.query("mlflow_auth", "SELECT username FROM users") == [("podium-admin",)]
