@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the run failed, 2 usage or spec errors.
     podium validate SPEC [--set PATH=VALUE]...
     podium leaderboard EXPERIMENT [--top N]
     podium ui [--port 5000]
+    podium optimizers [NAME]... [--json | --markdown]
 """
 
 from __future__ import annotations
@@ -59,8 +60,20 @@ def _add_ui(sub: Any) -> None:
     p.set_defaults(func=cmd_ui)
 
 
+def _add_optimizers(sub: Any) -> None:
+    p = sub.add_parser("optimizers", help="the optimizer catalogue: names, hyperparameters, "
+                       "defaults and ranges")
+    p.add_argument("names", nargs="*", help="only these optimizers (default: all)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable")
+    fmt.add_argument("--markdown", action="store_true",
+                     help="docs/OPTIMIZERS.md: every optimizer, lr schedule and adversarial key")
+    p.set_defaults(func=cmd_optimizers)
+
+
 # Each subcommand registers itself here; later features add theirs to this list.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_run, _add_validate, _add_leaderboard, _add_ui]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_run, _add_validate, _add_leaderboard, _add_ui,
+                                            _add_optimizers]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +138,38 @@ def cmd_ui(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         proc.terminate()
         return 0
+
+
+def cmd_optimizers(args: argparse.Namespace) -> int:
+    import json
+
+    from workers.optimizers import OPTIMIZERS, describe, render_markdown
+
+    if args.markdown:
+        print(render_markdown(), end="")
+        return 0
+    unknown = [n for n in args.names if n not in OPTIMIZERS]
+    if unknown:
+        print(f"podium: optimizers: {', '.join(map(repr, unknown))}: not one of: "
+              f"{', '.join(OPTIMIZERS.names())}", file=sys.stderr)
+        return USAGE_ERROR
+    rows = [o for o in describe() if not args.names or o["name"] in args.names]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for o in rows:
+        flags = ", ".join([f"batch {o['batch_mode']}"] + ["closure"] * o["needs_closure"]
+                          + ["min-max"] * o["min_max"])
+        print(f"{o['name']}  ({flags})\n  {o['doc']}")
+        for h in o["hparams"]:
+            allowed = " | ".join(h["choices"]) if h["choices"] else (
+                "true | false" if h["type"] == "bool" else f"[{_bound(h['low'], '-inf')}, {_bound(h['high'], 'inf')}]")
+            print(f"    {h['name']:<26} {_fmt(h['default']):<14} {allowed:<18} {h['doc']}")
+    return 0
+
+
+def _bound(v: float | None, none: str) -> str:
+    return none if v is None else f"{v:g}"
 
 
 def print_rows(rows: Sequence[Any], sort: bool) -> None:

@@ -114,3 +114,53 @@ def test_docs_are_generated_from_the_registry():
     assert DOCS.read_text() == render_markdown(), (
         "docs/OPTIMIZERS.md is stale; regenerate: python -c \"from workers.optimizers import "
         "render_markdown as r; print(r(), end='')\" > docs/OPTIMIZERS.md")
+
+
+def test_podium_optimizers_prints_the_catalogue(capsys):
+    from orchestrator.cli import main
+
+    assert main(["optimizers", "cg", "extragradient"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cg  (batch full, closure)")
+    assert "extragradient  (batch minibatch, closure, min-max)" in out
+    assert "restart_every" in out and "adam " not in out
+    assert main(["optimizers", "--json"]) == 0
+    import json
+
+    assert [o["name"] for o in json.loads(capsys.readouterr().out)] == OPTIMIZERS.names()
+    assert main(["optimizers", "--markdown"]) == 0
+    assert capsys.readouterr().out == render_markdown()
+    assert main(["optimizers", "adamw"]) == 2
+    assert "'adamw': not one of: adadelta" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["cg", "extragradient", "optimistic", "optimistic_adam"])
+def test_our_optimizers_resume_exactly_from_a_weights_only_checkpoint(tmp_path, name):
+    # Trials checkpoint optimizer state every epoch and restore it with weights_only=True.
+    def setup():
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        return model, build_optimizer(name, model.parameters(), {})
+
+    x, y = torch.randn(32, 4, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 3
+
+    def step(model, opt):
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+    model, opt = setup()
+    for _ in range(3):
+        step(model, opt)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "state.pt")
+    blob = torch.load(tmp_path / "state.pt", weights_only=True)
+    twin, twin_opt = setup()
+    twin.load_state_dict(blob["model"])
+    twin_opt.load_state_dict(blob["opt"])
+    step(model, opt)
+    step(twin, twin_opt)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
