@@ -162,6 +162,8 @@ class StrParam(HParam):
     kind: type = str
 
     def check(self, value: Any) -> str | None:
+        if value is None and self.default is None:
+            return None
         if self.choices:
             return super().check(value)
         return (

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from workers.errors import WorkerError
-from workers.models import build_model
+from workers.models import MODELS, build_model
 from workers.optimizers._base import HParam
 from workers.recipes._base import (
     STEPS,
@@ -38,8 +38,10 @@ from workers.recipes._base import (
     StrParam,
 )
 from workers.recipes._train import make_optimizer, train_epoch
+from workers.registry import is_plugin_ref
 from workers.tasks import TaskData
 
+STUDENT_KEYS = ("arch", "hidden", "channels")  # what a student may change from the trial's model
 TEACHER_URI = re.compile(r"^models:/[^/@]+(@[A-Za-z_][A-Za-z0-9_-]*|/\d+)$")
 
 
@@ -50,7 +52,7 @@ def is_registry_teacher(value: object) -> bool:
 def distill(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> None:
     """Replace ``state.model`` with a student distilled from the teacher."""
     soft = teacher_logits(_teacher(state, p["teacher"], ctx), data.x_train)
-    section = {**state.section, **{k: p[k] for k in ("hidden", "channels") if p[k] is not None}}
+    section = {**state.section, **{k: p[k] for k in STUDENT_KEYS if p[k] is not None}}
     torch.manual_seed(ctx.seed)
     student = build_model(section, data.input_shape, data.num_classes).to(ctx.device)
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -138,6 +140,14 @@ def _check(p: dict) -> Problems:
                 "models:/<name>@<alias> or models:/<name>/<version>",
             )
         )
+    if p["arch"] is not None and p["arch"] not in MODELS and not is_plugin_ref(p["arch"]):
+        out.append(
+            (
+                "arch",
+                p["arch"],
+                f"{p['arch']!r} is not one of: {', '.join(MODELS.names())} (or module:function)",
+            )
+        )
     if p["temperature"] <= 0:
         out.append(("temperature", p["temperature"], f"must be > 0, got {p['temperature']!r}"))
     return out
@@ -151,6 +161,9 @@ STEPS.add(
         params={
             "teacher": StrParam(
                 "trial", "'trial' or models:/<name>@<alias> | models:/<name>/<version>"
+            ),
+            "arch": StrParam(
+                None, "student architecture, e.g. mlp under a cnn teacher (default: the trial's)"
             ),
             "hidden": IntListParam(None, "student hidden widths (default: the trial's)"),
             "channels": IntListParam(
