@@ -14,7 +14,8 @@ from tracking import keys
 from tracking.store import RunWriter
 
 # Result keys that are Tune bookkeeping, not metrics of ours.
-_STRING_KEYS = {keys.NODE: keys.TAG_NODE, keys.DEVICE: keys.TAG_DEVICE}
+_STRING_KEYS = {keys.NODE: keys.TAG_NODE, keys.DEVICE: keys.TAG_DEVICE,
+                keys.DEVICE_REASON: keys.TAG_DEVICE_REASON}
 
 
 def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:

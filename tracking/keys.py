@@ -33,12 +33,15 @@ FAILED = "podium_failed"
 # Result keys that carry where the trial ran; logged as tags, not metrics.
 NODE = "podium_node"
 DEVICE = "podium_device"
+# Why that device: names the fallback when an assigned GPU/TPU could not be used.
+DEVICE_REASON = "podium_device_reason"
 
 # Tags.
 TAG_PREFIX = "podium."
 TAG_TRIAL_ID = "podium.trial_id"
 TAG_NODE = "podium.node"
 TAG_DEVICE = "podium.device"
+TAG_DEVICE_REASON = "podium.device_reason"
 TAG_EXPERIMENT = "podium.experiment"
 TAG_ROLE = "podium.role"  # "sweep" on the parent run, "trial" on children
 TAG_SPEC_HASH = "podium.spec_hash"
@@ -79,8 +82,8 @@ def recipe_metric(label: str, metric: str) -> str:
     return f"{RECIPE_PREFIX}{label}.{metric}"
 
 
-TAG_CPU_MODEL = "podium.cpu_model"  # the CPU latency was measured on
-TAG_MEASURE_THREADS = "podium.measure_threads"
+CPU_MODEL = "podium_cpu_model"  # result key (a string): the CPU latency was measured on
+TAG_CPU_MODEL = "podium.cpu_model"  # ... logged as this tag
 ONNX_ARTIFACT = "model.onnx"  # the final compressed model: what is measured, logged, registered
 TORCHSCRIPT_ARTIFACT = "model.torchscript.pt"
 RECIPE_ARTIFACT = "recipe.json"  # the final model's arch section and how it was compressed

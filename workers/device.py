@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -95,6 +96,31 @@ class Device:
         if self.amp:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def mixed_precision(self, model: torch.nn.Module) -> Iterator[None]:
+        """While inside, ``model``'s forward runs under bf16 autocast (a no-op unless ``amp``).
+
+        Only the forward pass is autocast and its logits come back as float32, so the loss and
+        the backward pass run outside autocast, as PyTorch recommends; the training loop and the
+        optimizers need no change. Leaving restores the plain forward (export and measurement
+        after training see an ordinary float32 model).
+        """
+        if not self.amp:
+            yield
+            return
+        plain = model.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                out = plain(*args, **kwargs)
+            return out.float() if isinstance(out, torch.Tensor) else out
+
+        model.forward = forward  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            del model.forward  # the instance attribute; the class's forward shows again
 
     def sync(self) -> None:
         """End of an optimizer step: XLA builds graphs lazily and runs them at ``mark_step``."""
@@ -183,3 +209,16 @@ def _node() -> tuple[str, str | None]:
 def move(device: Device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``tensors`` on ``device``; already-there tensors are returned as they are (no copy)."""
     return tuple(t.to(device.torch_device) for t in tensors)
+
+
+def task_on(device: torch.device, data: Any) -> Any:
+    """A task's splits (``workers.tasks.TaskData``) on ``device``: the same object when they are
+    already there (CPU trials pay nothing), else a copy, moved once per trial rather than per
+    batch."""
+    import dataclasses
+
+    if data.x_train.device == device:
+        return data
+    moved = {f: getattr(data, f).to(device) for f in
+             ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+    return dataclasses.replace(data, **moved)

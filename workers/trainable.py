@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from torch import nn
 
 from tracking import keys
 from workers.adversarial import make_adversary, robust_accuracy
+from workers.device import pick_device, task_on
 from workers.errors import TrialDivergedError
 from workers.loop import batch_size_for, evaluate, train_epoch
 from workers.measure import nonzero_params, param_count, state_dict_bytes
@@ -74,10 +74,14 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
 
     torch.set_num_threads(max(1, ctx.threads))
     training = trial["training"]
-    data = load_task(trial["task"], training["seed"])
-    state = _setup(trial, data)
+    # The device follows what Ray assigned this trial (a GPU, a TPU, or neither).
+    device = pick_device(amp=bool(training.get("amp", False)),
+                         cudnn_benchmark=bool(training.get("cudnn_benchmark", False)))
+    ctx.device = device.torch_device
+    data = task_on(device.torch_device, load_task(trial["task"], training["seed"]))
+    state = _setup(trial, data, device.torch_device)
     _restore(state, tune.get_checkpoint())
-    where = {keys.NODE: socket.gethostname(), keys.DEVICE: str(ctx.device)}
+    where = {keys.NODE: device.node, keys.DEVICE: device.label, keys.DEVICE_REASON: device.reason}
     entry = OPTIMIZERS.get(trial["optimizer"]["name"])
     batch_size = batch_size_for(entry.batch_mode, training["batch_size"], len(data.x_train))
     adversary = make_adversary(training.get("adversarial"))
@@ -85,12 +89,13 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
     while state.epoch < max_epochs:
         started = time.perf_counter()
         try:
-            result = train_epoch(
-                state.model, state.optimizer, data.x_train, data.y_train, batch_size,
-                state.generator, needs_closure=entry.needs_closure,
-                l1_penalty=training.get("l1_penalty", 0.0), schedule=state.schedule,
-                adversary=adversary,
-            )
+            with device.mixed_precision(state.model):
+                result = train_epoch(
+                    state.model, state.optimizer, data.x_train, data.y_train, batch_size,
+                    state.generator, needs_closure=entry.needs_closure,
+                    l1_penalty=training.get("l1_penalty", 0.0), schedule=state.schedule,
+                    adversary=adversary,
+                )
         except TrialDivergedError as e:
             # End the trial, marked failed with the reason. Raising would make Tune retry it
             # (max_failures), and a diverging config diverges again.
@@ -118,10 +123,11 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
                 tune.report(metrics)
 
 
-def _setup(trial: dict[str, Any], data: TaskData) -> _State:
+def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = None) -> _State:
     seed = trial["training"]["seed"]
     torch.manual_seed(seed)  # same init for the same seed: trials differ only by their config
-    model = build_model(trial["model"], data.input_shape, data.num_classes)
+    # On the device before the optimizer exists, so its state is created there too.
+    model = build_model(trial["model"], data.input_shape, data.num_classes).to(device or "cpu")
     opt_section = trial["optimizer"]
     optimizer = build_optimizer(
         opt_section["name"], model.parameters(), {k: v for k, v in opt_section.items() if k != "name"}
@@ -155,7 +161,7 @@ def _restore(state: _State, checkpoint: Any) -> None:
     if checkpoint is None:
         return
     with checkpoint.as_directory() as folder:
-        blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+        blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
     state.model.load_state_dict(blob["model"])
     configured = [dict(g) for g in state.optimizer.param_groups]
     state.optimizer.load_state_dict(blob["optimizer"])
@@ -189,9 +195,13 @@ def _finish(trial: dict[str, Any], data: TaskData, state: _State, ctx: TrialCont
     if trial.get("recipe"):
         ctx.out_dir = folder / ARTIFACTS_DIR
         ctx.out_dir.mkdir()
-        result = run_recipe(trial["recipe"], state.model, data, ctx)
+        # Recipes move models and batches themselves and measure on the CPU: give them CPU data.
+        # A pruned or distilled model is rebuilt from the trial's model section; seeds fine-tuning.
+        ctx.extras.update(model_section=trial["model"], seed=trial["training"]["seed"])
+        result = run_recipe(trial["recipe"], state.model, task_on(torch.device("cpu"), data), ctx)
         if result is not None:
             final.update(result.metrics)
+            final.update(result.tags)  # the CPU latency was measured on (a string, logged as a tag)
     return final
 
 
@@ -205,6 +215,7 @@ def load_trial_model(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, An
     folder = Path(folder)
     meta = json.loads((folder / TRIAL_FILE).read_text())
     model = build_model(meta["trial"]["model"], tuple(meta["input_shape"]), meta["num_classes"])
-    blob = torch.load(folder / STATE_FILE, weights_only=True)
+    # map_location: a GPU trial's checkpoint must load in a driver without a GPU.
+    blob = torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")
     model.load_state_dict(blob["model"])
     return model.eval(), meta
