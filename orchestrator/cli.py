@@ -6,6 +6,9 @@ Exit codes: 0 success, 1 the run failed, 2 usage or spec errors.
     podium validate SPEC [--set PATH=VALUE]...
     podium leaderboard EXPERIMENT [--top N]
     podium ui [--port 5000]
+    podium promote EXPERIMENT [--policy FILE]
+    podium rollback MODEL
+    podium serve models:/<name>@champion [--port 5001]
     podium optimizers [NAME]... [--json | --markdown]
 """
 
@@ -99,8 +102,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\ntracking: {result.tracking_uri}  (parent run {result.parent_run_id})")
     if result.promotion:
         p = result.promotion
-        print(f"champion: {p.model_uri} = version {p.version} (trial {result.decision.winner.trial_id})")
+        print(f"winner: trial {result.decision.winner.trial_id} registered as version {p.version}")
         print("  why: " + "; ".join(result.decision.reasons))
+        print(f"champion: {p.model_uri} = version {p.champion_version} "
+              f"({'promoted' if p.promoted else 'kept'}: {'; '.join(p.reasons)})")
     else:
         print("no model promoted: " + "; ".join(result.decision.reasons))
     if result.tracking_failures:
@@ -124,7 +129,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not rows:
         print(f"experiment {args.experiment!r} has no trials yet")
         return 0
-    print_rows(rows, sort=False)
+    print_rows(rows, sort=False, marks=api.leaderboard_marks(args.experiment, args.tracking_uri))
     return 0
 
 
@@ -172,8 +177,12 @@ def _bound(v: float | None, none: str) -> str:
     return none if v is None else f"{v:g}"
 
 
-def print_rows(rows: Sequence[Any], sort: bool) -> None:
-    """A compact table: status, the headline metrics, and the params that differ between trials."""
+def print_rows(rows: Sequence[Any], sort: bool, marks: dict[str, Any] | None = None) -> None:
+    """A compact table: status, the headline metrics, and the params that differ between trials.
+
+    With ``marks`` (:func:`tracking.selection.mark_candidates`): a ``pareto`` column (``*`` on the
+    Pareto front) and an ``excluded`` column (the constraint a trial breaks, or why it cannot win).
+    """
     from orchestrator.api import _rank
     from tracking import keys
 
@@ -185,7 +194,12 @@ def print_rows(rows: Sequence[Any], sort: bool) -> None:
     header = ["trial", "status", *metrics, *varying]
     table = [header] + [[r.trial_id, r.status, *(_fmt(r.metrics.get(m)) for m in metrics),
                          *(_fmt(r.params.get(k)) for k in varying)] for r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    if marks:
+        table[0] += ["pareto", "excluded"]
+        for row, r in zip(table[1:], rows, strict=True):
+            m = marks.get(r.trial_id)
+            row += ["*" if m and m.pareto else "", (m.excluded or "") if m else ""]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
@@ -204,6 +218,64 @@ def _fmt(v: Any) -> str:
             return v[:24]
         return f"{f:.4g}" if "." in v or "e" in v else v
     return str(v)[:24]
+
+
+# --------------------------------------------------------------------------- promote, rollback, serve
+
+
+def _add_promote(sub: Any) -> None:
+    p = sub.add_parser("promote", help="re-decide a sweep's winner from its logged runs and "
+                       "promote it if it beats the champion")
+    p.add_argument("experiment")
+    p.add_argument("--policy", help="YAML file of promotion keys (objectives, constraints, "
+                   "strategy, pick, weights, min_improvement); default: the sweep's own")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=cmd_promote)
+
+
+def _add_rollback(sub: Any) -> None:
+    p = sub.add_parser("rollback", help="swap @champion and @previous of a registered model")
+    p.add_argument("model")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=cmd_rollback)
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a registered model over HTTP (MLflow scoring "
+                       "protocol: POST /invocations, GET /ping); ONNX or weights-only only")
+    p.add_argument("model_uri", help="models:/<name>@champion, models:/<name>/<version> or a folder")
+    p.add_argument("--port", type=int, default=5001, help="0 picks a free port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=cmd_serve)
+
+
+SUBCOMMANDS.extend([_add_promote, _add_rollback, _add_serve])
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from orchestrator import api
+
+    p = api.promote(args.experiment, args.policy, args.tracking_uri)
+    print(f"{p.model_name}: trial run {p.run_id} is version {p.version}; "
+          f"{'promoted to' if p.promoted else 'not promoted,'} @{p.alias} = version {p.champion_version}")
+    print("  why: " + "; ".join(p.reasons))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from orchestrator import api
+
+    champion, previous = api.rollback(args.model, args.tracking_uri)
+    print(f"{args.model}: @champion = version {champion}, @previous = version {previous}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from orchestrator import api
+
+    api.serve(args.model_uri, args.port, args.host, args.tracking_uri)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,95 @@
+"""A tiny real sweep end to end: local Ray, SQLite MLflow in a temp folder, registry, reload."""
+
+from __future__ import annotations
+
+import mlflow
+import mlflow.pytorch
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from orchestrator import api
+from orchestrator.spec import parse_spec
+from tracking import keys
+from workers.tasks import load_task
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "name": "it-sweep",
+    "task": "digits",
+    "model": {"arch": "mlp", "hidden": [32], "dropout": {"choice": [0.0, 0.1]}},
+    "optimizer": {"choice": [{"name": "nag", "lr": {"loguniform": [0.02, 0.1]}, "momentum": 0.9},
+                             {"name": "adam", "lr": 0.005}]},
+    "training": {"max_epochs": 3, "batch_size": 64, "seed": 0},
+    "search": {"num_samples": 3, "scheduler": "fifo"},
+    "promotion": {"model_name": "it-model"},
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    result = api.run(parse_spec(SPEC), tracking_uri=uri, verbosity=0, workdir=folder)
+    return result, MlflowClient(uri, registry_uri=uri), uri
+
+
+def test_parent_run_has_spec_and_leaderboard(sweep):
+    result, client, _ = sweep
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[keys.TAG_ROLE] == keys.ROLE_SWEEP
+    names = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {keys.SPEC_ARTIFACT, keys.LEADERBOARD_ARTIFACT} <= names
+    spec_text = mlflow.artifacts.load_text(f"runs:/{result.parent_run_id}/{keys.SPEC_ARTIFACT}")
+    assert "it-sweep" in spec_text
+
+
+def test_child_runs_have_params_histories_final_metrics_and_tags(sweep):
+    result, client, _ = sweep
+    assert len(result.rows) == 3 and all(r.status == "completed" for r in result.rows)
+    for row in result.rows:
+        run = client.get_run(row.run_id)
+        assert run.data.tags[keys.TAG_PARENT_RUN] == result.parent_run_id
+        assert run.data.tags[keys.TAG_TRIAL_ID] == row.trial_id
+        assert run.data.tags[keys.TAG_NODE] and run.data.tags[keys.TAG_DEVICE] == "cpu"
+        assert run.data.tags[keys.TAG_STATUS] == "completed"
+        assert run.data.params["optimizer.name"] in ("nag", "adam")
+        assert float(run.data.params["optimizer.lr"]) > 0
+        assert run.data.params["model.dropout"] in ("0.0", "0.1")
+        if run.data.params["optimizer.name"] == "adam":
+            assert "optimizer.momentum" not in run.data.params  # conditional space
+        for metric in keys.EPOCH_METRICS:
+            history = client.get_metric_history(row.run_id, metric)
+            assert sorted(m.step for m in history) == [1, 2, 3], metric  # exactly one per epoch
+        for metric in keys.FINAL_METRICS:
+            assert metric in run.data.metrics
+        assert 0.5 < run.data.metrics[keys.TEST_ACCURACY] <= 1.0
+
+
+def test_champion_is_registered_and_reloads_with_the_logged_accuracy(sweep):
+    result, client, uri = sweep
+    assert result.promotion is not None
+    version = client.get_model_version_by_alias("it-model", "champion")
+    assert version.run_id == result.decision.winner.run_id
+    assert version.tags[keys.TAG_SOURCE_RUN] == version.run_id
+    best = max(r.metrics[keys.TEST_ACCURACY] for r in result.rows)
+    assert result.decision.winner.metrics[keys.TEST_ACCURACY] == best
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    # MLflow 3 stores the model as a torch.export program, traced in eval mode (dropout off,
+    # batch-norm running statistics); it runs as loaded.
+    model = mlflow.pytorch.load_model("models:/it-model@champion")
+    data = load_task("digits", 0)
+    with torch.no_grad():
+        correct = int((model(data.x_test).argmax(1) == data.y_test).sum())
+    logged = client.get_run(version.run_id).data.metrics[keys.TEST_ACCURACY]
+    assert correct / len(data.y_test) == pytest.approx(logged, abs=1e-12)
+
+
+def test_leaderboard_reads_the_sweep_back(sweep, tmp_path):
+    result, _, uri = sweep
+    rows = api.leaderboard("it-sweep", tracking_uri=uri)
+    assert [r.trial_id for r in rows][0] == result.decision.winner.trial_id
+    assert {r.run_id for r in rows} == {r.run_id for r in result.rows}

@@ -1,0 +1,57 @@
+"""Spec → Ray space → sampled config → concrete trial spec."""
+
+from __future__ import annotations
+
+import optuna
+from ray import tune
+
+from orchestrator.space import flat_space, flatten_params, iter_leaves, optuna_define_by_run, resolve, template_of
+from orchestrator.spec import load_spec, parse_spec
+
+
+def test_flat_space_keys_and_domains():
+    spec = parse_spec({"name": "x", "model": {"hidden": {"choice": [[64], [128, 64]]}, "dropout": {"uniform": [0, 0.5]}},
+                       "optimizer": {"name": "adam", "lr": {"loguniform": [1e-4, 1e-1]}},
+                       "training": {"max_epochs": {"randint": [2, 4]}, "seed": {"grid": [0, 1]}}})
+    space = flat_space(template_of(spec))
+    assert set(space) == {"model.hidden", "model.dropout", "optimizer.lr", "training.max_epochs", "training.seed"}
+    assert isinstance(space["optimizer.lr"], tune.search.sample.Float)
+    assert space["training.seed"] == {"grid_search": [0, 1]}
+    # randint bounds are inclusive in the spec, exclusive in Ray
+    assert space["training.max_epochs"].upper == 5
+
+
+def test_grid_searcher_turns_choices_into_grids():
+    spec = parse_spec({"name": "x", "model": {"dropout": {"choice": [0.0, 0.1]}}, "search": {"searcher": "grid"}})
+    assert flat_space(template_of(spec), grid_choices=True)["model.dropout"] == {"grid_search": [0.0, 0.1]}
+
+
+def test_conditional_choice_resolves_only_the_chosen_branch():
+    spec = load_spec()
+    template = template_of(spec)
+    keys = dict(iter_leaves(template, ""))
+    assert "optimizer" in keys and "optimizer[0].momentum" in keys and "optimizer[1].lr" in keys
+    config = {"model.hidden": [64], "model.batch_norm": True, "model.dropout": 0.1,
+              "optimizer": 1, "optimizer[0].lr": 0.05, "optimizer[0].momentum": 0.9, "optimizer[1].lr": 0.003}
+    concrete = resolve(template, config)
+    assert concrete["optimizer"] == {"name": "adam", "lr": 0.003}
+    assert concrete["model"]["hidden"] == [64]
+    params = flatten_params(concrete)
+    assert params["optimizer.name"] == "adam" and "optimizer.momentum" not in params
+    assert params["model.dropout"] == 0.1
+
+
+def test_optuna_define_by_run_samples_only_active_branch():
+    template = template_of(load_spec())
+    fn = optuna_define_by_run(template)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(6):
+        trial = study.ask()
+        fn(trial)
+        branch = trial.params["optimizer"]
+        other = 1 - branch
+        assert not any(k.startswith(f"optimizer[{other}]") for k in trial.params)
+        concrete = resolve(template, trial.params)  # the hidden-size list goes by index
+        assert concrete["model"]["hidden"] in ([64], [128, 64])
+        assert concrete["optimizer"]["name"] == ("nag", "adam")[branch]
+        study.tell(trial, 0.5)

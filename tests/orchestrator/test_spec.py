@@ -1,0 +1,149 @@
+"""The spec: defaults, spaces, overrides, and every problem reported at once with path and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import SpecError
+from orchestrator.spec import DEFAULT_SPEC, apply_overrides, load_spec, parse_spec
+
+EXAMPLES = sorted(Path(__file__).parents[2].joinpath("examples").glob("*.yaml"))
+
+
+def problems_of(raw: dict) -> dict[str, str]:
+    with pytest.raises(SpecError) as e:
+        parse_spec(raw)
+    return {p.path: p.message for p in e.value.problems}
+
+
+def test_default_spec_loads_with_its_spaces():
+    spec = load_spec()
+    assert spec.name == "digits-default"
+    assert spec.optimizer["choice"][0]["name"] == "nag"
+    assert spec.search.scheduler == "asha"
+    assert spec.model_name == "digits-classifier"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_validates(path):
+    assert load_spec(path).name
+
+
+def test_defaults_fill_a_minimal_spec():
+    spec = parse_spec({"name": "tiny"})
+    assert spec.task == "digits"
+    assert spec.model["arch"] == "mlp" and spec.model["dropout"] == 0.0
+    assert spec.training["max_epochs"] == 10 and spec.training["batch_size"] is None
+    assert spec.promotion.alias == "champion" and spec.model_name == "tiny"
+    assert spec.resources.cpu == 1.0
+
+
+def test_section_choice_gets_defaults_in_each_branch():
+    spec = parse_spec({"name": "x", "model": {"choice": [{"arch": "mlp"}, {"arch": "cnn", "channels": [8]}]}})
+    branches = spec.model["choice"]
+    assert branches[0]["hidden"] == [128, 64] and branches[1]["channels"] == [8]
+
+
+def test_all_problems_reported_at_once_with_path_and_value():
+    found = problems_of({
+        "name": "bad name!",
+        "task": "mnist",
+        "model": {"arch": "transformer", "dropout": 1.5, "hidden": [0]},
+        "optimizer": {"name": "adamw", "lr": -1},
+        "training": {"max_epochs": 0, "batch_size": "big"},
+        "search": {"scheduler": "ashaa", "searcher": "bayes", "metric": "f1", "mode": "up"},
+        "resources": {"cpu": -1},
+        "bogus": 1,
+    })
+    assert "'ashaa' is not one of: asha, fifo, hyperband, median, pbt" in found["search.scheduler"]
+    for path in ("name", "task", "model.arch", "model.dropout", "model.hidden", "optimizer.name",
+                 "training.max_epochs", "training.batch_size", "search.searcher", "search.metric",
+                 "search.mode", "resources.cpu", "bogus"):
+        assert path in found, path
+    assert "'mnist'" in found["task"] and "digits" in found["task"]
+
+
+def test_bad_values_inside_spaces_are_found():
+    found = problems_of({
+        "name": "x",
+        "model": {"dropout": {"choice": [0.1, 2.0]}, "hidden": {"grid": []}},
+        "optimizer": {"name": "adam", "lr": {"loguniform": [0, 1]}},
+        "training": {"max_epochs": {"randint": [5, 1]}},
+    })
+    assert "2.0" in found["model.dropout"]
+    assert "non-empty" in found["model.hidden"]
+    assert "low > 0" in found["optimizer.lr"]
+    assert "low < high" in found["training.max_epochs"]
+
+
+def test_hyperparameter_an_optimizer_does_not_take():
+    found = problems_of({"name": "x", "optimizer": {"name": "adam", "momentum": 0.9}})
+    assert "'adam' takes no hyperparameter 'momentum'" in found["optimizer.momentum"]
+    assert "betas" in found["optimizer.momentum"]
+
+
+def test_conditional_hyperparameters_are_checked_per_branch():
+    ok = {"name": "x", "optimizer": {"choice": [{"name": "nag", "momentum": {"uniform": [0.5, 0.9]}},
+                                                {"name": "adam"}]}}
+    parse_spec(ok)
+    bad = {"name": "x", "optimizer": {"choice": [{"name": "nag"}, {"name": "adam", "momentum": 0.9}]}}
+    assert "optimizer[1].momentum" in problems_of(bad)
+    mixed = {"name": "x", "optimizer": {"name": {"choice": ["nag", "adam"]}, "momentum": 0.9}}
+    assert "conditional" in problems_of(mixed)["optimizer.momentum"]
+
+
+def test_spaces_are_refused_in_settings_sections():
+    found = problems_of({"name": "x", "search": {"num_samples": {"choice": [1, 2]}}})
+    assert found["search.num_samples"] == "a search space is not allowed here"
+
+
+def test_searcher_and_space_compatibility():
+    grid_optuna = {"name": "x", "model": {"dropout": {"grid": [0.0, 0.1]}}, "search": {"searcher": "optuna"}}
+    assert "optuna cannot run grid" in problems_of(grid_optuna)["search.searcher"]
+    ranges_grid = {"name": "x", "optimizer": {"name": "adam", "lr": {"uniform": [0.1, 0.2]}},
+                   "search": {"searcher": "grid"}}
+    assert "grid can only enumerate" in problems_of(ranges_grid)["search.searcher"]
+
+
+def test_overrides_set_nested_values_as_yaml():
+    raw = {"name": "x", "search": {"num_samples": 8}}
+    apply_overrides(raw, ["search.num_samples=3", "model.hidden=[32, 16]", "optimizer.lr={loguniform: [0.001, 0.1]}"])
+    assert raw["search"]["num_samples"] == 3
+    assert raw["model"]["hidden"] == [32, 16]
+    assert raw["optimizer"]["lr"] == {"loguniform": [0.001, 0.1]}
+    spec = parse_spec({**raw, "optimizer": {"name": "adam", **raw["optimizer"]}})
+    assert spec.model["hidden"] == [32, 16]
+
+
+def test_bad_override_is_a_spec_error():
+    with pytest.raises(SpecError) as e:
+        load_spec(DEFAULT_SPEC, ["search.num_samples"])
+    assert "PATH=VALUE" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        load_spec(DEFAULT_SPEC, ["search.num_samples=-3"])
+    assert "search.num_samples" in str(e.value) and "-3" in str(e.value)
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(evil)
+    assert "not valid YAML" in str(e.value)
+
+
+def test_unreadable_and_non_mapping_files(tmp_path):
+    with pytest.raises(SpecError, match="cannot read spec file"):
+        load_spec(tmp_path / "missing.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(SpecError, match="must hold a mapping"):
+        load_spec(listy)
+
+
+def test_spec_hash_is_stable_and_sensitive():
+    a, b = load_spec(), load_spec()
+    assert a.spec_hash() == b.spec_hash()
+    assert load_spec(overrides=["training.seed=1"]).spec_hash() != a.spec_hash()
