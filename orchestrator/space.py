@@ -60,17 +60,57 @@ def iter_leaves(node: Any, path: str) -> Iterator[tuple[str, dict]]:
             yield from iter_leaves(v, f"{path}.{i}")
 
 
+GRID_KEY = "grid"  # the one Ray grid axis: a list of {flat key: value} assignments
+
+
+def grid_variants(node: Any, path: str, grid_choices: bool = False) -> list[dict[str, Any]]:
+    """Every assignment of the grid spaces under ``node``, respecting branches: a grid inside
+    branch ``i`` of a section grid only combines with that branch (no duplicate trials from
+    inactive branches)."""
+    if is_space(node):
+        kind, arg = space_kind(node), node[space_kind(node)]
+        is_grid = kind == "grid" or (kind == "choice" and grid_choices)
+        if _is_section_space(node):
+            per_branch = [[{path: i, **v} for v in grid_variants(b, f"{path}[{i}]", grid_choices)]
+                          for i, b in enumerate(arg)]
+            if is_grid:
+                return [v for branch in per_branch for v in branch]
+            # A sampled branch: its grids cannot depend on the draw, so they combine independently.
+            return _product([[{k: v for k, v in var.items() if k != path} for var in branch]
+                             for branch in per_branch])
+        return [{path: v} for v in arg] if is_grid else [{}]
+    if isinstance(node, dict):
+        return _product([grid_variants(v, f"{path}.{k}" if path else k, grid_choices)
+                         for k, v in node.items()])
+    if isinstance(node, list):
+        return _product([grid_variants(v, f"{path}.{i}", grid_choices) for i, v in enumerate(node)])
+    return [{}]
+
+
+def _product(options: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{}]
+    for choices in options:
+        out = [{**a, **b} for a in out for b in choices]
+    return out
+
+
 def flat_space(template: dict[str, Any], grid_choices: bool = False) -> dict[str, Any]:
-    """The Ray Tune param space for a template (``grid_choices``: every choice becomes a grid)."""
+    """The Ray Tune param space for a template (``grid_choices``: every choice becomes a grid).
+
+    Grid spaces become one ``grid`` axis of whole assignments (see :func:`grid_variants`);
+    the other spaces become Ray domains under their flat keys.
+    """
     from ray import tune
 
-    out: dict[str, Any] = {}
+    variants = grid_variants(template, "", grid_choices)
+    gridded = set(variants[0])
+    out: dict[str, Any] = {GRID_KEY: tune.grid_search(variants)} if gridded else {}
     for key, space in iter_leaves(template, ""):
         kind, arg = space_kind(space), space[space_kind(space)]
+        if key in gridded or kind == "grid" or (kind == "choice" and grid_choices):
+            continue
         values = list(range(len(arg))) if _is_section_space(space) else arg
-        if kind == "grid" or (kind == "choice" and grid_choices):
-            out[key] = tune.grid_search(values)
-        elif kind == "choice":
+        if kind == "choice":
             out[key] = tune.choice(values)
         elif kind == "uniform":
             out[key] = tune.uniform(*arg)
@@ -119,15 +159,20 @@ def resolve(template: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         KeyError: ``config`` lacks a value for an active space (a bug, not a user error).
     """
 
+    grid = config.get(GRID_KEY) or {}
+
+    def value_of(path: str) -> Any:
+        return config[path] if path in config else grid[path]
+
     def walk(node: Any, path: str) -> Any:
         if is_space(node):
             arg = node[space_kind(node)]
             if _is_section_space(node):
-                i = config[path]
+                i = value_of(path)
                 return walk(arg[i], f"{path}[{i}]")
             if path + "#" in config:  # Optuna index for a choice of lists
                 return copy.deepcopy(arg[config[path + "#"]])
-            value = config[path]
+            value = value_of(path)
             return int(value) if space_kind(node) == "randint" else value
         if isinstance(node, dict):
             return {k: walk(v, f"{path}.{k}" if path else k) for k, v in node.items()}
