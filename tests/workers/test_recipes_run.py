@@ -77,7 +77,7 @@ def test_final_metrics_are_the_artifacts_and_ratios_follow_from_them(result):
     assert m[keys.SIZE_RATIO] > 4  # half the units and int8
     assert m[keys.LATENCY_MS_P95] >= m[keys.LATENCY_MS_P50] > 0
     assert all(isinstance(v, float) for v in m.values())
-    assert res.tags[keys.TAG_MEASURE_THREADS] == "1" and res.tags[keys.TAG_CPU_MODEL]
+    assert m[keys.MEASURE_THREADS] == 1.0 and res.tags[keys.CPU_MODEL]
 
 
 def test_artifacts_describe_and_rebuild_the_compressed_model(result):

@@ -17,6 +17,7 @@ this is exact and makes each student epoch cost only the student's forward and b
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tracking import keys
 from workers.errors import WorkerError
 from workers.models import MODELS, build_model
 from workers.optimizers._base import HParam
@@ -97,7 +99,24 @@ def _teacher(state: RecipeState, teacher: str, ctx: RecipeContext) -> nn.Module 
             f"recipe distill.teacher {teacher!r} was not resolved by the driver; "
             "registry teachers are fetched before trials start"
         )
-    return Path(path)
+    return teacher_file(Path(path))
+
+
+def teacher_file(path: Path) -> Path:
+    """The file to load from a downloaded model folder: its ONNX file (the registry's servable
+    copy) first, else its weights-only state dict; a file is returned as it is."""
+    if not path.is_dir():
+        return path
+    onnx_files = sorted(path.rglob("*.onnx"))
+    named = [f for f in onnx_files if f.name == keys.ONNX_ARTIFACT]
+    if named or onnx_files:
+        return (named or onnx_files)[0]
+    weights = sorted(path.rglob(keys.STATE_DICT_ARTIFACT))
+    if weights:
+        return weights[0]
+    raise WorkerError(
+        f"teacher folder {path.name} holds neither an ONNX file nor {keys.STATE_DICT_ARTIFACT}"
+    )
 
 
 @torch.inference_mode()
@@ -121,6 +140,9 @@ def teacher_logits(teacher: nn.Module | Path, x: torch.Tensor, batch: int = 1024
 def load_torch_teacher(path: Path) -> nn.Module:
     """Rebuild a teacher from a weights-only ``{state_dict, model, input_shape, num_classes}``."""
     blob = torch.load(path, weights_only=True, map_location="cpu")
+    arch = path.with_name(keys.ARCH_ARTIFACT)
+    if path.name == keys.STATE_DICT_ARTIFACT and arch.exists():  # the registry's layout
+        blob = {**json.loads(arch.read_text()), "state_dict": blob}
     try:
         model = build_model(blob["model"], tuple(blob["input_shape"]), int(blob["num_classes"]))
         model.load_state_dict(blob["state_dict"])

@@ -52,7 +52,8 @@ class RecipeResult:
         steps: per step, its label (``1_quantize``) and its measured metrics.
         artifacts: file name → path, all inside ``ctx.workdir`` (``model.onnx``, ``recipe.json``,
             ``model_fp32.pt``, ``model.torchscript.pt`` if asked for).
-        tags: where latency was measured (CPU model, threads), for MLflow tags.
+        tags: result keys with string values: the CPU latency was measured on
+            (``podium_cpu_model``, logged as tag ``podium.cpu_model``).
         model: the final fp32 torch model (pruned/distilled; not quantized), CPU, eval mode.
         model_section: the spec ``model`` section that rebuilds ``model``'s architecture.
     """
@@ -122,7 +123,8 @@ def run_recipe(
             metrics.update({keys.recipe_metric(label, k): v for k, v in measured.items()})
         metrics.update(_final(reports[-1][1], base))
         artifacts = _write_artifacts(state, path, data, ctx, steps)
-    tags = {keys.TAG_CPU_MODEL: _measure.cpu_model(), keys.TAG_MEASURE_THREADS: str(ctx.threads)}
+    metrics[keys.MEASURE_THREADS] = float(ctx.threads)
+    tags = {keys.CPU_MODEL: _measure.cpu_model()}
     return RecipeResult(metrics, reports, artifacts, tags, state.model, state.section)
 
 

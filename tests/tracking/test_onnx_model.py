@@ -1,0 +1,94 @@
+"""A recipe's int8 ONNX model round-trips through a real MLflow registry (SQLite store), and
+registry teachers resolve (or fail clearly) before any trial would start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tracking import keys
+from tracking.onnx_model import (
+    check_teacher,
+    fetch_teachers,
+    load_onnx_session,
+    register_onnx_model,
+)
+from workers.models import build_model
+from workers.recipes import run_recipe
+from workers.recipes._distill import teacher_file, teacher_logits
+from workers.recipes._measure import onnx_predict, onnx_session, torch_threads
+from workers.recipes._train import make_optimizer, train_epoch
+from workers.tasks import load_task
+
+pytestmark = pytest.mark.slow  # a real SQLite-backed MLflow store takes seconds to create
+
+SECTION = {"arch": "mlp", "hidden": [64], "batch_norm": False, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """A digits model, int8-quantized by a recipe, registered as quant-digits@champion."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    data = load_task("digits", 0)
+    with torch_threads(1):
+        torch.manual_seed(0)
+        model = build_model(SECTION, data.input_shape, data.num_classes)
+        opt, gen = make_optimizer(model, 2e-3), torch.Generator().manual_seed(0)
+        for _ in range(5):
+            train_epoch(model, data, opt=opt, batch_size=64, generator=gen)
+        result = run_recipe([{"step": "quantize", "mode": "dynamic"}], model.eval(), data,
+                            {"workdir": root / "out", "latency_iters": 20})
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("quant", artifact_location=(root / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=exp) as run:
+        pass
+    onnx_file = result.artifacts[keys.ONNX_ARTIFACT]
+    version = register_onnx_model(uri, run.info.run_id, onnx_file, "quant-digits", "champion")
+    return uri, version, onnx_file, data, root
+
+
+def test_quantized_model_round_trips_through_the_registry(registered):
+    import mlflow.onnx
+    import mlflow.pyfunc
+
+    uri, version, onnx_file, data, _ = registered
+    assert version == "1"
+    x = data.x_test.numpy()
+    expected = onnx_predict(onnx_session(onnx_file), x)
+    # Back through the registry alias, three ways: ONNX Runtime, the onnx flavor, pyfunc.
+    session = load_onnx_session("models:/quant-digits@champion", uri)
+    np.testing.assert_array_equal(onnx_predict(session, x), expected)
+    mlflow.set_tracking_uri(uri)
+    proto = mlflow.onnx.load_model("models:/quant-digits@champion")
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in proto.graph.node)
+    pyfunc = mlflow.pyfunc.load_model("models:/quant-digits/1")
+    # Dynamic int8 scales activations per batch, so compare the same batch.
+    out = pyfunc.predict({"input": x[:32]})
+    same_batch = onnx_predict(onnx_session(onnx_file), x[:32])
+    np.testing.assert_allclose(np.asarray(out["logits"]), same_batch, rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_uris_are_checked_without_downloading(registered):
+    uri, *_ = registered
+    assert check_teacher("models:/quant-digits@champion", uri) is None
+    assert check_teacher("models:/quant-digits/1", uri) is None
+    for bad in ("models:/quant-digits@nope", "models:/no-such-model@champion",
+                "models:/quant-digits/7"):
+        msg = check_teacher(bad, uri)
+        assert msg is not None and bad in msg
+
+
+def test_fetched_teacher_is_the_registered_model(registered, tmp_path):
+    uri, _, onnx_file, data, _ = registered
+    teachers = fetch_teachers(["models:/quant-digits@champion"] * 2, uri, tmp_path)
+    assert list(teachers) == ["models:/quant-digits@champion"]  # fetched once
+    path = teacher_file(Path(teachers["models:/quant-digits@champion"]))
+    assert path.suffix == ".onnx"
+    torch.testing.assert_close(teacher_logits(path, data.x_test),
+                               teacher_logits(onnx_file, data.x_test))
