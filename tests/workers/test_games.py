@@ -79,7 +79,7 @@ def test_game_optimizers_minimise_a_plain_loss_too():
         w = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
         opt = game_optimizer(name, [w], [], lr=0.05)
 
-        def closure():
+        def closure(w=w, opt=opt):
             opt.zero_grad()
             loss = ((w - 1) ** 2).sum()
             loss.backward()

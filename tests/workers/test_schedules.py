@@ -49,7 +49,7 @@ def test_step_decays_by_gamma_every_step_epochs_after_warmup():
 def test_cosine_goes_from_lr_to_the_floor_monotonically():
     lrs = _lrs({"name": "cosine", "min_lr_ratio": 0.1}, 5, 4)
     assert lrs[0] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
     mid = len(lrs) // 2
     assert lrs[mid] == pytest.approx(0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * mid / len(lrs))))
     assert lrs[-1] > 0.01 and lr_factor({"name": "cosine", "min_lr_ratio": 0.1}, 20, 5, 4) == pytest.approx(0.1)

@@ -1,11 +1,13 @@
 """Optimizers by name (``optimizer.name`` in a spec), each with its own hyperparameters.
 
-Add one with ``OPTIMIZERS.add(name, OptimizerEntry(...))``; the spec validator, ``podium optimizers``
-and the training loop read everything they need from the entry.
+Add one with ``OPTIMIZERS.add(name, OptimizerEntry(...))``; the spec validator, ``podium
+optimizers`` and the training loop read everything they need from the entry.
 """
 
 from __future__ import annotations
 
+# Importing these modules registers their entries (the torch.optim family, cg, game optimizers).
+from workers.optimizers import _torch, cg, games  # noqa: F401
 from workers.optimizers._base import (
     OPTIMIZERS,
     BatchMode,
@@ -14,8 +16,6 @@ from workers.optimizers._base import (
     build_optimizer,
     check_hparams,
 )
-from workers.optimizers import _torch  # noqa: F401  (registers the torch.optim catalogue)
-from workers.optimizers import cg, games  # noqa: F401  (register cg and the game optimizers)
 from workers.optimizers.catalogue import describe, render_markdown
 from workers.optimizers.cg import ConjugateGradient
 from workers.optimizers.games import ExtraGradient, OptimisticAdam, OptimisticGD, game_optimizer

@@ -42,7 +42,13 @@ from typing import Any
 
 import torch
 
-from workers.optimizers._base import OPTIMIZERS, WEIGHT_DECAY, HParam, OptimizerEntry, build_optimizer
+from workers.optimizers._base import (
+    OPTIMIZERS,
+    WEIGHT_DECAY,
+    HParam,
+    OptimizerEntry,
+    build_optimizer,
+)
 
 
 def _direction(p: torch.Tensor, group: dict) -> torch.Tensor:
