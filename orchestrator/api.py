@@ -87,3 +87,192 @@ def ui(tracking_uri: str | None = None, port: int = 5000, host: str = "127.0.0.1
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", host, "--port", str(port)]
     return subprocess.Popen(cmd, env=env)
+
+
+# --------------------------------------------------------------------------- selection & registry
+
+
+def load_policy(path: str | Path) -> dict:
+    """A ``--policy`` YAML file: the spec's ``promotion`` keys, bare or under ``promotion:``.
+
+    Raises:
+        SpecError: unreadable, not a mapping, or any bad key (all of them, as ``policy.<key>``).
+    """
+    import yaml
+
+    from tracking.selection import check_policy
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError([Problem("--policy", str(path), f"cannot read policy file: {e}")]) from e
+    section = raw.get("promotion", raw) if isinstance(raw, dict) else raw
+    if not isinstance(section, dict):
+        raise SpecError([Problem("--policy", raw, "must be a mapping of promotion keys")])
+    section = {"objectives": [{"metric": keys.TEST_ACCURACY, "mode": "max"}], **section}
+    problems = [Problem(f"policy.{k}", v, m) for k, v, m in check_policy(section)]
+    if problems:
+        raise SpecError(problems)
+    return section
+
+
+def _newest_sweep(store: Store, experiment: str) -> tuple[str, object]:
+    """(experiment id, newest sweep parent run) of ``experiment``."""
+    exp = store.client.get_experiment_by_name(experiment)
+    runs = [] if exp is None else store.client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if exp is None or not runs:
+        raise SpecError([Problem("EXPERIMENT", experiment, f"no sweep of {experiment!r} in {store.uri}")])
+    return exp.experiment_id, runs[0]
+
+
+def _sweep_settings(store: Store, parent: object) -> dict:
+    """The promotion section of the sweep's spec snapshot ({} if none)."""
+    import tempfile
+
+    import yaml
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = store.client.download_artifacts(parent.info.run_id, keys.SPEC_ARTIFACT, tmp)
+            spec = yaml.safe_load(Path(path).read_text()) or {}
+    except Exception:  # noqa: BLE001 - an old sweep without a snapshot: defaults
+        return {}
+    return {"name": spec.get("name"), **(spec.get("promotion") or {})}
+
+
+def sweep_candidates(experiment: str, tracking_uri: str | None = None,
+                     workdir: str | os.PathLike = ".") -> tuple[list, dict, object, Store]:
+    """The newest sweep's trials as selection candidates, its promotion settings, parent run, store."""
+    from tracking.selection import Candidate
+
+    store = Store(resolve_tracking_uri(tracking_uri, None, workdir))
+    exp_id, parent = _newest_sweep(store, experiment)
+    children = store.child_runs(exp_id, parent.info.run_id)
+    cands = [Candidate(tid, dict(r.data.metrics), r.data.tags.get(keys.TAG_STATUS, "failed"),
+                       r.info.run_id, dict(r.data.params)) for tid, r in sorted(children.items())]
+    return cands, _sweep_settings(store, parent), parent, store
+
+
+def leaderboard_marks(experiment: str, tracking_uri: str | None = None,
+                      workdir: str | os.PathLike = ".", policy_path: str | None = None) -> dict:
+    """Per trial id: Pareto-optimal or not, and why an excluded trial cannot win (the constraint
+    it breaks, stopped, failed, NaN), under the sweep's promotion policy."""
+    from tracking.selection import mark_candidates, policy_from
+
+    cands, settings, _, _ = sweep_candidates(experiment, tracking_uri, workdir)
+    section = load_policy(policy_path) if policy_path else _policy_section(settings)
+    return mark_candidates(cands, policy_from(section))
+
+
+def _policy_section(settings: dict) -> dict:
+    """The sweep's policy keys (its spec was validated; an unreadable one gives the default)."""
+    from tracking.selection import check_policy
+
+    default = {"objectives": [{"metric": keys.TEST_ACCURACY, "mode": "max"}]}
+    section = {**default, **settings}
+    return default if check_policy(section) else section
+
+
+def promote(experiment: str, policy_path: str | None = None, tracking_uri: str | None = None,
+            workdir: str | os.PathLike = ".") -> object:
+    """Re-decide the newest sweep of ``experiment`` offline from its logged runs and promote.
+
+    The winner under the policy (``policy_path``, else the sweep's own) is registered (once: a
+    re-run finds its version) and becomes champion only if it beats the current one. Reports
+    (leaderboard CSV, Pareto and parallel-coordinates plots, learning curves) are logged on the
+    sweep's parent run.
+
+    Returns:
+        :class:`tracking.registry.Promotion`.
+
+    Raises:
+        SpecError: unknown experiment or bad policy. PodiumError: no eligible trial, or the
+            winner's model is neither logged nor in a checkpoint any more.
+    """
+    from tracking.registry import register_and_alias, version_of_run
+    from tracking.selection import policy_from, select_best
+
+    cands, settings, parent, store = sweep_candidates(experiment, tracking_uri, workdir)
+    section = load_policy(policy_path) if policy_path else _policy_section(settings)
+    policy = policy_from(section)
+    decision = select_best(cands, policy)
+    if decision.winner is None:
+        raise PodiumError("nothing to promote: " + "; ".join(decision.reasons) + "".join(
+            f"\n  {t}: {why}" for t, why in sorted(decision.rejected.items())))
+    name = settings.get("model_name") or settings.get("name") or experiment
+    alias = settings.get("alias") or "champion"
+    run_id = decision.winner.run_id
+    model_uri = "" if version_of_run(store.uri, name, run_id) else _log_winner(store, parent, decision)
+    tags = {keys.TAG_EXPERIMENT: experiment, keys.TAG_TRIAL_ID: decision.winner.trial_id}
+    promotion = register_and_alias(store.uri, model_uri, name, alias, run_id, decision, tags, policy)
+    publish_reports(store, parent.info.run_id, cands, policy, promotion)
+    return promotion
+
+
+def _log_winner(store: Store, parent: object, decision: object) -> str:
+    """Log the winner's model from its Tune checkpoint (weights-only) to its run."""
+    from tracking.registry import log_torch_model
+    from workers.tasks import load_task
+    from workers.trainable import ARTIFACTS_DIR, load_trial_model
+
+    winner = decision.winner
+    ray_path = parent.data.tags.get(keys.TAG_RAY_PATH)
+    found = sorted(Path(ray_path).glob(f"*{winner.trial_id}*/checkpoint_*")) if ray_path else []
+    if not found:
+        raise PodiumError(f"trial {winner.trial_id}'s model was not logged and its checkpoint is "
+                          f"not under {ray_path!r} any more; re-run the sweep")
+    folder = found[-1]
+    model, meta = load_trial_model(folder)
+    data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
+    onnx = folder / ARTIFACTS_DIR / keys.ONNX_ARTIFACT
+    return log_torch_model(winner.run_id, model, data.x_test[:4].numpy(), store.uri,
+                           onnx if onnx.exists() else None)
+
+
+def publish_reports(store: Store, parent_run_id: str, cands: list, policy: object,
+                    promotion: object | None = None) -> list[Path]:
+    """Write the sweep's reports and log them on its parent run; returns the local files."""
+    import tempfile
+
+    from tracking.report import write_reports
+
+    champion = None
+    if promotion is not None and getattr(promotion, "champion_version", None):
+        mv = store.client.get_model_version(promotion.model_name, promotion.champion_version)
+        champion = next((c.trial_id for c in cands if c.run_id == mv.run_id), None)
+    histories = {c.trial_id: [(m.step, m.value) for m in
+                              store.client.get_metric_history(c.run_id, keys.VAL_ACCURACY)]
+                 for c in cands}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_reports(cands, policy, tmp, histories, champion)
+        for p in paths:
+            store.log_artifact_file(parent_run_id, p)
+    return paths
+
+
+def rollback(model_name: str, tracking_uri: str | None = None,
+             workdir: str | os.PathLike = ".") -> tuple[str, str]:
+    """Swap ``@champion`` and ``@previous`` of ``model_name``; returns (champion, previous)."""
+    from tracking.registry import RegistryError, rollback as _rollback
+
+    try:
+        return _rollback(resolve_tracking_uri(tracking_uri, None, workdir), model_name)
+    except RegistryError as e:
+        raise PodiumError(str(e)) from e
+
+
+def serve(model_uri: str, port: int = 5001, host: str = "127.0.0.1",
+          tracking_uri: str | None = None, workdir: str | os.PathLike = ".") -> None:
+    """Serve ``models:/<name>@champion`` over HTTP (MLflow scoring protocol) until interrupted.
+
+    Only ONNX and weights-only state dicts are loaded; a pickled model is refused.
+    """
+    from tracking.serve import ServeError, serve as _serve
+    from workers.models import build_model
+
+    try:
+        _serve(model_uri, port, host, resolve_tracking_uri(tracking_uri, None, workdir), build_model)
+    except ServeError as e:
+        raise PodiumError(str(e)) from e
