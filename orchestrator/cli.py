@@ -278,9 +278,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """MLflow's store-migration notices and download progress bars are noise on a terminal."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not verbose:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries(getattr(args, "verbose", False))
     try:
         return args.func(args)
     except SpecError as e:

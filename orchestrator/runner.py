@@ -12,6 +12,7 @@ import csv
 import io
 import logging
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from orchestrator.schedulers import build_param_space, build_scheduler, has_grid
 from orchestrator.space import flatten_params, resolve, template_of
 from orchestrator.spec import ExperimentSpec
 from tracking import keys
-from tracking.registry import Promotion, log_torch_model, register_and_alias
+from tracking.registry import Promotion, log_torch_model, register_and_alias, warm_up_export
 from tracking.selection import Candidate, Decision, policy_from, select_best
 from tracking.store import RunWriter, Store, TrackingError, resolve_tracking_uri
 
@@ -105,6 +106,8 @@ def run_experiment(
     writer = RunWriter(store, experiment_id, parent_id, existing)
     template = template_of(spec)
     started_ray = _init_ray(address or spec.cluster.address, verbosity)
+    if spec.promotion.enabled:
+        threading.Thread(target=warm_up_export, name="podium-export-warm-up", daemon=True).start()
     try:
         grid = _fit(spec, template, writer, ray_path, resume, verbosity)
     except Exception as e:

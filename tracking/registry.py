@@ -73,8 +73,31 @@ def log_torch_model(run_id: str, model: Any, input_example: Any, uri: str,
         extra = [str(onnx)] if onnx else None
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(model, name=keys.MODEL_ARTIFACT,
-                                            input_example=input_example, extra_files=extra)
+                                            input_example=input_example, extra_files=extra,
+                                            pip_requirements=_pip_requirements())
     return info.model_uri
+
+
+def _pip_requirements() -> list[str]:
+    """What the logged model needs, stated: MLflow's own inference imports the model in a
+    subprocess and took 10+ s per promotion here."""
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+
+
+def warm_up_export() -> None:
+    """Pay torch.export's first-use cost (imports, dynamo set-up: seconds) ahead of time.
+
+    The runner calls this in a background thread while trials train, so the winner's
+    ``log_model`` at the end of a sweep does not start cold.
+    """
+    import torch
+
+    try:
+        torch.export.export(torch.nn.Linear(2, 2).eval(), (torch.zeros(2, 2),))
+    except Exception:  # noqa: BLE001 - a warm-up only; the real export reports its own errors
+        log.debug("torch.export warm-up failed", exc_info=True)
 
 
 def _export_onnx(model: Any, example: Any, folder: Path) -> Path | None:
