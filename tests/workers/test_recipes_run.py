@@ -132,3 +132,22 @@ def test_good_recipes_with_search_spaces_validate():
     assert spec.recipe["choice"][1][0]["teacher"] == "models:/m@champion"
     assert registry_teachers(spec.recipe["choice"][1]) == ["models:/m@champion"]
     assert check_recipe([{"step": "quantize", "per_channel": True}]) == []
+
+
+def test_registry_teachers_are_found_inside_search_spaces():
+    teacher = {"choice": ["models:/a@champion", "trial", "models:/b/3"]}
+    recipe = {"choice": [
+        [{"step": "distill", "teacher": teacher}],
+        [{"step": "distill", "teacher": "models:/a@champion"}, {"step": "quantize"}],
+    ]}
+    assert registry_teachers(recipe) == ["models:/a@champion", "models:/b/3"]
+    assert registry_teachers([{"step": "distill"}, {"step": "prune"}]) == []
+
+
+def test_the_compression_example_validates():
+    from pathlib import Path
+
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(Path(__file__).parents[2] / "examples" / "fashion_compress.yaml")
+    assert spec.task == "fashion-mnist" and len(spec.recipe["choice"]) == 3

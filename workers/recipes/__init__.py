@@ -37,11 +37,26 @@ __all__ = [
 ]
 
 
-def registry_teachers(steps: list | None) -> list[str]:
-    """The ``models:/`` teacher URIs a concrete (or candidate) recipe names: what the driver must
-    resolve before trials start."""
-    return [
-        s["teacher"]
-        for s in steps or []
-        if isinstance(s, dict) and is_registry_teacher(s.get("teacher"))
-    ]
+def registry_teachers(recipe: object) -> list[str]:
+    """Every ``models:/`` teacher URI a recipe can use, search spaces included (each candidate of
+    a ``choice``/``grid``): what the driver must check and fetch before trials start.
+
+    Example:
+        >>> registry_teachers({"choice": [[{"step": "distill", "teacher": "models:/m@champion"}],
+        ...                               [{"step": "quantize"}]]})
+        ['models:/m@champion']
+    """
+    found: list[str] = []
+
+    def walk(node: object, key: str | None = None) -> None:
+        if key == "teacher" and is_registry_teacher(node):
+            found.append(node)  # type: ignore[arg-type]
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, k if k == "teacher" else (key if k in ("choice", "grid") else k))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+
+    walk(recipe)
+    return list(dict.fromkeys(found))
