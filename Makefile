@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 DEB_PACKAGES := dataset-fashion-mnist postgresql docker-compose
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast lint bench clean constraints
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/overhead.py
+
+# Re-pin constraints.txt to what the working .venv has (after a deliberate upgrade, then test).
+constraints:
+	@{ sed -n '1,3p' constraints.txt; $(PIP) freeze --exclude-editable | grep -v '^-e' \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
 	rm -rf $(VENV) podium-runs *.egg-info
