@@ -84,7 +84,7 @@ def train_epoch(
             optimizer.step()
         if schedule is not None:
             schedule.step()
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise TrialDivergedError(f"training loss became {value} at step {steps + 1} of the epoch")
         total += value * len(idx)

@@ -59,3 +59,31 @@ def test_run_default_spec_reduced_then_leaderboard(tmp_path):
     assert (tmp_path / "podium-runs" / "mlflow.db").exists()  # the embedded default store
     board = podium("leaderboard", "digits-default", cwd=tmp_path)
     assert board.returncode == 0 and board.stdout.count("completed") == 2
+
+
+@pytest.mark.slow
+def test_ui_serves_the_local_store(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    from orchestrator import api
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = api.ui(f"sqlite:///{tmp_path / 'm.db'}", port=port)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, "mlflow ui exited"
+                assert time.monotonic() < deadline, "mlflow ui did not answer in 120 s"
+                time.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
