@@ -1,0 +1,67 @@
+"""Tracking set-up and the buffered writer, against a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tracking import keys
+from tracking.store import RunWriter, Store, default_artifact_location, resolve_tracking_uri
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = resolve_tracking_uri(None, None, workdir=tmp_path)
+    assert default == f"sqlite:///{tmp_path.resolve() / 'podium-runs' / 'mlflow.db'}"
+    assert resolve_tracking_uri(None, "sqlite:///spec.db", tmp_path) == "sqlite:///spec.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert resolve_tracking_uri(None, "sqlite:///spec.db", tmp_path) == "http://127.0.0.1:5999"
+    assert resolve_tracking_uri("sqlite:///flag.db", "sqlite:///spec.db", tmp_path) == "sqlite:///flag.db"
+    assert default_artifact_location(default).endswith("podium-runs/artifacts")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_experiment_is_created_once_with_artifacts_beside_the_store(store):
+    first = store.ensure_experiment("exp")
+    assert store.ensure_experiment("exp") == first
+    exp = store.client.get_experiment(first)
+    assert exp.artifact_location.endswith("artifacts")
+
+
+def test_writer_logs_each_step_once_and_creates_runs_lazily(store):
+    exp = store.ensure_experiment("exp")
+    parent = store.start_parent(exp, "sweep", {})
+    writer = RunWriter(store, exp, parent)
+    writer.trial_started("t1", "trial one", {"optimizer.lr": 0.1, "model.hidden": [64]}, {})
+    for step in (1, 2, 2, 1, 3):  # a resumed trial may re-report steps it already reported
+        writer.log_metrics("t1", {keys.VAL_ACCURACY: step / 10}, step)
+    writer.set_tags("t2", {keys.TAG_STATUS: "failed"})  # failed before Tune reported its start
+    writer.trial_ended("t1", "FINISHED")
+    assert writer.close(timeout_s=60)
+    client = MlflowClient(store.uri)
+    history = client.get_metric_history(writer.run_id("t1"), keys.VAL_ACCURACY)
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    run = client.get_run(writer.run_id("t1"))
+    assert run.data.params == {"optimizer.lr": "0.1", "model.hidden": "[64]"}
+    assert run.data.tags[keys.TAG_PARENT_RUN] == parent and run.info.status == "FINISHED"
+    assert client.get_run(writer.run_id("t2")).data.tags[keys.TAG_STATUS] == "failed"
+
+
+def test_resumed_writer_continues_the_same_runs(store):
+    exp = store.ensure_experiment("exp")
+    parent = store.start_parent(exp, "sweep", {})
+    first = RunWriter(store, exp, parent)
+    first.trial_started("t1", "t1", {}, {})
+    first.log_metrics("t1", {keys.VAL_LOSS: 1.0}, 1)
+    first.close()
+    again = RunWriter(store, exp, parent, existing=store.child_runs(exp, parent))
+    assert again.run_id("t1") == first.run_id("t1")
+    again.log_metrics("t1", {keys.VAL_LOSS: 9.0}, 1)  # already there: skipped
+    again.log_metrics("t1", {keys.VAL_LOSS: 0.5}, 2)
+    again.close()
+    history = store.client.get_metric_history(first.run_id("t1"), keys.VAL_LOSS)
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
