@@ -21,7 +21,11 @@ ATTACK = {"attack": "pgd", "epsilon": 0.1, "steps": 5}
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_task("digits", 0)
+    # One thread: these models are tiny, and two OpenMP threads on a busy 2-core CI box are slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_task("digits", 0)
+    torch.set_num_threads(threads)
 
 
 def _train(digits, adversarial: dict | None, seed: int, epochs: int = 15) -> torch.nn.Module:

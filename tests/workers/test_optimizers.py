@@ -30,7 +30,11 @@ def test_the_issue_catalogue_is_registered():
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_task("digits", 0)
+    # One thread: the default MLP is tiny, and two OpenMP threads on a busy 2-core box are slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_task("digits", 0)
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS.names())
