@@ -44,13 +44,15 @@ from workers.optimizers._base import HParam
 
 ATTACKS = ("fgsm", "pgd")
 ADVERSARIAL_KEYS: dict[str, HParam] = {
-    "attack": HParam("pgd", "how the adversary searches the ball: fgsm or pgd", str, choices=ATTACKS),
+    "attack": HParam("pgd", "how the adversary searches the ball: fgsm or pgd", str,
+                     choices=ATTACKS),
     "epsilon": HParam(0.1, "radius of the L-inf ball around each input", float, 0.0, 1.0),
     "steps": HParam(7, "PGD steps per training batch (fgsm takes one)", int, 1, 100),
     "step_size": HParam(None, "PGD step size (default 2.5 * epsilon / steps)", float, 0.0, 1.0),
-    "eval_epsilon": HParam(None, "radius robust_accuracy attacks with (default epsilon)", float, 0.0, 1.0),
+    "eval_epsilon": HParam(None, "radius robust_accuracy attacks with (default epsilon)", float,
+                           0.0, 1.0),
     "eval_steps": HParam(20, "PGD steps of the robust_accuracy attack", int, 1, 1000),
-    "clip": HParam((0.0, 1.0), "valid input range, or null for unbounded inputs", tuple, None, None),
+    "clip": HParam((0.0, 1.0), "valid input range, or null for unbounded inputs", tuple),
 }
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -70,7 +72,7 @@ def check_adversarial(section: dict[str, Any] | None) -> list[tuple[str, Any, st
             valid = ", ".join(sorted(ADVERSARIAL_KEYS))
             problems.append((key, value, f"unknown key {key!r}; valid: {valid}"))
             continue
-        if value is None and ADVERSARIAL_KEYS[key].default is None or (key == "clip" and value is None):
+        if value is None and (ADVERSARIAL_KEYS[key].default is None or key == "clip"):
             continue
         msg = ADVERSARIAL_KEYS[key].check(value)
         if key == "epsilon" and not msg and value <= 0:
@@ -81,7 +83,8 @@ def check_adversarial(section: dict[str, Any] | None) -> list[tuple[str, Any, st
             problems.append((key, value, msg))
     s = resolved(section) if not problems else {}
     if s.get("attack") == "fgsm" and section.get("steps", 1) != 1:
-        problems.append(("steps", section["steps"], "fgsm takes one step; use attack: pgd for more"))
+        problems.append(("steps", section["steps"],
+                         "fgsm takes one step; use attack: pgd for more"))
     return problems
 
 

@@ -103,7 +103,7 @@ def test_logistic_regression_reaches_scipys_cg_optimum(beta):
     loss = float(closure().detach())
     assert loss == pytest.approx(ref.fun, rel=1e-10, abs=1e-12)
     np.testing.assert_allclose(wb.detach().numpy(), ref.x, atol=1e-6)
-    assert opt.state["cg"]["n_iter"] < 100  # CG-like iteration counts (scipy: ~40), not GD's
+    assert opt.state[wb]["n_iter"] < 100  # CG-like iteration counts (scipy: ~40), not GD's
 
 
 def test_restart_every_iteration_is_steepest_descent_and_slower(quadratic):

@@ -62,7 +62,8 @@ def _default(value: Any) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| key | default | range | what |", "|---|---|---|---|"]
-    lines += [f"| `{r['name']}` | {_default(r['default'])} | {_range(r)} | {r['doc']} |" for r in rows]
+    lines += [f"| `{r['name']}` | {_default(r['default'])} | {_range(r)} | {r['doc']} |"
+              for r in rows]
     return lines
 
 
@@ -99,7 +100,8 @@ def render_markdown() -> str:
         lines += ["", f"## `{name}`", "", SCHEDULE_DOCS[name] + ".", ""] + _table(rows)
     lines += ["", "# Adversarial training (`training.adversarial`)", "",
               "Two-player zero-sum training: the model minimises the loss on inputs a bounded "
-              "adversary (FGSM or PGD in an L-inf ball) perturbs to maximise it. Trials then report "
+              "adversary (FGSM or PGD in an L-inf ball) perturbs to maximise it. Trials then "
+              "report "
               "`robust_accuracy`, the test accuracy under PGD at `eval_epsilon`.", ""]
     lines += _table([_hparam_row(k, h) for k, h in ADVERSARIAL_KEYS.items()])
     return "\n".join(lines) + "\n"

@@ -88,16 +88,23 @@ class ConjugateGradient(torch.optim.Optimizer):
         if not 0 < c1 < c2 < 1:
             raise ValueError(f"cg: need 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
         if line_search not in LINE_SEARCHES:
-            raise ValueError(f"cg: line_search {line_search!r} is not one of: {', '.join(LINE_SEARCHES)}")
+            raise ValueError(f"cg: line_search {line_search!r} is not one of: "
+                             f"{', '.join(LINE_SEARCHES)}")
         defaults = dict(lr=lr, beta=beta, c1=c1, c2=c2, restart_every=restart_every,
                         max_iter=max_iter, max_ls=max_ls, tolerance_grad=tolerance_grad,
                         line_search=line_search)
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
-            raise ValueError("cg works on one parameter group (it treats all parameters as one vector)")
+            raise ValueError("cg works on one parameter group "
+                             "(it treats all parameters as one vector)")
         self._params: list[torch.Tensor] = self.param_groups[0]["params"]
 
     # ------------------------------------------------------------------ flat-vector helpers
+
+    def _cg_state(self) -> dict:
+        # Kept under the first parameter (as torch's LBFGS does), so state_dict() saves and
+        # restores it like any optimizer state.
+        return self.state[self._params[0]]
 
     def _flat_params(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self._params])
@@ -115,13 +122,14 @@ class ConjugateGradient(torch.optim.Optimizer):
             p.copy_(flat[offset: offset + n].view_as(p))
             offset += n
 
-    def _evaluate(self, closure: Callable, x0: torch.Tensor, d: torch.Tensor, alpha: float) -> _Point:
+    def _evaluate(self, closure: Callable, x0: torch.Tensor, d: torch.Tensor,
+                  alpha: float) -> _Point:
         """Loss and directional derivative at ``x0 + alpha d`` (leaves the parameters there)."""
         self._set_params(x0 + alpha * d)
         with torch.enable_grad():
             f = _as_float(closure())
         g = self._flat_grad().clone()
-        self.state["cg"]["func_evals"] += 1
+        self._cg_state()["func_evals"] += 1
         return _Point(alpha, f, float(g.dot(d)), g)
 
     # ------------------------------------------------------------------ the iteration
@@ -134,9 +142,10 @@ class ConjugateGradient(torch.optim.Optimizer):
             ValueError: no closure (a line search must re-evaluate the loss).
         """
         if closure is None:
-            raise ValueError("cg needs a closure: optimizer.step(closure) (the line search re-evaluates the loss)")
+            raise ValueError("cg needs a closure: optimizer.step(closure) "
+                             "(the line search re-evaluates the loss)")
         group = self.param_groups[0]
-        state = self.state["cg"]
+        state = self._cg_state()
         state.setdefault("func_evals", 0)
         state.setdefault("n_iter", 0)
         with torch.enable_grad():
@@ -149,7 +158,8 @@ class ConjugateGradient(torch.optim.Optimizer):
             d = self._direction(g, state, group)
             x0 = self._flat_params()
             start = _Point(0.0, f, float(g.dot(d)), g)
-            point = self._line_search(closure, x0, d, start, self._first_step(state, start, group), group)
+            first = self._first_step(state, start, group)
+            point = self._line_search(closure, x0, d, start, first, group)
             if point is None:  # no acceptable step: restart from steepest descent next time
                 self._set_params(x0)
                 state.pop("d", None)
@@ -158,7 +168,8 @@ class ConjugateGradient(torch.optim.Optimizer):
                 state["restarted_last"] = True
                 continue
             self._set_params(x0 + point.alpha * d)  # the search may have ended elsewhere
-            state.update(d=d, g_prev=g, alpha_prev=point.alpha, gd_prev=start.df, restarted_last=False)
+            state.update(d=d, g_prev=g, alpha_prev=point.alpha, gd_prev=start.df,
+                         restarted_last=False)
             state["n_iter"] += 1
             f, g = point.f, point.grad
         return first_loss
@@ -166,7 +177,7 @@ class ConjugateGradient(torch.optim.Optimizer):
     def _direction(self, g: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
         d_prev, g_prev = state.get("d"), state.get("g_prev")
         restart_every = group["restart_every"] or g.numel()
-        if d_prev is None or state["n_iter"] % restart_every == 0:
+        if d_prev is None or g_prev is None or state["n_iter"] % restart_every == 0:
             return -g
         denom = float(g_prev.dot(g_prev))
         if group["beta"] == "fr":
@@ -212,7 +223,8 @@ def _as_float(loss: torch.Tensor | float) -> float:
 
 
 def strong_wolfe(
-    phi: Callable[[float], _Point], start: _Point, alpha1: float, c1: float, c2: float, max_evals: int
+    phi: Callable[[float], _Point], start: _Point, alpha1: float, c1: float, c2: float,
+    max_evals: int,
 ) -> _Point | None:
     """A step satisfying the strong Wolfe conditions along a line (N&W Alg. 3.5).
 
@@ -311,14 +323,17 @@ OPTIMIZERS.add("cg", OptimizerEntry(
     {
         "beta": HParam("pr", "conjugacy formula: pr (Polak–Ribière+) or fr (Fletcher–Reeves)", str,
                        choices=("pr", "fr")),
-        "c1": HParam(1e-4, "sufficient-decrease constant of the Wolfe conditions", float, 1e-6, 0.4),
-        "c2": HParam(0.1, "curvature constant of the strong Wolfe conditions (> c1)", float, 0.01, 0.9),
+        "c1": HParam(1e-4, "sufficient-decrease constant of the Wolfe conditions", float,
+                     1e-6, 0.4),
+        "c2": HParam(0.1, "curvature constant of the strong Wolfe conditions (> c1)", float,
+                     0.01, 0.9),
         "restart_every": HParam(0, "restart to steepest descent every n iterations (0: number of "
                                    "parameters)", int, 0, None),
-        "max_iter": HParam(10, "CG iterations per optimizer step (one step per epoch)", int, 1, 1000),
+        "max_iter": HParam(10, "CG iterations per optimizer step (one step per epoch)", int,
+                           1, 1000),
         "max_ls": HParam(25, "loss evaluations allowed per line search", int, 2, 100),
-        "tolerance_grad": HParam(1e-7, "stop iterating when the largest gradient entry is at most this",
-                                 float, 0.0, 1.0),
+        "tolerance_grad": HParam(1e-7, "stop iterating when the largest gradient entry is at "
+                                 "most this", float, 0.0, 1.0),
     },
     lr_default=1.0,
     batch_mode="full",

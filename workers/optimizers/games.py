@@ -54,6 +54,7 @@ from workers.optimizers._base import (
 def _direction(p: torch.Tensor, group: dict) -> torch.Tensor:
     """The gradient this parameter *descends*: negated for the maximising player."""
     g = p.grad
+    assert g is not None  # callers skip parameters without a gradient
     if group["weight_decay"]:
         g = g.add(p, alpha=group["weight_decay"])
     return -g if group["maximize"] else g
@@ -186,7 +187,8 @@ class OptimisticAdam(torch.optim.Optimizer):
 
 
 def game_optimizer(name: str, min_params: Iterable[torch.nn.Parameter],
-                   max_params: Iterable[torch.nn.Parameter], **hparams: Any) -> torch.optim.Optimizer:
+                   max_params: Iterable[torch.nn.Parameter],
+                   **hparams: Any) -> torch.optim.Optimizer:
     """Build a registered optimizer over a two-player zero-sum game.
 
     The first player minimises the closure's loss, the second maximises it; both move
@@ -203,7 +205,7 @@ def game_optimizer(name: str, min_params: Iterable[torch.nn.Parameter],
     """
     groups = [{"params": list(min_params), "maximize": False},
               {"params": list(max_params), "maximize": True}]
-    return build_optimizer(name, groups, hparams)
+    return build_optimizer(name, groups, hparams)  # type: ignore[arg-type]  # param groups
 
 
 OPTIMISM = HParam(1.0, "weight of the correction g_t - g_(t-1)", float, 0.0, 2.0)
@@ -215,7 +217,8 @@ OPTIMIZERS.add("extragradient", OptimizerEntry(
     {"weight_decay": WEIGHT_DECAY}, lr_default=0.01, needs_closure=True, min_max=True,
 ))
 OPTIMIZERS.add("optimistic", OptimizerEntry(
-    "optimistic", "optimistic gradient descent(-ascent): a step corrected by the last gradient's change",
+    "optimistic",
+    "optimistic gradient descent(-ascent): a step corrected by the last gradient's change",
     lambda params, lr, **kw: OptimisticGD(params, lr=lr, **kw),
     {"optimism": OPTIMISM, "weight_decay": WEIGHT_DECAY}, lr_default=0.01, min_max=True,
 ))
@@ -223,7 +226,8 @@ OPTIMIZERS.add("optimistic_adam", OptimizerEntry(
     "optimistic_adam", "optimistic Adam: Adam's normalised step with the optimistic correction",
     lambda params, lr, **kw: OptimisticAdam(params, lr=lr, **kw),
     {"betas": HParam((0.0, 0.99), "decay rates of the first and second moment estimates "
-                     "(beta1 = 0: momentum makes the optimistic correction lag)", tuple, 0.0, 0.9999),
+                     "(beta1 = 0: momentum makes the optimistic correction lag)", tuple,
+                     0.0, 0.9999),
      "eps": HParam(1e-8, "term added to the denominator for numerical stability", float, low=0.0),
      "weight_decay": WEIGHT_DECAY},
     lr_default=1e-3, min_max=True,

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (spec ``training.lr_schedule``): none, step, cosine, onecycle, with warm-up.
+"""Learning-rate schedules (spec ``training.lr_schedule``): none, step, cosine, onecycle; warm-up.
 
 Contract used by the training loop:
     check_schedule(section: dict | None) -> list[tuple[str, object, str]]   # (key, value, message)
@@ -34,7 +34,8 @@ from workers.optimizers._base import HParam
 
 SCHEDULE_NAMES = ("none", "step", "cosine", "onecycle")
 
-WARMUP = HParam(0, "epochs of linear warm-up before the schedule (fractions allowed)", float, low=0.0)
+WARMUP = HParam(0, "epochs of linear warm-up before the schedule (fractions allowed)", float,
+                low=0.0)
 # Keys each schedule takes (besides ``name``), with defaults, types and ranges; the one source for
 # validation, building and the docs.
 SCHEDULE_KEYS: dict[str, dict[str, HParam]] = {
@@ -49,7 +50,8 @@ SCHEDULE_KEYS: dict[str, dict[str, HParam]] = {
         "min_lr_ratio": HParam(0.0, "final lr as a fraction of lr", float, 0.0, 1.0),
     },
     "onecycle": {
-        "pct_start": HParam(0.3, "fraction of training spent rising to the peak lr", float, 0.0, 1.0),
+        "pct_start": HParam(0.3, "fraction of training spent rising to the peak lr", float,
+                            0.0, 1.0),
         "div_factor": HParam(25.0, "start lr = lr / div_factor", float, 1.0, None),
         "final_div_factor": HParam(1e4, "final lr = start lr / final_div_factor", float, 1.0, None),
     },
@@ -82,7 +84,8 @@ def check_schedule(section: dict[str, Any] | None) -> list[tuple[str, Any, str]]
         if key not in takes:
             hint = "; onecycle warms up by itself (set pct_start)" if key == "warmup_epochs" else ""
             valid = ", ".join(sorted(["name", *takes]))
-            problems.append((key, value, f"schedule {name!r} takes no key {key!r}; it takes: {valid}{hint}"))
+            unknown = f"schedule {name!r} takes no key {key!r}; it takes: {valid}{hint}"
+            problems.append((key, value, unknown))
             continue
         msg = takes[key].check(value)
         if msg:
@@ -97,8 +100,9 @@ def resolved(section: dict[str, Any] | None) -> dict[str, Any]:
     return {**{k: h.default for k, h in SCHEDULE_KEYS[name].items()}, **section}
 
 
-def lr_factor(section: dict[str, Any] | None, step: int, steps_per_epoch: int, max_epochs: int) -> float:
-    """The multiplier of the base lr at optimizer step ``step`` (0-based). Pure; see the module doc."""
+def lr_factor(section: dict[str, Any] | None, step: int, steps_per_epoch: int,
+              max_epochs: int) -> float:
+    """The multiplier of the base lr at optimizer step ``step`` (0-based); see the module doc."""
     s = resolved(section)
     total = max(1, steps_per_epoch * max_epochs)
     if s["name"] == "onecycle":
@@ -111,7 +115,8 @@ def lr_factor(section: dict[str, Any] | None, step: int, steps_per_epoch: int, m
         return s["gamma"] ** (t // (s["step_epochs"] * steps_per_epoch))
     if s["name"] == "cosine":
         progress = min(t, span) / span
-        return s["min_lr_ratio"] + (1 - s["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * progress))
+        floor = s["min_lr_ratio"]
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0
 
 
@@ -129,8 +134,10 @@ def _cos_anneal(a: float, b: float, progress: float) -> float:
     return b + (a - b) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, section: dict[str, Any] | None,
-                   steps_per_epoch: int, max_epochs: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+def build_schedule(
+    optimizer: torch.optim.Optimizer, section: dict[str, Any] | None, steps_per_epoch: int,
+    max_epochs: int,
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A scheduler whose ``step()`` follows :func:`lr_factor`, or None for a constant lr.
 
     It scales every param group's initial ``lr``; building it already applies step 0's factor.
