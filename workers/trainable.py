@@ -34,6 +34,7 @@ from workers.tasks import TaskData, load_task
 STATE_FILE = "state.pt"  # weights-only: tensors and plain containers, loadable with weights_only=True
 TRIAL_FILE = "trial.json"  # the concrete spec plus the model's input shape and class count
 ARTIFACTS_DIR = "artifacts"  # files a recipe produced (e.g. model.onnx), logged by the driver
+FINAL_FILE = "final.json"  # the last report, kept with the last checkpoint (see run_trial)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class _State:
     generator: torch.Generator
     epoch: int = 0
     train_time_s: float = 0.0
+    final: dict[str, Any] | None = None  # the finished trial's last report, from its checkpoint
 
 
 def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
@@ -86,6 +88,11 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
     batch_size = batch_size_for(entry.batch_mode, training["batch_size"], len(data.x_train))
     adversary = make_adversary(training.get("adversarial"))
     max_epochs = training["max_epochs"]
+    if state.final is not None and state.epoch >= max_epochs:
+        # Finished before a driver restart, but Tune's state was saved before the last report:
+        # report it again (no new checkpoint, no training) so the trial ends completed.
+        tune.report(state.final)
+        return
     while state.epoch < max_epochs:
         started = time.perf_counter()
         try:
@@ -117,7 +124,7 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
             if last:
                 metrics.update(_finish(trial, data, state, ctx, Path(folder)))
             if last or state.epoch % training.get("checkpoint_every", 1) == 0:
-                _save(state, trial, data, Path(folder))
+                _save(state, trial, data, Path(folder), final=metrics if last else None)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
             else:
                 tune.report(metrics)
@@ -141,7 +148,8 @@ def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = 
     return _State(model, optimizer, schedule, generator)
 
 
-def _save(state: _State, trial: dict[str, Any], data: TaskData, folder: Path) -> None:
+def _save(state: _State, trial: dict[str, Any], data: TaskData, folder: Path,
+          final: dict[str, Any] | None = None) -> None:
     blob = {
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -154,6 +162,8 @@ def _save(state: _State, trial: dict[str, Any], data: TaskData, folder: Path) ->
     torch.save(blob, folder / STATE_FILE)
     meta = {"trial": trial, "input_shape": list(data.input_shape), "num_classes": data.num_classes}
     (folder / TRIAL_FILE).write_text(json.dumps(meta))
+    if final is not None:
+        (folder / FINAL_FILE).write_text(json.dumps(final))
 
 
 def _restore(state: _State, checkpoint: Any) -> None:
@@ -162,6 +172,8 @@ def _restore(state: _State, checkpoint: Any) -> None:
         return
     with checkpoint.as_directory() as folder:
         blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
+        final = Path(folder, FINAL_FILE)
+        state.final = json.loads(final.read_text()) if final.exists() else None
     state.model.load_state_dict(blob["model"])
     configured = [dict(g) for g in state.optimizer.param_groups]
     state.optimizer.load_state_dict(blob["optimizer"])

@@ -1,0 +1,321 @@
+"""Faults a sweep survives, each provoked for real, each checked for lost or duplicated data.
+
+All sweeps join one simulated cluster (``ray.cluster_utils.Cluster``: a head without CPUs for
+trials and two 1-CPU worker nodes), as a team's sweeps join a long-lived Ray cluster. Processes
+are only ever killed when this module started them: a trial's worker is found among the
+descendants of this test process, the driver is a ``podium run`` subprocess we spawned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.runner import run_experiment
+from orchestrator.spec import parse_spec
+from tracking import keys
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_name": "head", "include_dashboard": False})
+    for i in range(2):
+        c.add_node(num_cpus=1, node_name=f"worker-{i + 1}")
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+
+
+def raw_spec(name: str, storage: Path, **over: object) -> dict:
+    """A small digits sweep; small batches make an epoch last long enough to interrupt."""
+    spec = {
+        "name": name,
+        "task": "digits",
+        "model": {"arch": "mlp", "hidden": [32]},
+        "optimizer": {"name": "adam", "lr": {"grid": [0.003, 0.01]}},
+        "training": {"max_epochs": 6, "batch_size": 8},
+        "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
+        "resources": {"cpu": 1},
+        "cluster": {"storage_path": str(storage), "max_failures": 2},
+        "promotion": {"enabled": False},
+    }
+    for dotted, value in over.items():
+        node = spec
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return spec
+
+
+def trial_checkpoints(storage: Path) -> dict[str, dict[str, list[int]]]:
+    """Checkpoint indices by trial id, then trial folder, as Tune wrote them to the storage path.
+
+    Tune numbers a trial's checkpoints 0, 1, ... across restarts (and keeps the last 2), so the
+    highest index tells how many epochs were checkpointed. A trial that Tune restarts without
+    its checkpoint gets a second folder.
+    """
+    out: dict[str, dict[str, list[int]]] = {}
+    for ckpt in storage.rglob("checkpoint_*"):
+        if ckpt.is_dir():
+            # Folders are named <trainable>_<experiment tag>_<trial index>_<index>_<params>_<date>.
+            trial_id = "_".join(ckpt.parent.name.split("_")[2:4])
+            out.setdefault(trial_id, {}).setdefault(ckpt.parent.name, []).append(
+                int(ckpt.name.split("_")[1]))
+    return {t: {f: sorted(ix) for f, ix in folders.items()} for t, folders in out.items()}
+
+
+def checkpoints(storage: Path) -> dict[str, int]:
+    """The highest checkpoint index per trial id."""
+    return {t: max(max(ix) for ix in folders.values())
+            for t, folders in trial_checkpoints(storage).items()}
+
+
+def epochs_done(storage: Path) -> int:
+    """Checkpointed epochs over all trials."""
+    return sum(i + 1 for i in checkpoints(storage).values())
+
+
+def saved_epoch(ckpt: Path) -> int:
+    import torch
+
+    return int(torch.load(ckpt / "state.pt", weights_only=True)["epoch"])
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str, period: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(period)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def descendants_named(title: str) -> list[int]:
+    """PIDs of this test process's descendants whose process title starts with ``title``."""
+    parents: dict[int, int] = {}
+    titles: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            titles[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parents[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - mine
+        mine |= frontier
+    return [pid for pid in mine if titles.get(pid, "").startswith(title)]
+
+
+def histories(uri: str, run_id: str) -> dict[str, list[int]]:
+    """Steps logged per metric of one run (with repeats, if any)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    return {m: sorted(x.step for x in client.get_metric_history(run_id, m))
+            for m in run.data.metrics}
+
+
+def trial_runs(uri: str, experiment: str) -> dict[str, object]:
+    """Child runs of an experiment by trial id; fails on a trial id with two runs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_TRIAL}'")
+    by_trial: dict[str, object] = {}
+    for r in runs:
+        trial_id = r.data.tags[keys.TAG_TRIAL_ID]
+        assert trial_id not in by_trial, f"trial {trial_id} has two MLflow runs"
+        by_trial[trial_id] = r
+    return by_trial
+
+
+def assert_one_value_per_step(uri: str, run_id: str, epochs: int) -> None:
+    h = histories(uri, run_id)
+    for metric in keys.EPOCH_METRICS:
+        assert h[metric] == list(range(1, epochs + 1)), (metric, h[metric])
+    for metric in (keys.TEST_ACCURACY, keys.PARAM_COUNT):
+        assert len(h[metric]) == 1, (metric, h[metric])
+
+
+# --------------------------------------------------------------------------- a dead worker
+
+
+def test_killed_worker_resumes_from_its_last_checkpoint(cluster, tmp_path):
+    storage = tmp_path / "storage"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = parse_spec(raw_spec("worker-kill", storage, optimizer__lr={"grid": [0.003]}))
+    killed: list[int] = []
+
+    def kill_mid_training() -> None:
+        # After the second checkpoint, SIGKILL the process running the trial.
+        wait_for(lambda: any(i >= 1 for i in checkpoints(storage).values()), 120,
+                 "the trial's second checkpoint")
+        pids = wait_for(lambda: descendants_named("ray::ImplicitFunc"), 30, "the trial process")
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        killed.extend(pids)
+
+    killer = threading.Thread(target=kill_mid_training, daemon=True)
+    killer.start()
+    result = run_experiment(spec, tracking_uri=uri, address=cluster.address, verbosity=0,
+                            workdir=tmp_path)
+    killer.join(timeout=5)
+    assert killed, "no trial process was killed"
+    [row] = result.rows
+    assert row.status == "completed", row
+    # Resumed, not restarted: 6 epochs produced exactly 6 checkpoints (a restart from epoch 0
+    # would have written more), and the last one holds epoch 6.
+    [(trial_id, folders)] = trial_checkpoints(storage).items()
+    [(trial_dir, indices)] = folders.items()  # one folder: Tune restored the trial, not restarted
+    assert max(indices) == 5
+    last = next(storage.rglob(f"{trial_dir}/checkpoint_{max(indices):06d}"))
+    assert saved_epoch(last) == 6
+    # Tune saw the failure and restarted the trial (its error file records the killed worker).
+    assert list(storage.rglob(f"{trial_dir}/error.txt")), "Tune recorded no failure"
+    assert_one_value_per_step(uri, row.run_id, epochs=6)
+
+
+# --------------------------------------------------------------------------- NaN / inf
+
+
+def test_diverging_trial_fails_with_the_reason_and_is_never_promoted(cluster, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = raw_spec("diverge", tmp_path / "storage",
+                   optimizer={"name": "sgd", "lr": {"grid": [0.05, 1.0e12]}},
+                   training={"max_epochs": 3, "batch_size": 64},
+                   promotion={"enabled": True, "model_name": "diverge-model"})
+    result = run_experiment(parse_spec(raw), tracking_uri=uri, address=cluster.address,
+                            verbosity=0, workdir=tmp_path)
+    by_lr = {row.params["optimizer.lr"]: row for row in result.rows}
+    bad, good = by_lr[1.0e12], by_lr[0.05]
+    assert bad.status == "failed" and good.status == "completed"
+    runs = trial_runs(uri, "diverge")
+    bad_tags = runs[bad.trial_id].data.tags
+    assert bad_tags[keys.TAG_STATUS] == "failed"
+    assert "nan" in bad_tags[keys.TAG_ERROR].lower() or "inf" in bad_tags[keys.TAG_ERROR].lower()
+    # The sweep went on and promoted the good trial, never the diverged one.
+    assert result.decision.winner.trial_id == good.trial_id
+    from mlflow.tracking import MlflowClient
+
+    champion = MlflowClient(uri).get_model_version_by_alias("diverge-model", "champion")
+    assert champion.run_id == good.run_id
+
+
+# --------------------------------------------------------------------------- tracking outage
+
+
+@pytest.mark.postgres
+def test_tracking_server_down_for_30s_loses_nothing(cluster, tmp_path, mlflow_server_factory,
+                                                    caplog):
+    server = mlflow_server_factory()
+    storage = tmp_path / "storage"
+    epochs = 12
+    spec = parse_spec(raw_spec("outage", storage, training={"max_epochs": epochs, "batch_size": 8}))
+    outage: dict[str, int] = {}
+
+    def outage_mid_sweep() -> None:
+        wait_for(lambda: checkpoints(storage), 120, "the first checkpoint")
+        server.stop()
+        outage["at_down"] = epochs_done(storage)
+        time.sleep(30)
+        outage["at_up"] = epochs_done(storage)
+        server.start()
+
+    thread = threading.Thread(target=outage_mid_sweep, daemon=True)
+    thread.start()
+    os.environ.update(server.client_env())
+    result = run_experiment(spec, tracking_uri=server.url, address=cluster.address, verbosity=0,
+                            workdir=tmp_path)
+    thread.join(timeout=120)
+    # Training went on while the server was down, and no trial saw an exception.
+    assert outage["at_up"] > outage["at_down"]
+    assert [r.status for r in result.rows] == ["completed", "completed"], result.rows
+    # The driver did meet the outage: MLflow's HTTP client retried refused connections (and the
+    # writer retries whatever it gives up on).
+    refused = [r for r in caplog.records if "Connection refused" in r.getMessage()]
+    assert refused or result.tracking_failures > 0
+    runs = trial_runs(server.url, "outage")
+    assert set(runs) == {r.trial_id for r in result.rows}
+    for row in result.rows:
+        assert_one_value_per_step(server.url, row.run_id, epochs)
+
+
+# --------------------------------------------------------------------------- a killed driver
+
+
+def podium(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    exe = Path(sys.executable).parent / "podium"
+    return subprocess.Popen([str(exe), *args], env={**os.environ, **env}, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_killed_driver_resumes_with_the_same_trials_and_runs(cluster, tmp_path):
+    storage = tmp_path / "storage"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    epochs = 6
+    raw = raw_spec("driver-kill", storage, optimizer__lr={"grid": [0.002, 0.004, 0.006, 0.008]},
+                   search={"num_samples": 1, "scheduler": "fifo", "searcher": "grid",
+                           "max_concurrent": 2})
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    args = (str(spec_file), "--tracking-uri", uri, "--address", cluster.address)
+
+    first = podium("run", *args, env={}, cwd=tmp_path)
+
+    def one_done_one_running() -> bool:
+        c = checkpoints(storage)
+        done = [t for t, i in c.items() if i == epochs - 1]
+        running = [t for t, i in c.items() if i < epochs - 1]
+        return len(done) >= 1 and len(running) >= 1 and len(c) >= 3
+
+    wait_for(one_done_one_running, 240, "a finished trial and a running one", period=0.02)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver's own process group: nothing else
+    first.wait(timeout=30)
+    before = trial_checkpoints(storage)
+    finished_before = {t for t, i in checkpoints(storage).items() if i == epochs - 1}
+    runs_before = {t: r.info.run_id for t, r in trial_runs(uri, "driver-kill").items()}
+
+    second = podium("run", *args, "--resume", env={}, cwd=tmp_path)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out.decode()[-3000:]
+
+    after = trial_checkpoints(storage)
+    assert set(before) <= set(after) and len(after) == 4  # the same four trials; none added
+    for trial in finished_before:
+        assert after[trial] == before[trial], f"finished trial {trial} was rerun"
+    assert all(i == epochs - 1 for i in checkpoints(storage).values())  # all reached the end
+    runs_after = trial_runs(uri, "driver-kill")
+    assert len(runs_after) == 4
+    for trial_id, run_id in runs_before.items():  # the same MLflow runs continued
+        assert runs_after[trial_id].info.run_id == run_id
+    for run in runs_after.values():
+        assert run.data.tags[keys.TAG_STATUS] == "completed"
+        assert_one_value_per_step(uri, run.info.run_id, epochs)
+
