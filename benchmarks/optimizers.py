@@ -64,7 +64,8 @@ def train(data: TaskData, name: str, lr: float, epochs: int, n_train: int | None
     return curve
 
 
-def tune_lr(data: TaskData, name: str, args: argparse.Namespace) -> tuple[float, dict[float, float]]:
+def tune_lr(data: TaskData, name: str,
+            args: argparse.Namespace) -> tuple[float, dict[float, float]]:
     """The lr (default x factor) with the best validation accuracy after a short run on a subset."""
     base = OPTIMIZERS.get(name).lr_default
     scores = {}
@@ -125,11 +126,13 @@ def plot(rows: list[dict], target: float, path: Path) -> None:
 
 
 def markdown(rows: list[dict], target: float) -> str:
-    lines = [f"| optimizer | tuned lr | test accuracy | epoch to {target:.0%} | train s to {target:.0%} "
+    t = f"{target:.0%}"
+    lines = [f"| optimizer | tuned lr | test accuracy | epoch to {t} | train s to {t} "
              "| train s total |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| `{r['optimizer']}` | {r['lr']:.3g} | {r['test_accuracy']:.4f} | "
-                     f"{r['epochs_to_target'] or 'not reached'} | {r['seconds_to_target'] or '-'} | "
+                     f"{r['epochs_to_target'] or 'not reached'} | "
+                     f"{r['seconds_to_target'] or '-'} | "
                      f"{r['train_s']} |")
     return "\n".join(lines)
 
@@ -144,14 +147,16 @@ def log_mlflow(rows: list[dict], args: argparse.Namespace, png: Path, table: str
     mlflow.set_experiment("benchmark-optimizers")
     with mlflow.start_run(run_name="optimizers") as parent:
         mlflow.log_params({"task": "fashion-mnist", "epochs": args.epochs, "target": args.target,
-                           "search_epochs": args.search_epochs, "search_subset": args.search_subset})
+                           "search_epochs": args.search_epochs,
+                           "search_subset": args.search_subset})
         mlflow.log_artifact(str(png))
         mlflow.log_text(table, "results.md")
         for r in rows:
             with mlflow.start_run(run_name=r["optimizer"], nested=True):
                 mlflow.log_params({"optimizer.name": r["optimizer"], "optimizer.lr": r["lr"]})
                 for c in r["curve"]:
-                    mlflow.log_metrics({keys.TEST_ACCURACY: c["accuracy"], keys.TRAIN_LOSS: c["train_loss"],
+                    mlflow.log_metrics({keys.TEST_ACCURACY: c["accuracy"],
+                                        keys.TRAIN_LOSS: c["train_loss"],
                                         keys.TRAIN_TIME_S: c["seconds"]}, step=c["epoch"])
                 if r["epochs_to_target"]:
                     mlflow.log_metrics({keys.EPOCHS_TO_TARGET: r["epochs_to_target"],
@@ -160,14 +165,16 @@ def log_mlflow(rows: list[dict], args: argparse.Namespace, png: Path, table: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--optimizers", nargs="+", default=OPTIMIZERS.names())
     p.add_argument("--epochs", type=int, default=5, help="epoch budget of every optimizer")
     p.add_argument("--target", type=float, default=0.85, help="test accuracy to time")
     p.add_argument("--lr-factors", type=float, nargs="+", default=[0.3, 1.0, 3.0],
                    help="lr search: the registry default times each factor")
     p.add_argument("--search-epochs", type=int, default=1)
-    p.add_argument("--search-subset", type=int, default=10_000, help="training images in the lr search")
+    p.add_argument("--search-subset", type=int, default=10_000,
+                   help="training images in the lr search")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench-results/optimizers"))
     p.add_argument("--tracking-uri", default=None,

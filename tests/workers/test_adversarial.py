@@ -81,12 +81,14 @@ def test_robust_accuracy_is_none_unless_configured_and_reproducible(digits, plai
     assert robust_accuracy(plain_model, digits.x_test, digits.y_test, None) is None
     a = robust_accuracy(plain_model, digits.x_test, digits.y_test, ATTACK)
     assert a == robust_accuracy(plain_model, digits.x_test, digits.y_test, ATTACK)
-    assert robust_accuracy(plain_model, digits.x_test, digits.y_test, {**ATTACK, "eval_epsilon": 0.0}) \
+    no_attack = {**ATTACK, "eval_epsilon": 0.0}
+    assert robust_accuracy(plain_model, digits.x_test, digits.y_test, no_attack) \
         == pytest.approx(evaluate(plain_model, digits.x_test, digits.y_test)[1])
 
 
 @pytest.mark.slow
-def test_adversarial_training_raises_robust_accuracy_above_a_normally_trained_twin(digits, plain_model):
+def test_adversarial_training_raises_robust_accuracy_above_a_normally_trained_twin(
+        digits, plain_model):
     # Same seed, data order, model, optimizer and epochs; only the adversary differs.
     # Measured (MLP [64], adam 3e-3, 15 epochs, eps 0.1, PGD-5 train / PGD-20 eval):
     # robust 0.46 (seed 0) / 0.51 (seed 1) plain vs 0.74 / 0.72 adversarial; clean 0.96 vs 0.94.
@@ -118,7 +120,8 @@ def test_spec_validation_reports_adversarial_problems_with_their_path():
             "attack": "pgd", "epsilon": {"choice": [0.05, 1.5]}}}})
     [problem] = e.value.problems
     assert (problem.path, problem.value) == ("training.adversarial.epsilon", 1.5)
-    spec = parse_spec({"name": "a", "training": {"adversarial": {"attack": "fgsm", "epsilon": 0.1}}})
+    spec = parse_spec({"name": "a", "training": {
+        "adversarial": {"attack": "fgsm", "epsilon": 0.1}}})
     assert spec.training["adversarial"]["attack"] == "fgsm"
 
 

@@ -95,7 +95,8 @@ def test_logistic_regression_reaches_scipys_cg_optimum(beta):
     def closure():
         opt.zero_grad()
         z = xt @ wb[:-1] + wb[-1]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, yt) + lam / 2 * wb[:-1] @ wb[:-1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, yt)
+        loss = loss + lam / 2 * wb[:-1] @ wb[:-1]
         loss.backward()
         return loss
 

@@ -167,4 +167,5 @@ def test_our_optimizers_resume_exactly_from_a_weights_only_checkpoint(tmp_path, 
     twin_opt.load_state_dict(blob["opt"])
     step(model, opt)
     step(twin, twin_opt)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
+    pairs = zip(model.parameters(), twin.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

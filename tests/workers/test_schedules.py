@@ -52,7 +52,8 @@ def test_cosine_goes_from_lr_to_the_floor_monotonically():
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
     mid = len(lrs) // 2
     assert lrs[mid] == pytest.approx(0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * mid / len(lrs))))
-    assert lrs[-1] > 0.01 and lr_factor({"name": "cosine", "min_lr_ratio": 0.1}, 20, 5, 4) == pytest.approx(0.1)
+    assert lrs[-1] > 0.01  # the floor is reached one step after the last
+    assert lr_factor({"name": "cosine", "min_lr_ratio": 0.1}, 20, 5, 4) == pytest.approx(0.1)
 
 
 def test_onecycle_matches_torchs_one_cycle_lr():
@@ -88,8 +89,10 @@ def test_check_schedule_names_the_bad_key_and_value(section, key, fragment):
 
 def test_spec_validation_reports_schedule_problems_with_their_path():
     with pytest.raises(SpecError) as e:
-        parse_spec({"name": "s", "training": {"lr_schedule": {"name": "step", "gamma": {"choice": [0.5, 2.0]}}}})
+        parse_spec({"name": "s", "training": {
+            "lr_schedule": {"name": "step", "gamma": {"choice": [0.5, 2.0]}}}})
     [problem] = e.value.problems
     assert (problem.path, problem.value) == ("training.lr_schedule.gamma", 2.0)
-    spec = parse_spec({"name": "s", "training": {"lr_schedule": {"name": "cosine", "warmup_epochs": 1}}})
+    spec = parse_spec({"name": "s", "training": {
+        "lr_schedule": {"name": "cosine", "warmup_epochs": 1}}})
     assert spec.training["lr_schedule"]["name"] == "cosine"
