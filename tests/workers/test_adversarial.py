@@ -10,6 +10,7 @@ import torch
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import parse_spec
+from tracking import keys
 from workers.adversarial import check_adversarial, make_adversary, pgd, robust_accuracy
 from workers.loop import evaluate, train_epoch
 from workers.models import build_model
@@ -133,4 +134,4 @@ def test_the_fashion_robust_example_validates_and_searches_optimizers_and_epsilo
     names = {branch["name"] for branch in spec.optimizer["choice"]}
     assert {"extragradient", "optimistic_adam"} <= names
     assert len(spec.training["adversarial"]["epsilon"]["choice"]) > 1
-    assert spec.promotion.objectives[0]["metric"] == "robust_accuracy"
+    assert spec.promotion.objectives[0]["metric"] == keys.TEST_ROBUST_ACCURACY
