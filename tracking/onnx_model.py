@@ -98,7 +98,7 @@ def find_onnx(folder: Path) -> Path | None:
     """The ONNX file in a downloaded model folder: ``model.onnx`` first, else any ``.onnx``."""
     files = sorted(p for p in folder.rglob("*.onnx") if p.is_file())
     exact = [p for p in files if p.name == keys.ONNX_ARTIFACT]
-    return (exact or files or [None])[0]
+    return (exact or files)[0] if files else None
 
 
 def fetch_teacher(model_uri: str, tracking_uri: str | None, dst: Path) -> Path:

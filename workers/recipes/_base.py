@@ -105,7 +105,7 @@ STEPS: Registry[StepEntry] = Registry("recipe.step")
 def check_step(step: dict[str, Any]) -> Problems:
     """Problems in one concrete step mapping, keys relative to the step."""
     name = step.get("step")
-    if name not in STEPS:
+    if not isinstance(name, str) or name not in STEPS:
         return [("step", name, f"{name!r} is not one of: {', '.join(STEPS.names())}")]
     entry = STEPS.get(name)
     problems: Problems = []

@@ -78,6 +78,7 @@ def _distill_loss(temperature: float, alpha: float):  # noqa: ANN202
     def loss(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None
     ) -> torch.Tensor:
+        assert teacher is not None  # train_epoch passes the batch's teacher logits as aux
         logits = model(x)
         soft = F.kl_div(
             F.log_softmax(logits / temperature, 1),

@@ -30,7 +30,7 @@ from workers.recipes._train import make_optimizer, train_epoch
 from workers.tasks import TaskData
 
 METHODS = ("l1_unstructured", "global_magnitude", "structured")
-Masks = dict[nn.Parameter, torch.Tensor]
+Masks = dict[torch.Tensor, torch.Tensor]  # weight -> 0/1 mask of the same shape
 
 
 def prune(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> None:
@@ -91,7 +91,7 @@ def _train(
 # --------------------------------------------------------------------------- unstructured
 
 
-def _weights(model: nn.Module) -> list[nn.Parameter]:
+def _weights(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
@@ -166,10 +166,14 @@ def _prunable(layers: list[nn.Module]) -> list[int]:
 
 def _prunable_widths(model: nn.Module) -> list[int]:
     layers = _layers(model)
-    return [_out_units(layers[i]) for i in _prunable(layers)]
+    return [_out_units(layers[i]) for i in _prunable(layers)]  # type: ignore[arg-type]
 
 
-def _out_units(layer: nn.Module) -> int:
+Weighted = nn.Linear | nn.Conv2d
+Norm = nn.BatchNorm1d | nn.BatchNorm2d
+
+
+def _out_units(layer: Weighted) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
@@ -200,7 +204,7 @@ def shrink(model: nn.Module, widths: list[int]) -> nn.Sequential:
     return nn.Sequential(*new).eval()
 
 
-def _input_index(layer: nn.Module, keep: torch.Tensor, units: int) -> torch.Tensor:
+def _input_index(layer: Weighted, keep: torch.Tensor, units: int) -> torch.Tensor:
     """Input columns of ``layer`` that survive: the kept units themselves, or, for a Linear after
     Conv2d + Flatten, each kept channel's block of ``in_features / channels`` spatial positions."""
     n_in = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
@@ -210,46 +214,34 @@ def _input_index(layer: nn.Module, keep: torch.Tensor, units: int) -> torch.Tens
     return (keep[:, None] * spatial + torch.arange(spatial)).flatten()
 
 
-def _sliced(layer: nn.Module, w: torch.Tensor, out_keep: torch.Tensor | None) -> nn.Module:
+def _sliced(layer: Weighted, w: torch.Tensor, out_keep: torch.Tensor | None) -> nn.Module:
+    """A copy of ``layer`` (same kernel, stride, padding...) holding only the kept weights."""
     bias = layer.bias.detach() if layer.bias is not None else None
     if out_keep is not None:
         w = w[out_keep]
         bias = bias[out_keep] if bias is not None else None
-    if isinstance(layer, nn.Linear):
-        new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
-    else:
-        new = nn.Conv2d(
-            w.shape[1],
-            w.shape[0],
-            layer.kernel_size,
-            layer.stride,
-            layer.padding,
-            layer.dilation,
-            bias=bias is not None,
-        )
-    new.weight.copy_(w)
+    new = copy.deepcopy(layer)
+    new.weight = nn.Parameter(w.clone())
     if bias is not None:
-        new.bias.copy_(bias)
+        new.bias = nn.Parameter(bias.clone())
+    if isinstance(new, nn.Linear):
+        new.out_features, new.in_features = w.shape[0], w.shape[1]
+    else:
+        new.out_channels, new.in_channels = w.shape[0], w.shape[1]
     return new
 
 
-def _sliced_norm(norm: nn.Module, keep: torch.Tensor | None) -> nn.Module:
+def _sliced_norm(norm: Norm, keep: torch.Tensor | None) -> nn.Module:
+    """A copy of ``norm`` with only the kept features' affine parameters and running stats."""
     idx = keep if keep is not None else torch.arange(norm.num_features)
-    new = type(norm)(
-        len(idx),
-        eps=norm.eps,
-        momentum=norm.momentum,
-        affine=norm.affine,
-        track_running_stats=norm.track_running_stats,
-    )
-    with torch.no_grad():
-        if norm.affine:
-            new.weight.copy_(norm.weight[idx])
-            new.bias.copy_(norm.bias[idx])
-        if norm.track_running_stats:
-            new.running_mean.copy_(norm.running_mean[idx])
-            new.running_var.copy_(norm.running_var[idx])
-            new.num_batches_tracked.copy_(norm.num_batches_tracked)
+    new = copy.deepcopy(norm)
+    new.num_features = len(idx)
+    if norm.weight is not None and norm.bias is not None:
+        new.weight = nn.Parameter(norm.weight.detach()[idx].clone())
+        new.bias = nn.Parameter(norm.bias.detach()[idx].clone())
+    if norm.running_mean is not None and norm.running_var is not None:
+        new.register_buffer("running_mean", norm.running_mean[idx].clone())
+        new.register_buffer("running_var", norm.running_var[idx].clone())
     return new
 
 
