@@ -13,9 +13,12 @@ from orchestrator.space import flatten_params, resolve
 from tracking import keys
 from tracking.store import RunWriter
 
-# Result keys that are Tune bookkeeping, not metrics of ours.
-_STRING_KEYS = {keys.NODE: keys.TAG_NODE, keys.DEVICE: keys.TAG_DEVICE,
-                keys.DEVICE_REASON: keys.TAG_DEVICE_REASON}
+# Result keys that travel as tags, not metrics.
+_STRING_KEYS = {keys.NODE: keys.TAG_NODE, keys.DEVICE: keys.TAG_DEVICE, keys.CPU_MODEL: keys.TAG_CPU_MODEL}
+# Tune's own bookkeeping in every result: not metrics of the model.
+_TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
+              "iterations_since_restore", "time_since_restore", "timesteps_total",
+              "episodes_total", "timesteps_since_restore", "done", "should_checkpoint"}
 
 
 def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:
@@ -26,18 +29,11 @@ def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:
 
 
 def result_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The numeric metrics of a Tune result that MLflow records (no Tune bookkeeping)."""
-    ours = set(keys.EPOCH_METRICS) | set(keys.FINAL_METRICS)
-    out = {}
-    for k, v in result.items():
-        if k in _STRING_KEYS or k in (keys.DONE, keys.FAILED, keys.EPOCH) or "/" in k:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if k in ours or k.startswith(("recipe.", "test_", "latency", "throughput", "robust",
-                                      "size_", "speedup", "nonzero", "model_", "param_")):
-            out[k] = float(v)
-    return out
+    """The numeric metrics of a Tune result that MLflow records: everything the trial reported
+    except markers, tags and Tune's bookkeeping."""
+    skip = _TUNE_KEYS | set(_STRING_KEYS) | {keys.DONE, keys.FAILED, keys.EPOCH}
+    return {k: float(v) for k, v in result.items()
+            if k not in skip and "/" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class _DriverOnly:
@@ -55,7 +51,7 @@ class MlflowTrialLogger(_DriverOnly, Callback):
     def __init__(self, writer: RunWriter, template: dict[str, Any]) -> None:
         self.writer = writer
         self.template = template
-        self._tagged: set[str] = set()
+        self._tagged: set[tuple[str, str]] = set()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.writer.run_id(trial.trial_id) is not None:
@@ -66,10 +62,11 @@ class MlflowTrialLogger(_DriverOnly, Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         step = int(result.get(keys.EPOCH, result.get("training_iteration", 0)))
         self.writer.log_metrics(trial.trial_id, result_metrics(result), step)
-        if trial.trial_id not in self._tagged and keys.NODE in result:
-            self._tagged.add(trial.trial_id)
-            self.writer.set_tags(trial.trial_id, {tag: str(result[k]) for k, tag in _STRING_KEYS.items()
-                                                  if k in result})
+        # Where the trial ran (first result) and the CPU its latency was measured on (last).
+        new = {(trial.trial_id, k) for k in _STRING_KEYS if k in result} - self._tagged
+        if new:
+            self._tagged |= new
+            self.writer.set_tags(trial.trial_id, {_STRING_KEYS[k]: str(result[k]) for _, k in new})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         status = trial_status(trial.last_result, errored=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.callbacks import MlflowTrialLogger, ProgressView, trial_error_text, trial_status
-from orchestrator.errors import RunError
+from orchestrator.errors import Problem, RunError, SpecError
 from orchestrator.schedulers import build_param_space, build_scheduler, has_grid
 from orchestrator.space import flatten_params, resolve, template_of
 from orchestrator.spec import ExperimentSpec
@@ -97,6 +97,7 @@ def run_experiment(
     for k, v in _QUIET_TUNE.items():
         os.environ.setdefault(k, v)
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri, workdir)
+    _check_teachers(spec, uri)
     try:
         store = Store(uri)
         experiment_id = store.ensure_experiment(spec.name, spec.tracking.artifact_location)
@@ -105,11 +106,12 @@ def run_experiment(
         raise RunError(str(e)) from e
     writer = RunWriter(store, experiment_id, parent_id, existing)
     template = template_of(spec)
+    extras = {"teachers": _fetch_teachers(spec, uri, workdir)}
     started_ray = _init_ray(address or spec.cluster.address, verbosity)
     if spec.promotion.enabled:
         threading.Thread(target=warm_up_export, name="podium-export-warm-up", daemon=True).start()
     try:
-        grid = _fit(spec, template, writer, ray_path, resume, verbosity)
+        grid = _fit(spec, template, writer, ray_path, resume, verbosity, extras)
     except Exception as e:
         raise RunError(f"the sweep failed: {e}") from e
     finally:
@@ -128,6 +130,34 @@ def run_experiment(
     store.log_artifact_text(parent_id, leaderboard_csv(rows), keys.LEADERBOARD_ARTIFACT)
     store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
     return SweepResult(spec.name, uri, parent_id, rows, decision, promotion, writer.failures)
+
+
+def _check_teachers(spec: ExperimentSpec, uri: str) -> None:
+    """Registry teachers (``distill`` from ``models:/...``) must resolve before anything starts.
+
+    Raises:
+        SpecError: each teacher URI that does not resolve in the tracking store.
+    """
+    from tracking.onnx_model import check_teacher
+    from workers.recipes import registry_teachers
+
+    problems = [Problem("recipe.teacher", t, msg) for t in registry_teachers(spec.recipe)
+                if (msg := check_teacher(t, uri))]
+    if problems:
+        raise SpecError(problems)
+
+
+def _fetch_teachers(spec: ExperimentSpec, uri: str, workdir: str | os.PathLike) -> dict[str, str]:
+    """Download registry teachers once, in the driver: workers never talk to MLflow. The local
+    copies serve a single-machine Ray; a multi-node cluster needs ``cluster.storage_path`` shared."""
+    from tracking.onnx_model import fetch_teachers
+    from workers.recipes import registry_teachers
+
+    uris = registry_teachers(spec.recipe)
+    if not uris:
+        return {}
+    base = Path(spec.cluster.storage_path or Path(workdir, "podium-runs")).resolve()
+    return fetch_teachers(uris, uri, base / "teachers")
 
 
 def _parent_run(store: Store, experiment_id: str, spec: ExperimentSpec, resume: bool,
@@ -168,10 +198,10 @@ def _init_ray(address: str | None, verbosity: int) -> bool:
 
 
 def _fit(spec: ExperimentSpec, template: dict[str, Any], writer: RunWriter, ray_path: str,
-         resume: bool, verbosity: int) -> Any:
+         resume: bool, verbosity: int, extras: dict[str, Any]) -> Any:
     from ray import tune
 
-    trainable = tune.with_resources(make_trainable(template, spec), _resources(spec))
+    trainable = tune.with_resources(make_trainable(template, spec, extras), _resources(spec))
     callbacks = [MlflowTrialLogger(writer, template),
                  ProgressView(spec.search.metric, spec.search.mode,
                               None if has_grid(spec) else spec.search.num_samples, verbosity)]
@@ -201,14 +231,19 @@ def _fit(spec: ExperimentSpec, template: dict[str, Any], writer: RunWriter, ray_
     return tuner.fit()
 
 
-def make_trainable(template: dict[str, Any], spec: ExperimentSpec) -> Any:
-    """The function Tune runs per trial: resolve the sampled config, then run the worker recipe."""
+def make_trainable(template: dict[str, Any], spec: ExperimentSpec,
+                   extras: dict[str, Any] | None = None) -> Any:
+    """The function Tune runs per trial: resolve the sampled config, then run the worker recipe.
+
+    ``extras`` are driver-prepared inputs (registry teachers' local copies) for the trial context.
+    """
     threads = max(1, int(spec.resources.cpu))
+    extras = dict(extras or {})
 
     def podium_trial(config: dict[str, Any]) -> None:
         from workers.trainable import TrialContext, run_trial
 
-        run_trial(resolve(template, config), TrialContext(threads=threads))
+        run_trial(resolve(template, config), TrialContext(threads=threads, extras=dict(extras)))
 
     return podium_trial
 
@@ -248,15 +283,18 @@ def _trial_id_from_path(path: str) -> str:
 def promote_trial(spec: ExperimentSpec, uri: str, decision: Decision, checkpoint: Any) -> Promotion:
     """Log the winner's model to its run and register it under the spec's model name and alias."""
     from workers.tasks import load_task
-    from workers.trainable import load_trial_model
+    from workers.trainable import ARTIFACTS_DIR, load_trial_model
 
     winner = decision.winner
     assert winner is not None and winner.run_id is not None
     with checkpoint.as_directory() as folder:
         model, meta = load_trial_model(folder)
-    data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
-    example = data.x_test[:4].numpy()  # batch > 1: torch.export must not freeze the batch size
-    model_uri = log_torch_model(winner.run_id, model, example, uri)
+        data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
+        example = data.x_test[:4].numpy()  # batch > 1: torch.export must not freeze the batch size
+        # A recipe's compressed, measured ONNX file is what serving uses; without one the
+        # registry exports the fp32 model itself.
+        onnx = Path(folder, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)
+        model_uri = log_torch_model(winner.run_id, model, example, uri, onnx if onnx.exists() else None)
     tags = {keys.TAG_SPEC_HASH: spec.spec_hash(), keys.TAG_EXPERIMENT: spec.name,
             keys.TAG_TRIAL_ID: winner.trial_id}
     return register_and_alias(uri, model_uri, spec.model_name, spec.promotion.alias,
