@@ -72,8 +72,6 @@ def test_trial_checkpoints_hold_the_compressed_artifact(sweep):
     assert all((f.parent / keys.RECIPE_ARTIFACT).exists() for f in files)
 
 
-@pytest.mark.xfail(strict=True, reason="orchestrator.runner.promote_trial does not yet pass the "
-                   "checkpoint's artifacts/model.onnx to log_torch_model (api._log_winner does)")
 def test_the_registered_champion_carries_the_measured_onnx(sweep, tmp_path):
     import mlflow
 
