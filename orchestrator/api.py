@@ -123,7 +123,8 @@ def _newest_sweep(store: Store, experiment: str) -> tuple[str, object]:
         [exp.experiment_id], filter_string=f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}'",
         order_by=["attributes.start_time DESC"], max_results=1)
     if exp is None or not runs:
-        raise SpecError([Problem("EXPERIMENT", experiment, f"no sweep of {experiment!r} in {store.uri}")])
+        raise SpecError([Problem("EXPERIMENT", experiment,
+                                 f"no sweep of {experiment!r} in {store.uri}")])
     return exp.experiment_id, runs[0]
 
 
@@ -144,7 +145,8 @@ def _sweep_settings(store: Store, parent: object) -> dict:
 
 def sweep_candidates(experiment: str, tracking_uri: str | None = None,
                      workdir: str | os.PathLike = ".") -> tuple[list, dict, object, Store]:
-    """The newest sweep's trials as selection candidates, its promotion settings, parent run, store."""
+    """The newest sweep's trials as selection candidates, its promotion settings, its parent run
+    and the store."""
     from tracking.selection import Candidate
 
     store = Store(resolve_tracking_uri(tracking_uri, None, workdir))
@@ -204,10 +206,12 @@ def promote(experiment: str, policy_path: str | None = None, tracking_uri: str |
     name = settings.get("model_name") or settings.get("name") or experiment
     alias = settings.get("alias") or "champion"
     run_id = decision.winner.run_id
-    model_uri = "" if version_of_run(store.uri, name, run_id) else _log_winner(store, parent, decision)
+    registered = version_of_run(store.uri, name, run_id)
+    model_uri = "" if registered else _log_winner(store, parent, decision)
     tags = {keys.TAG_EXPERIMENT: experiment, keys.TAG_TRIAL_ID: decision.winner.trial_id}
-    promotion = register_and_alias(store.uri, model_uri, name, alias, run_id, decision, tags, policy)
-    publish_reports(store, parent.info.run_id, cands, policy, promotion)
+    promotion = register_and_alias(store.uri, model_uri, name, alias, run_id, decision, tags,
+                                   policy)
+    _publish_reports(store, parent.info.run_id, cands, policy, promotion)
     return promotion
 
 
@@ -231,31 +235,22 @@ def _log_winner(store: Store, parent: object, decision: object) -> str:
                            onnx if onnx.exists() else None)
 
 
-def publish_reports(store: Store, parent_run_id: str, cands: list, policy: object,
-                    promotion: object | None = None) -> list[Path]:
-    """Write the sweep's reports and log them on its parent run; returns the local files."""
-    import tempfile
-
-    from tracking.report import write_reports
+def _publish_reports(store: Store, parent_run_id: str, cands: list, policy: object,
+                     promotion: object | None) -> list[str]:
+    from tracking.report import publish_reports
 
     champion = None
     if promotion is not None and getattr(promotion, "champion_version", None):
         mv = store.client.get_model_version(promotion.model_name, promotion.champion_version)
         champion = next((c.trial_id for c in cands if c.run_id == mv.run_id), None)
-    histories = {c.trial_id: [(m.step, m.value) for m in
-                              store.client.get_metric_history(c.run_id, keys.VAL_ACCURACY)]
-                 for c in cands}
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = write_reports(cands, policy, tmp, histories, champion)
-        for p in paths:
-            store.log_artifact_file(parent_run_id, p)
-    return paths
+    return publish_reports(store.client, parent_run_id, cands, policy, champion)
 
 
 def rollback(model_name: str, tracking_uri: str | None = None,
              workdir: str | os.PathLike = ".") -> tuple[str, str]:
     """Swap ``@champion`` and ``@previous`` of ``model_name``; returns (champion, previous)."""
-    from tracking.registry import RegistryError, rollback as _rollback
+    from tracking.registry import RegistryError
+    from tracking.registry import rollback as _rollback
 
     try:
         return _rollback(resolve_tracking_uri(tracking_uri, None, workdir), model_name)
@@ -269,10 +264,12 @@ def serve(model_uri: str, port: int = 5001, host: str = "127.0.0.1",
 
     Only ONNX and weights-only state dicts are loaded; a pickled model is refused.
     """
-    from tracking.serve import ServeError, serve as _serve
+    from tracking.serve import ServeError
+    from tracking.serve import serve as _serve
     from workers.models import build_model
 
     try:
-        _serve(model_uri, port, host, resolve_tracking_uri(tracking_uri, None, workdir), build_model)
+        uri = resolve_tracking_uri(tracking_uri, None, workdir)
+        _serve(model_uri, port, host, uri, build_model)
     except ServeError as e:
         raise PodiumError(str(e)) from e

@@ -220,7 +220,7 @@ def _fmt(v: Any) -> str:
     return str(v)[:24]
 
 
-# --------------------------------------------------------------------------- promote, rollback, serve
+# ------------------------------------------------------------------ promote, rollback, serve
 
 
 def _add_promote(sub: Any) -> None:
@@ -243,7 +243,8 @@ def _add_rollback(sub: Any) -> None:
 def _add_serve(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a registered model over HTTP (MLflow scoring "
                        "protocol: POST /invocations, GET /ping); ONNX or weights-only only")
-    p.add_argument("model_uri", help="models:/<name>@champion, models:/<name>/<version> or a folder")
+    p.add_argument("model_uri",
+                   help="models:/<name>@champion, models:/<name>/<version> or a folder")
     p.add_argument("--port", type=int, default=5001, help="0 picks a free port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--tracking-uri")
@@ -257,8 +258,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from orchestrator import api
 
     p = api.promote(args.experiment, args.policy, args.tracking_uri)
+    moved = "promoted to" if p.promoted else "not promoted,"
     print(f"{p.model_name}: trial run {p.run_id} is version {p.version}; "
-          f"{'promoted to' if p.promoted else 'not promoted,'} @{p.alias} = version {p.champion_version}")
+          f"{moved} @{p.alias} = version {p.champion_version}")
     print("  why: " + "; ".join(p.reasons))
     return 0
 

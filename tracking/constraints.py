@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq,
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "==": operator.eq,
 }
 # Longest operators first so '<=' is not read as '<' followed by '=5'.
 _CONSTRAINT_RE = re.compile(

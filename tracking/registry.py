@@ -173,7 +173,8 @@ def _card_of_run(uri: str, client: Any, run_id: str, policy: Policy) -> dict[str
     if "task" in p and "training.seed" in p:
         card[keys.TAG_SPLIT] = split_label(p["task"], p["training.seed"])
     if uri.startswith(("http://", "https://")):
-        card[keys.TAG_RUN_LINK] = f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        exp = run.info.experiment_id
+        card[keys.TAG_RUN_LINK] = f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
     else:
         card[keys.TAG_RUN_LINK] = f"runs:/{run_id}"
     return {k: v[:4900] for k, v in card.items()}
@@ -381,16 +382,17 @@ def promote_challenger(uri: str, model_name: str, model_uri: str, challenger: Ca
                       challenger.config, challenger.split), incumbent, policy)
         if decision.promote:
             if holder is not None:
-                _retry(lambda: client.set_registered_model_alias(model_name, PREVIOUS_ALIAS,
-                                                                 holder.version), "setting previous")
+                _retry(lambda: client.set_registered_model_alias(
+                model_name, PREVIOUS_ALIAS, holder.version), "setting previous")
             _retry(lambda: client.set_registered_model_alias(model_name, alias, mv.version),
                    f"setting {alias}")
         _record_decision(client, model_name, mv.version, decision, card)
         champ = _alias_version(client, model_name, alias)
         expected = mv.version if decision.promote else (holder.version if holder else None)
-        if (str(champ.version) if champ else None) != (str(expected) if expected else None):  # someone wrote outside the lock
+        found = str(champ.version) if champ else None
+        if found != (str(expected) if expected else None):  # someone wrote outside the lock
             raise RegistryError(f"alias {alias!r} of {model_name!r} moved during the promotion "
-                                f"(expected v{expected}, found v{champ.version if champ else None})")
+                                f"(expected v{expected}, found v{found})")
         prev = _alias_version(client, model_name, PREVIOUS_ALIAS)
     return PromotionOutcome(model_name, str(mv.version), decision,
                             str(champ.version) if champ else None,
@@ -423,7 +425,8 @@ def _record_decision(client: Any, name: str, version: str, decision: Decision,
     _retry(lambda: client.set_model_version_tag(name, version, keys.TAG_DECISION, text),
            "recording the decision")
     mv = client.get_model_version(name, version)
-    note = f"\n\n**Promotion decision** ({'promoted' if decision.promote else 'not promoted'}): {text}"
+    verdict = "promoted" if decision.promote else "not promoted"
+    note = f"\n\n**Promotion decision** ({verdict}): {text}"
     if note not in (mv.description or ""):
         _retry(lambda: client.update_model_version(name, version, (mv.description or "") + note),
                "updating the model card")
@@ -441,10 +444,11 @@ def rollback(uri: str, model_name: str, alias: str = "champion") -> tuple[str, s
         champ = _alias_version(client, model_name, alias)
         prev = _alias_version(client, model_name, PREVIOUS_ALIAS)
         if champ is None or prev is None:
+            have = [f"v{v.version}" if v else "none" for v in (champ, prev)]
             raise RegistryError(f"cannot roll back {model_name!r}: it needs both @{alias} and "
-                                f"@{PREVIOUS_ALIAS} (found {'v' + champ.version if champ else 'none'}"
-                                f" and {'v' + prev.version if prev else 'none'})")
-        _retry(lambda: client.set_registered_model_alias(model_name, alias, prev.version), "rollback")
+                                f"@{PREVIOUS_ALIAS} (found {have[0]} and {have[1]})")
+        _retry(lambda: client.set_registered_model_alias(model_name, alias, prev.version),
+               "rollback")
         _retry(lambda: client.set_registered_model_alias(model_name, PREVIOUS_ALIAS, champ.version),
                "rollback")
         _retry(lambda: client.set_model_version_tag(

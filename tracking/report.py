@@ -26,8 +26,9 @@ from tracking.selection import Candidate, Policy, mark_candidates, rejection
 PARETO_X = (keys.LATENCY_MS_P50, keys.MODEL_SIZE_BYTES, keys.PARAM_COUNT)
 
 
-def leaderboard_rows(candidates: Sequence[Candidate], policy: Policy,
-                     champion: str | None = None) -> list[dict[str, Any]]:
+def leaderboard_rows(
+    candidates: Sequence[Candidate], policy: Policy, champion: str | None = None
+) -> list[dict[str, Any]]:
     """One dict per trial, best first: rank (eligible only), marks, metrics, then config.
 
     ``pareto`` marks the Pareto-optimal eligible trials; ``excluded`` says why a trial cannot win
@@ -46,15 +47,19 @@ def leaderboard_rows(candidates: Sequence[Candidate], policy: Policy,
     for c in sorted(candidates, key=order):
         mark = marks[c.trial_id]
         rank += mark.excluded is None
-        rows.append({
-            "rank": rank if mark.excluded is None else "",
-            "trial_id": c.trial_id, "status": c.status,
-            "champion": c.trial_id == champion, "pareto": mark.pareto,
-            "excluded": mark.excluded or "",
-            **{k: v for k, v in sorted(c.metrics.items())},
-            **{f"config.{k}": v for k, v in sorted(_flatten(c.config).items())},
-            "run_id": c.run_id or "",
-        })
+        rows.append(
+            {
+                "rank": rank if mark.excluded is None else "",
+                "trial_id": c.trial_id,
+                "status": c.status,
+                "champion": c.trial_id == champion,
+                "pareto": mark.pareto,
+                "excluded": mark.excluded or "",
+                **{k: v for k, v in sorted(c.metrics.items())},
+                **{f"config.{k}": v for k, v in sorted(_flatten(c.config).items())},
+                "run_id": c.run_id or "",
+            }
+        )
     return rows
 
 
@@ -92,9 +97,14 @@ def _pyplot():
     return plt
 
 
-def plot_pareto(candidates: Sequence[Candidate], policy: Policy, path: str | Path,
-                champion: str | None = None, y: str = keys.TEST_ACCURACY,
-                x: str | None = None) -> Path | None:
+def plot_pareto(
+    candidates: Sequence[Candidate],
+    policy: Policy,
+    path: str | Path,
+    champion: str | None = None,
+    y: str = keys.TEST_ACCURACY,
+    x: str | None = None,
+) -> Path | None:
     """Accuracy against latency (or size), marker area from model size, front joined, champion
     starred, infeasible trials as grey crosses. Returns None when no trial has ``y`` and an x.
 
@@ -108,27 +118,47 @@ def plot_pareto(candidates: Sequence[Candidate], policy: Policy, path: str | Pat
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    sizes = [c.metrics.get(keys.MODEL_SIZE_BYTES) for c in pts]
+    sizes = [c.metrics.get(keys.MODEL_SIZE_BYTES, math.nan) for c in pts]
     known = [s for s in sizes if _finite(s)]
     smax = max(known) if known else 1.0
     area = [30 + 400 * (s / smax) if _finite(s) else 40 for s in sizes]
     cons = policy.parsed_constraints()
     ok = [rejection(c, policy, cons) is None for c in pts]
-    for flag, label, style in ((True, "eligible", {"c": "tab:blue", "alpha": 0.6}),
-                               (False, "excluded (constraint, failed, stopped)",
-                                {"c": "0.6", "marker": "x"})):
+    for flag, label, style in (
+        (True, "eligible", {"c": "tab:blue", "alpha": 0.6}),
+        (False, "excluded (constraint, failed, stopped)", {"c": "0.6", "marker": "x"}),
+    ):
         sel = [i for i, o in enumerate(ok) if o == flag]
         if sel:
-            ax.scatter([pts[i].metrics[x] for i in sel], [pts[i].metrics[y] for i in sel],
-                       s=[area[i] for i in sel], label=label, **style)
+            ax.scatter(
+                [pts[i].metrics[x] for i in sel],
+                [pts[i].metrics[y] for i in sel],
+                s=[area[i] for i in sel],
+                label=label,
+                **style,
+            )
     front = _front_2d([p for p, o in zip(pts, ok, strict=True) if o], x, y)
     if front:
-        ax.step([c.metrics[x] for c in front], [c.metrics[y] for c in front], where="post",
-                c="tab:orange", lw=1.5, label="Pareto front")
+        ax.step(
+            [c.metrics[x] for c in front],
+            [c.metrics[y] for c in front],
+            where="post",
+            c="tab:orange",
+            lw=1.5,
+            label="Pareto front",
+        )
     champ = next((c for c in pts if c.trial_id == champion), None)
     if champ:
-        ax.scatter([champ.metrics[x]], [champ.metrics[y]], marker="*", s=500, c="gold",
-                   edgecolors="black", zorder=5, label=f"champion {champ.trial_id}")
+        ax.scatter(
+            [champ.metrics[x]],
+            [champ.metrics[y]],
+            marker="*",
+            s=500,
+            c="gold",
+            edgecolors="black",
+            zorder=5,
+            label=f"champion {champ.trial_id}",
+        )
     for c in cons:
         if c.metric == x:
             ax.axvline(c.value, ls="--", c="tab:red", lw=1, label=c.text)
@@ -151,8 +181,12 @@ def _front_2d(pts: Sequence[Candidate], x: str, y: str) -> list[Candidate]:
     return out
 
 
-def plot_learning_curves(histories: Mapping[str, Sequence[tuple[int, float]]], path: str | Path,
-                         metric: str = keys.VAL_ACCURACY, champion: str | None = None) -> Path | None:
+def plot_learning_curves(
+    histories: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | Path,
+    metric: str = keys.VAL_ACCURACY,
+    champion: str | None = None,
+) -> Path | None:
     """One line per trial of ``metric`` by epoch; the champion thick, the rest thin.
 
     Args:
@@ -165,9 +199,15 @@ def plot_learning_curves(histories: Mapping[str, Sequence[tuple[int, float]]], p
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for tid, h in sorted(series.items()):
         is_champ = tid == champion
-        ax.plot([e for e, _ in h], [v for _, v in h], lw=2.5 if is_champ else 1,
-                alpha=1.0 if is_champ else 0.55, c="tab:red" if is_champ else None,
-                label=f"champion {tid}" if is_champ else None, zorder=3 if is_champ else 2)
+        ax.plot(
+            [e for e, _ in h],
+            [v for _, v in h],
+            lw=2.5 if is_champ else 1,
+            alpha=1.0 if is_champ else 0.55,
+            c="tab:red" if is_champ else None,
+            label=f"champion {tid}" if is_champ else None,
+            zorder=3 if is_champ else 2,
+        )
     ax.set_xlabel(keys.EPOCH)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch, {len(series)} trials (stopped trials end early)")
@@ -177,16 +217,23 @@ def plot_learning_curves(histories: Mapping[str, Sequence[tuple[int, float]]], p
     return _save(fig, plt, path)
 
 
-def plot_parallel_coordinates(candidates: Sequence[Candidate], path: str | Path,
-                              color: str = keys.TEST_ACCURACY, champion: str | None = None,
-                              max_axes: int = 8) -> Path | None:
+def plot_parallel_coordinates(
+    candidates: Sequence[Candidate],
+    path: str | Path,
+    color: str = keys.TEST_ACCURACY,
+    champion: str | None = None,
+    max_axes: int = 8,
+) -> Path | None:
     """Each trial a line across its numeric config values and ``color``, axes scaled to [0, 1];
     colour is ``color``'s value. Categorical values get evenly spaced positions."""
     rows = [(c, _flatten(c.config)) for c in candidates if _finite(c.metrics.get(color))]
     if not rows:
         return None
-    names = [k for k in sorted({k for _, cfg in rows for k in cfg})
-             if len({repr(cfg.get(k)) for _, cfg in rows}) > 1][:max_axes - 1]
+    names = [
+        k
+        for k in sorted({k for _, cfg in rows for k in cfg})
+        if len({repr(cfg.get(k)) for _, cfg in rows}) > 1
+    ][: max_axes - 1]
     cols = [[cfg.get(k) for _, cfg in rows] for k in names] + [[c.metrics[color] for c, _ in rows]]
     names.append(color)
     scaled = [_scale(col) for col in cols]
@@ -197,7 +244,9 @@ def plot_parallel_coordinates(candidates: Sequence[Candidate], path: str | Path,
     for i, (c, _) in enumerate(rows):
         ys = [col[i] for col in scaled]
         if c.trial_id == champion:
-            ax.plot(range(len(names)), ys, c="tab:red", lw=3, zorder=5, label=f"champion {c.trial_id}")
+            ax.plot(
+                range(len(names)), ys, c="tab:red", lw=3, zorder=5, label=f"champion {c.trial_id}"
+            )
         else:
             ax.plot(range(len(names)), ys, c=cmap(cvals[i]), lw=1.2, alpha=0.8)
     ax.set_xticks(range(len(names)))
@@ -232,18 +281,57 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     return path
 
 
-def write_reports(candidates: Sequence[Candidate], policy: Policy, folder: str | Path,
-                  histories: Mapping[str, Sequence[tuple[int, float]]] | None = None,
-                  champion: str | None = None) -> list[Path]:
+def write_reports(
+    candidates: Sequence[Candidate],
+    policy: Policy,
+    folder: str | Path,
+    histories: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+    champion: str | None = None,
+) -> list[Path]:
     """Every report into ``folder``: what the adapter logs on the parent run."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    out = [write_leaderboard_csv(leaderboard_rows(candidates, policy, champion),
-                                 folder / keys.LEADERBOARD_ARTIFACT)]
+    out: list[Path | None] = [
+        write_leaderboard_csv(
+            leaderboard_rows(candidates, policy, champion), folder / keys.LEADERBOARD_ARTIFACT
+        )
+    ]
     out.append(plot_pareto(candidates, policy, folder / keys.PARETO_PLOT_ARTIFACT, champion))
-    out.append(plot_parallel_coordinates(candidates, folder / keys.PARALLEL_PLOT_ARTIFACT,
-                                         champion=champion))
+    out.append(
+        plot_parallel_coordinates(
+            candidates, folder / keys.PARALLEL_PLOT_ARTIFACT, champion=champion
+        )
+    )
     if histories:
-        out.append(plot_learning_curves(histories, folder / keys.CURVES_PLOT_ARTIFACT,
-                                        champion=champion))
+        out.append(
+            plot_learning_curves(histories, folder / keys.CURVES_PLOT_ARTIFACT, champion=champion)
+        )
     return [p for p in out if p is not None]
+
+
+def publish_reports(
+    client: Any,
+    parent_run_id: str,
+    candidates: Sequence[Candidate],
+    policy: Policy,
+    champion: str | None = None,
+) -> list[str]:
+    """Write every report and log it on the sweep's parent run (``client``: an MlflowClient).
+
+    Learning curves come from each trial run's ``val_accuracy`` history. Returns the artifact
+    names logged.
+    """
+    import tempfile
+
+    histories = {
+        c.trial_id: [
+            (m.step, m.value) for m in client.get_metric_history(c.run_id, keys.VAL_ACCURACY)
+        ]
+        for c in candidates
+        if c.run_id
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_reports(candidates, policy, tmp, histories, champion)
+        for p in paths:
+            client.log_artifact(parent_run_id, str(p))
+    return [p.name for p in paths]

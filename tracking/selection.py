@@ -146,8 +146,9 @@ def _check_objectives(objectives: Any) -> list[tuple[str, Any, str]]:
 def _check_weights(weights: Any, objectives: Any, pick: Any) -> list[tuple[str, Any, str]]:
     if weights is None:
         return []
-    if not isinstance(weights, list) or not all(_is_number(w) and math.isfinite(w) and w >= 0
-                                                 for w in weights):
+    if not isinstance(weights, list) or not all(
+        _is_number(w) and math.isfinite(w) and w >= 0 for w in weights
+    ):
         return [("weights", weights, "must be a list of finite numbers >= 0")]
     if not any(w > 0 for w in weights):
         return [("weights", weights, "at least one weight must be > 0")]
@@ -166,7 +167,9 @@ def policy_from(section: dict[str, Any]) -> Policy:
     """A :class:`Policy` from a (validated) spec ``promotion`` section or a ``--policy`` file."""
     weights = section.get("weights")
     return Policy(
-        objectives=tuple(Objective(o["metric"], o.get("mode", "max")) for o in section["objectives"]),
+        objectives=tuple(
+            Objective(o["metric"], o.get("mode", "max")) for o in section["objectives"]
+        ),
         constraints=tuple(section.get("constraints") or ()),
         strategy=section.get("strategy", "best"),
         pick=section.get("pick", "knee"),
@@ -178,25 +181,31 @@ def policy_from(section: dict[str, Any]) -> Policy:
 # --------------------------------------------------------------------------- eligibility
 
 
-def rejection(c: Candidate, policy: Policy, constraints: Sequence[Constraint] | None = None) -> str | None:
+def rejection(
+    c: Candidate, policy: Policy, constraints: Sequence[Constraint] | None = None
+) -> str | None:
     """Why ``c`` can never be selected under ``policy``, or None when it is eligible."""
     if c.status != "completed":
-        return f"trial {c.status}" + (" before its final evaluation" if c.status == "stopped" else "")
+        return f"trial {c.status}" + (
+            " before its final evaluation" if c.status == "stopped" else ""
+        )
     for name, v in sorted(c.metrics.items()):
         if isinstance(v, float) and math.isnan(v):
             return f"{name} is nan"
     for o in policy.objectives:
-        v = c.metrics.get(o.metric)
-        if v is None:
+        got = c.metrics.get(o.metric)
+        if got is None:
             return f"no {o.metric}"
-        if not math.isfinite(v):
-            return f"{o.metric} is {v}"
+        if not math.isfinite(got):
+            return f"{o.metric} is {got}"
     cons = policy.parsed_constraints() if constraints is None else constraints
     broken = [why for k in cons if (why := k.broken_by(c.metrics))]
     return "breaks " + "; ".join(broken) if broken else None
 
 
-def _split(candidates: Iterable[Candidate], policy: Policy) -> tuple[list[Candidate], dict[str, str]]:
+def _split(
+    candidates: Iterable[Candidate], policy: Policy
+) -> tuple[list[Candidate], dict[str, str]]:
     cons = policy.parsed_constraints()
     rejected = {c.trial_id: why for c in candidates if (why := rejection(c, policy, cons))}
     return [c for c in candidates if c.trial_id not in rejected], rejected
@@ -209,10 +218,14 @@ def dominates(a: Candidate, b: Candidate, objectives: Sequence[Objective]) -> bo
     """True when ``a`` is no worse than ``b`` on every objective and better on at least one."""
     sa = [o.signed(a.metrics[o.metric]) for o in objectives]
     sb = [o.signed(b.metrics[o.metric]) for o in objectives]
-    return all(x >= y for x, y in zip(sa, sb, strict=True)) and any(x > y for x, y in zip(sa, sb, strict=True))
+    return all(x >= y for x, y in zip(sa, sb, strict=True)) and any(
+        x > y for x, y in zip(sa, sb, strict=True)
+    )
 
 
-def pareto_front(candidates: Sequence[Candidate], objectives: Sequence[Objective]) -> list[Candidate]:
+def pareto_front(
+    candidates: Sequence[Candidate], objectives: Sequence[Objective]
+) -> list[Candidate]:
     """The candidates no other candidate dominates (ties on every objective all stay), in input
     order. Candidates must have every objective metric (filter with :func:`rejection` first)."""
     return [c for c in candidates if not any(dominates(o, c, objectives) for o in candidates)]
@@ -237,12 +250,15 @@ def knee_point(front: Sequence[Candidate], objectives: Sequence[Objective]) -> C
     return min(zip(dist, front, strict=True), key=lambda p: (p[0], p[1].trial_id))[1]
 
 
-def weighted_pick(front: Sequence[Candidate], objectives: Sequence[Objective],
-                  weights: Sequence[float] | None) -> Candidate:
+def weighted_pick(
+    front: Sequence[Candidate], objectives: Sequence[Objective], weights: Sequence[float] | None
+) -> Candidate:
     """The front point with the highest weighted sum of scaled objectives (equal weights if None).
     Ties go to the smaller trial id."""
     w = list(weights) if weights else [1.0] * len(objectives)
-    scores = [sum(wi * si for wi, si in zip(w, row, strict=True)) for row in _scaled(front, objectives)]
+    scores = [
+        sum(wi * si for wi, si in zip(w, row, strict=True)) for row in _scaled(front, objectives)
+    ]
     return min(zip(scores, front, strict=True), key=lambda p: (-p[0], p[1].trial_id))[1]
 
 
@@ -265,8 +281,9 @@ def select_best(candidates: list[Candidate], policy: Policy) -> Decision:
     """
     usable, rejected = _split(candidates, policy)
     if not usable:
-        why = ("no candidate is completed, finite and feasible"
-               + (f" under {', '.join(policy.constraints)}" if policy.constraints else ""))
+        why = "no candidate is completed, finite and feasible" + (
+            f" under {', '.join(policy.constraints)}" if policy.constraints else ""
+        )
         return Decision(None, (why, f"{len(rejected)} rejected"), rejected)
     reasons = [f"{len(usable)} of {len(candidates)} candidates eligible"]
     if policy.strategy == "pareto":
@@ -275,18 +292,23 @@ def select_best(candidates: list[Candidate], policy: Policy) -> Decision:
             winner = weighted_pick(front, policy.objectives, policy.weights)
         else:
             winner = knee_point(front, policy.objectives)
-        reasons.append(f"Pareto front over {_names(policy.objectives)}: "
-                       f"{', '.join(c.trial_id for c in front)}")
+        reasons.append(
+            f"Pareto front over {_names(policy.objectives)}: {', '.join(c.trial_id for c in front)}"
+        )
         reasons.append(f"{policy.pick} pick: {winner.trial_id} ({_fmt(winner, policy.objectives)})")
     else:
         winner = min(usable, key=lambda c: _lexi_key(c, policy.objectives))
         first = policy.objectives[0]
-        ties = [c.trial_id for c in usable if c.metrics[first.metric] == winner.metrics[first.metric]]
+        ties = [
+            c.trial_id for c in usable if c.metrics[first.metric] == winner.metrics[first.metric]
+        ]
         reasons.append(f"best {first.metric} ({first.mode}) = {winner.metrics[first.metric]:.6g}")
         if len(ties) > 1:
-            reasons.append(f"tied with {', '.join(t for t in ties if t != winner.trial_id)}; "
-                           f"broken by {_names(policy.objectives[1:]) or 'trial id'}"
-                           + (" then trial id" if len(policy.objectives) > 1 else ""))
+            reasons.append(
+                f"tied with {', '.join(t for t in ties if t != winner.trial_id)}; "
+                f"broken by {_names(policy.objectives[1:]) or 'trial id'}"
+                + (" then trial id" if len(policy.objectives) > 1 else "")
+            )
     return Decision(winner, tuple(reasons), rejected)
 
 
@@ -301,8 +323,9 @@ def _fmt(c: Candidate, objectives: Sequence[Objective]) -> str:
 # --------------------------------------------------------------------------- champion vs challenger
 
 
-def decide_promotion(challenger: Candidate | None, incumbent: Candidate | None,
-                     policy: Policy) -> Decision:
+def decide_promotion(
+    challenger: Candidate | None, incumbent: Candidate | None, policy: Policy
+) -> Decision:
     """Whether ``challenger`` (a sweep's winner) should replace ``incumbent`` (the champion).
 
     Rules, in order: an ineligible challenger never wins; with no champion the challenger wins;
@@ -322,20 +345,31 @@ def decide_promotion(challenger: Candidate | None, incumbent: Candidate | None,
     if challenger is None:
         return Decision(incumbent, ("no challenger",))
     if why := rejection(challenger, policy):
-        return Decision(incumbent, (f"challenger {challenger.trial_id} is not eligible: {why}",),
-                        {challenger.trial_id: why})
+        return Decision(
+            incumbent,
+            (f"challenger {challenger.trial_id} is not eligible: {why}",),
+            {challenger.trial_id: why},
+        )
     if incumbent is None:
-        return Decision(challenger, (f"no champion yet: {challenger.trial_id} becomes champion",),
-                        promote=True)
+        return Decision(
+            challenger, (f"no champion yet: {challenger.trial_id} becomes champion",), promote=True
+        )
     if challenger.run_id is not None and challenger.run_id == incumbent.run_id:
         return Decision(incumbent, (f"run {challenger.run_id} is already champion",))
     if challenger.split is None or challenger.split != incumbent.split:
-        return Decision(incumbent, (
-            f"not comparable: challenger measured on test split {challenger.split!r}, "
-            f"champion {incumbent.trial_id} on {incumbent.split!r}; champion kept",))
+        return Decision(
+            incumbent,
+            (
+                f"not comparable: challenger measured on test split {challenger.split!r}, "
+                f"champion {incumbent.trial_id} on {incumbent.split!r}; champion kept",
+            ),
+        )
     if why := rejection(incumbent, policy):
-        return Decision(challenger, (f"champion {incumbent.trial_id} no longer meets the policy: "
-                                     f"{why}",), promote=True)
+        return Decision(
+            challenger,
+            (f"champion {incumbent.trial_id} no longer meets the policy: {why}",),
+            promote=True,
+        )
     better, reason = _beats(challenger, incumbent, policy)
     return Decision(challenger if better else incumbent, (reason,), promote=better)
 
@@ -345,12 +379,19 @@ def _beats(ch: Candidate, inc: Candidate, policy: Policy) -> tuple[bool, str]:
     gain = first.signed(ch.metrics[first.metric]) - first.signed(inc.metrics[first.metric])
     vs = f"{ch.trial_id} vs champion {inc.trial_id} on {first.metric}: {gain:+.6g}"
     if policy.strategy == "pareto" and not dominates(ch, inc, policy.objectives):
-        return False, f"{ch.trial_id} does not dominate champion {inc.trial_id} on {_names(policy.objectives)}"
+        return (
+            False,
+            f"{ch.trial_id} does not dominate champion {inc.trial_id} "
+            f"on {_names(policy.objectives)}",
+        )
     if policy.min_improvement > 0:
         ok = gain >= policy.min_improvement
         return ok, f"{vs} ({'>=' if ok else '<'} min_improvement {policy.min_improvement:g})"
     if policy.strategy == "pareto":
-        return True, f"{ch.trial_id} dominates champion {inc.trial_id} on {_names(policy.objectives)}"
+        return (
+            True,
+            f"{ch.trial_id} dominates champion {inc.trial_id} on {_names(policy.objectives)}",
+        )
     ok = _lexi_key(ch, policy.objectives)[:-1] < _lexi_key(inc, policy.objectives)[:-1]
     return ok, f"{vs} ({'better' if ok else 'not better'} over {_names(policy.objectives)})"
 

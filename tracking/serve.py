@@ -80,7 +80,9 @@ class OnnxScorer:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(path), opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise ServeError(f"cannot load ONNX model {path.name}: {e}") from e
         first = self._session.get_inputs()[0]
@@ -104,12 +106,21 @@ class TorchStateDictScorer:
             model = build_model(cfg["model"], tuple(cfg["input_shape"]), int(cfg["num_classes"]))
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            RuntimeError,
+            TypeError,
+            pickle.UnpicklingError,
+        ) as e:
             # UnpicklingError: the weights file holds more than tensors; weights_only refused it.
-            raise ServeError(f"cannot rebuild the model from {arch.name} + {weights.name}: {e}") from e
+            raise ServeError(
+                f"cannot rebuild the model from {arch.name} + {weights.name}: {e}"
+            ) from e
         self._model = model.eval()
         self._lock = threading.Lock()  # torch modules are not documented as thread-safe
-        self.input_shape = tuple(cfg["input_shape"])
+        self.input_shape: tuple[int, ...] | None = tuple(int(d) for d in cfg["input_shape"])
         self.description = f"PyTorch state dict {weights.name} ({cfg['model'].get('arch', '?')})"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -137,8 +148,10 @@ def load_scorer(path: str | Path, build_model: Callable[..., Any] | None = None)
     arch = next((f for f in files if f.name == keys.ARCH_ARTIFACT), None)
     if weights and arch:
         if build_model is None:
-            raise ServeError(f"{path} holds a state dict; serving it needs a build_model function "
-                             "(use `podium serve`, which passes Podium's model registry)")
+            raise ServeError(
+                f"{path} holds a state dict; serving it needs a build_model function "
+                "(use `podium serve`, which passes Podium's model registry)"
+            )
         return TorchStateDictScorer(weights, arch, build_model)
     pickled = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
     if pickled:
@@ -146,18 +159,23 @@ def load_scorer(path: str | Path, build_model: Callable[..., Any] | None = None)
             f"refusing to load {', '.join(pickled)} from {path}: pickled models can run arbitrary "
             f"code when loaded. Podium serves only ONNX ({keys.ONNX_ARTIFACT}) or a weights-only "
             f"state dict ({keys.STATE_DICT_ARTIFACT} + {keys.ARCH_ARTIFACT}); add an export step "
-            "to the recipe or re-register the model with Podium.")
-    raise ServeError(f"no servable model under {path}: expected {keys.ONNX_ARTIFACT} or "
-                     f"{keys.STATE_DICT_ARTIFACT} + {keys.ARCH_ARTIFACT}; found "
-                     f"{', '.join(f.name for f in files) or 'nothing'}")
+            "to the recipe or re-register the model with Podium."
+        )
+    raise ServeError(
+        f"no servable model under {path}: expected {keys.ONNX_ARTIFACT} or "
+        f"{keys.STATE_DICT_ARTIFACT} + {keys.ARCH_ARTIFACT}; found "
+        f"{', '.join(f.name for f in files) or 'nothing'}"
+    )
 
 
 def _prefer(files: Sequence[Path], name: str, suffix: str) -> Path | None:
-    exact = [f for f in files if f.name == name]
-    return (exact or [f for f in files if f.suffix == suffix] or [None])[0]
+    exact = [f for f in files if f.name == name] or [f for f in files if f.suffix == suffix]
+    return exact[0] if exact else None
 
 
-def fetch_model(model_uri: str, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+def fetch_model(
+    model_uri: str, tracking_uri: str | None = None, dst: str | Path | None = None
+) -> Path:
     """Download ``models:/<name>@<alias>`` (or ``models:/<name>/<version>``, ``runs:/...``, a
     local path) and return the local folder. Nothing is deserialised here.
 
@@ -173,11 +191,15 @@ def fetch_model(model_uri: str, tracking_uri: str | None = None, dst: str | Path
         raise ServeError("resolving a models:/ URI needs mlflow: pip install mlflow") from e
     try:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, tracking_uri=tracking_uri, registry_uri=tracking_uri,
-            dst_path=str(dst) if dst else None)
+            artifact_uri=model_uri,
+            tracking_uri=tracking_uri,
+            registry_uri=tracking_uri,
+            dst_path=str(dst) if dst else None,
+        )
     except (MlflowException, OSError) as e:
-        raise ServeError(f"cannot fetch {model_uri!r} from {tracking_uri or 'the default store'}: "
-                         f"{e}") from e
+        raise ServeError(
+            f"cannot fetch {model_uri!r} from {tracking_uri or 'the default store'}: {e}"
+        ) from e
     return Path(local)
 
 
@@ -194,7 +216,7 @@ def parse_inputs(payload: Any, input_shape: tuple[int, ...] | None) -> np.ndarra
         ValueError: the body has none of the keys, or the values are not a numeric batch.
     """
     if not isinstance(payload, dict):
-        raise ValueError("the body must be a JSON object such as {\"inputs\": [[...], ...]}")
+        raise ValueError('the body must be a JSON object such as {"inputs": [[...], ...]}')
     if "inputs" in payload or "instances" in payload:
         rows = payload.get("inputs", payload.get("instances"))
     elif "dataframe_split" in payload:
@@ -203,8 +225,10 @@ def parse_inputs(payload: Any, input_shape: tuple[int, ...] | None) -> np.ndarra
         recs = payload["dataframe_records"]
         rows = [list(r.values()) if isinstance(r, dict) else r for r in recs or []]
     else:
-        raise ValueError("expected one of: inputs, instances, dataframe_split, dataframe_records; "
-                         f"got keys {sorted(payload)}")
+        raise ValueError(
+            "expected one of: inputs, instances, dataframe_split, dataframe_records; "
+            f"got keys {sorted(payload)}"
+        )
     try:
         x = np.asarray(rows, dtype=np.float32)
     except (ValueError, TypeError) as e:
@@ -216,8 +240,10 @@ def parse_inputs(payload: Any, input_shape: tuple[int, ...] | None) -> np.ndarra
     if input_shape and x.shape[1:] != input_shape:
         per = int(np.prod(input_shape))
         if x[0].size != per:
-            raise ValueError(f"each example must have {per} values (shape {list(input_shape)}), "
-                             f"got shape {list(x.shape[1:])}")
+            raise ValueError(
+                f"each example must have {per} values (shape {list(input_shape)}), "
+                f"got shape {list(x.shape[1:])}"
+            )
         x = x.reshape((x.shape[0], *input_shape))
     return np.ascontiguousarray(x)
 
@@ -235,6 +261,9 @@ def make_server(scorer: Scorer, host: str = "127.0.0.1", port: int = 5001) -> Th
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse one connection
+    # Headers and body leave in separate writes; with Nagle on, the second waits for the
+    # client's delayed ACK (~40 ms on Linux) on every keep-alive request.
+    disable_nagle_algorithm = True
     scorer: Scorer
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -252,12 +281,18 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
             self.close_connection = True
-            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "BAD_REQUEST",
-                               f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
+            return self._error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                "BAD_REQUEST",
+                f"body of {length} bytes exceeds {MAX_BODY_BYTES}",
+            )
         body = self.rfile.read(length)
         if ctype != "application/json":
-            return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "BAD_REQUEST",
-                               f"Content-Type must be application/json, got {ctype!r}")
+            return self._error(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                "BAD_REQUEST",
+                f"Content-Type must be application/json, got {ctype!r}",
+            )
         try:
             x = parse_inputs(json.loads(body), self.scorer.input_shape)
         except ValueError as e:  # json.JSONDecodeError is a ValueError
@@ -266,10 +301,16 @@ class _Handler(BaseHTTPRequestHandler):
             y = self.scorer.predict(x)
         except Exception as e:  # noqa: BLE001 - report, keep serving
             return self._error(HTTPStatus.BAD_REQUEST, "BAD_REQUEST", f"prediction failed: {e}")
-        self._send(HTTPStatus.OK, json.dumps({"predictions": y.tolist()}).encode(), "application/json")
+        self._send(
+            HTTPStatus.OK, json.dumps({"predictions": y.tolist()}).encode(), "application/json"
+        )
 
     def _error(self, status: HTTPStatus, code: str, message: str) -> None:
-        self._send(status, json.dumps({"error_code": code, "message": message}).encode(), "application/json")
+        self._send(
+            status,
+            json.dumps({"error_code": code, "message": message}).encode(),
+            "application/json",
+        )
 
     def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
         self.send_response(status)
@@ -282,8 +323,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # one line per request would dominate a benchmark; errors go back to the client
 
 
-def serve(model_uri: str, port: int = 5001, host: str = "127.0.0.1", tracking_uri: str | None = None,
-          build_model: Callable[..., Any] | None = None, ready: Callable[[str], None] | None = None) -> None:
+def serve(
+    model_uri: str,
+    port: int = 5001,
+    host: str = "127.0.0.1",
+    tracking_uri: str | None = None,
+    build_model: Callable[..., Any] | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
     """Fetch, load and serve ``model_uri`` until interrupted.
 
     Args:
@@ -300,7 +347,9 @@ def serve(model_uri: str, port: int = 5001, host: str = "127.0.0.1", tracking_ur
     scorer = load_scorer(fetch_model(model_uri, tracking_uri), build_model)
     server = make_server(scorer, host, port)
     url = f"http://{host}:{server.server_address[1]}"
-    (ready or (lambda u: print(f"serving {model_uri} ({scorer.description}) at {u}", flush=True)))(url)
+    (ready or (lambda u: print(f"serving {model_uri} ({scorer.description}) at {u}", flush=True)))(
+        url
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

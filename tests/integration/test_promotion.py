@@ -29,9 +29,14 @@ SPEC = {
     "optimizer": {"name": "adam", "lr": 0.01},
     "training": {"max_epochs": 2, "batch_size": 64, "seed": 0},
     "search": {"num_samples": 1, "scheduler": "fifo"},
-    "promotion": {"model_name": MODEL, "constraints": ["param_count <= 1000"],
-                  "objectives": [{"metric": "test_accuracy", "mode": "max"},
-                                 {"metric": "param_count", "mode": "min"}]},
+    "promotion": {
+        "model_name": MODEL,
+        "constraints": ["param_count <= 1000"],
+        "objectives": [
+            {"metric": "test_accuracy", "mode": "max"},
+            {"metric": "param_count", "mode": "min"},
+        ],
+    },
 }
 
 
@@ -67,12 +72,17 @@ def test_constraint_decides_and_the_card_says_why(sweep):
     result, client, _, _ = sweep
     small = next(r for r in result.rows if str(r.params["model.hidden"]) == "[8]")
     assert result.decision.winner.trial_id == small.trial_id  # the 2410-parameter one breaks it
-    assert result.promotion.promoted and result.promotion.champion_version == result.promotion.version
+    assert (
+        result.promotion.promoted and result.promotion.champion_version == result.promotion.version
+    )
     mv = client.get_model_version_by_alias(MODEL, "champion")
     tags = mv.tags
     assert tags[keys.TAG_SPLIT] == "digits:seed=0" and tags[keys.TAG_DATASET] == "digits"
     assert tags[keys.TAG_OPTIMIZER] == "adam" and tags[keys.TAG_SPEC_HASH]
-    assert float(tags[keys.TAG_METRIC_PREFIX + keys.TEST_ACCURACY]) == small.metrics[keys.TEST_ACCURACY]
+    assert (
+        float(tags[keys.TAG_METRIC_PREFIX + keys.TEST_ACCURACY])
+        == small.metrics[keys.TEST_ACCURACY]
+    )
     assert tags[keys.TAG_RUN_LINK] == f"runs:/{small.run_id}"
     assert json.loads(tags[keys.TAG_POLICY])["constraints"] == ["param_count <= 1000"]
     assert "no champion yet" in tags[keys.TAG_DECISION] and "Promotion decision" in mv.description
@@ -100,17 +110,31 @@ def test_promote_with_another_policy_then_rollback_then_serve(sweep, podium, tmp
     # checkpoint, registered, and promoted over the champion; the old one keeps @previous.
     policy = tmp_path / "policy.yaml"
     policy.write_text("objectives: [{metric: param_count, mode: max}]\n")
-    out = podium("promote", SPEC["name"], "--policy", str(policy), "--tracking-uri", uri, cwd=folder)
+    out = podium(
+        "promote", SPEC["name"], "--policy", str(policy), "--tracking-uri", uri, cwd=folder
+    )
     assert out.returncode == 0, out.stderr
     champ = client.get_model_version_by_alias(MODEL, "champion")
-    assert champ.version != first and champ.tags[keys.TAG_METRIC_PREFIX + keys.PARAM_COUNT] == "2410.0"
+    assert (
+        champ.version != first and champ.tags[keys.TAG_METRIC_PREFIX + keys.PARAM_COUNT] == "2410.0"
+    )
     assert client.get_model_version_by_alias(MODEL, "previous").version == first
     parent = {a.path for a in client.list_artifacts(result.parent_run_id)}
-    assert {keys.PARETO_PLOT_ARTIFACT, keys.PARALLEL_PLOT_ARTIFACT, keys.CURVES_PLOT_ARTIFACT} <= parent
+    assert {
+        keys.PARETO_PLOT_ARTIFACT,
+        keys.PARALLEL_PLOT_ARTIFACT,
+        keys.CURVES_PLOT_ARTIFACT,
+    } <= parent
     # A bad policy file is refused with the key and value.
     policy.write_text("strategy: paretoo\nconstraints: ['size < big']\n")
-    out = podium("promote", SPEC["name"], "--policy", str(policy), "--tracking-uri", uri, cwd=folder)
-    assert out.returncode == 2 and "policy.strategy" in out.stderr and "policy.constraints[0]" in out.stderr
+    out = podium(
+        "promote", SPEC["name"], "--policy", str(policy), "--tracking-uri", uri, cwd=folder
+    )
+    assert (
+        out.returncode == 2
+        and "policy.strategy" in out.stderr
+        and "policy.constraints[0]" in out.stderr
+    )
     # Rollback swaps back.
     out = podium("rollback", MODEL, "--tracking-uri", uri, cwd=folder)
     assert out.returncode == 0, out.stderr
@@ -124,18 +148,35 @@ def _served_champion_matches_its_model(client, uri: str, folder: Path) -> None:
 
     from workers.tasks import load_task
 
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve",
-                             f"models:/{MODEL}@champion", "--port", "0", "--tracking-uri", uri],
-                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "serve",
+            f"models:/{MODEL}@champion",
+            "--port",
+            "0",
+            "--tracking-uri",
+            uri,
+        ],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         line = proc.stdout.readline()
         assert line, proc.stderr.read()
         assert "ONNX" in line  # the champion is served from its ONNX copy, not its pt2 archive
         url = line.strip().rsplit(" at ", 1)[1]
         x = load_task("digits", 0).x_test[:20]
-        req = urllib.request.Request(url + "/invocations", json.dumps({"inputs": x.tolist()}).encode(),
-                                     {"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "/invocations",
+            json.dumps({"inputs": x.tolist()}).encode(),
+            {"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             got = np.asarray(json.loads(r.read())["predictions"])
         mlflow.set_tracking_uri(uri)

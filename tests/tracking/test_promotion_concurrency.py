@@ -2,8 +2,8 @@
 
 Small models are trained on digits for real (different budgets, so different test accuracies) and
 logged to their own MLflow runs as weights-only state dicts; then one process per run waits at a
-barrier with the others and registers and promotes at the same moment. Run against a SQLite file shared by the
-processes and against a real ``mlflow server`` subprocess.
+barrier with the others and registers and promotes at the same moment. Run against a SQLite file
+shared by the processes and against a real ``mlflow server`` subprocess.
 """
 
 from __future__ import annotations
@@ -54,8 +54,15 @@ def _train_snapshots(budgets: list[int]) -> list[tuple[float, Path]]:
                 acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
             folder = Path(tempfile.mkdtemp(prefix="podium-model-"))
             torch.save(model.state_dict(), folder / keys.STATE_DICT_ARTIFACT)
-            (folder / keys.ARCH_ARTIFACT).write_text(json.dumps(
-                {"model": arch, "input_shape": list(data.input_shape), "num_classes": data.num_classes}))
+            (folder / keys.ARCH_ARTIFACT).write_text(
+                json.dumps(
+                    {
+                        "model": arch,
+                        "input_shape": list(data.input_shape),
+                        "num_classes": data.num_classes,
+                    }
+                )
+            )
             out.append((acc, folder))
     return out
 
@@ -74,11 +81,18 @@ def _log_run(uri: str, experiment_id: str, acc: float, folder: Path) -> str:
 def _worker(uri: str, run_id: str, acc: float, barrier, out) -> None:
     """One experiment's end: register and promote its winner, at the same moment as the others."""
     try:
-        challenger = Candidate(run_id[:8], {keys.TEST_ACCURACY: acc}, run_id=run_id,
-                               split=split_label("digits", 0))
+        challenger = Candidate(
+            run_id[:8], {keys.TEST_ACCURACY: acc}, run_id=run_id, split=split_label("digits", 0)
+        )
         barrier.wait(timeout=240)
-        res = promote_challenger(uri, MODEL, f"runs:/{run_id}/{keys.MODEL_ARTIFACT}", challenger,
-                                 POLICY, card={keys.TAG_DATASET: "digits"})
+        res = promote_challenger(
+            uri,
+            MODEL,
+            f"runs:/{run_id}/{keys.MODEL_ARTIFACT}",
+            challenger,
+            POLICY,
+            card={keys.TAG_DATASET: "digits"},
+        )
         out.put(("ok", run_id, acc, res.version, res.created))
     except Exception as e:  # noqa: BLE001 - reported to the parent, which fails the test
         out.put(("error", repr(e), 0.0, "", False))
@@ -92,7 +106,9 @@ def _promote_all_at_once(uri: str, budgets: list[int]) -> list[tuple]:
     runs = [(_log_run(uri, exp, acc, folder), acc) for acc, folder in _train_snapshots(budgets)]
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(len(runs)), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(uri, run_id, acc, barrier, out)) for run_id, acc in runs]
+    procs = [
+        ctx.Process(target=_worker, args=(uri, run_id, acc, barrier, out)) for run_id, acc in runs
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=300) for _ in procs]
@@ -116,7 +132,9 @@ def _check_concurrent_promotions(uri: str) -> None:
     champ = client.get_model_version_by_alias(MODEL, "champion")
     assert float(champ.tags[keys.TAG_METRIC_PREFIX + keys.TEST_ACCURACY]) == pytest.approx(best_acc)
     assert champ.run_id in {r[1] for r in results if r[2] == best_acc}
-    assert champ.tags[keys.TAG_SPLIT] == "digits:seed=0" and champ.tags[keys.TAG_DATASET] == "digits"
+    assert (
+        champ.tags[keys.TAG_SPLIT] == "digits:seed=0" and champ.tags[keys.TAG_DATASET] == "digits"
+    )
     assert keys.TAG_DECISION in champ.tags and "Promotion decision" in champ.description
     # No lock left behind.
     assert not [m for m in client.search_registered_models() if m.name.startswith("podium-lock.")]
@@ -133,8 +151,13 @@ def _check_concurrent_promotions(uri: str) -> None:
 
     # Whoever held the alias before the best arrived is now @previous (none if the best was first).
     by_version = {r[3]: r[2] for r in results}
-    prev = client.get_model_version_by_alias(MODEL, PREVIOUS_ALIAS) if any(
-        PREVIOUS_ALIAS in v.aliases for v in client.search_model_versions(f"name = '{MODEL}'")) else None
+    prev = (
+        client.get_model_version_by_alias(MODEL, PREVIOUS_ALIAS)
+        if any(
+            PREVIOUS_ALIAS in v.aliases for v in client.search_model_versions(f"name = '{MODEL}'")
+        )
+        else None
+    )
     if prev is not None:
         assert by_version[str(prev.version)] <= best_acc and prev.version != champ.version
 

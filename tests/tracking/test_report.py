@@ -17,8 +17,11 @@ from tracking.selection import Candidate, Objective, Policy, select_best
 from workers.models import build_model
 from workers.tasks import load_task
 
-POLICY = Policy(objectives=(Objective(keys.TEST_ACCURACY), Objective(keys.LATENCY_MS_P50, "min")),
-                constraints=(f"{keys.TEST_ACCURACY} >= 0.5",), strategy="pareto")
+POLICY = Policy(
+    objectives=(Objective(keys.TEST_ACCURACY), Objective(keys.LATENCY_MS_P50, "min")),
+    constraints=(f"{keys.TEST_ACCURACY} >= 0.5",),
+    strategy="pareto",
+)
 
 
 def train_and_measure(hidden: list[int], steps: int, data) -> tuple[dict[str, float], list]:
@@ -32,7 +35,9 @@ def train_and_measure(hidden: list[int], steps: int, data) -> tuple[dict[str, fl
         opt.step()
         if step % 5 == 0:
             with torch.no_grad():
-                curve.append((step // 5, (model(data.x_val).argmax(1) == data.y_val).float().mean().item()))
+                curve.append(
+                    (step // 5, (model(data.x_val).argmax(1) == data.y_val).float().mean().item())
+                )
     model.eval()
     x1 = data.x_test[:1]
     times = []
@@ -44,9 +49,12 @@ def train_and_measure(hidden: list[int], steps: int, data) -> tuple[dict[str, fl
             times.append((time.perf_counter() - t0) * 1e3)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    return {keys.TEST_ACCURACY: acc, keys.LATENCY_MS_P50: float(np.median(times)),
-            keys.MODEL_SIZE_BYTES: float(buf.tell()),
-            keys.PARAM_COUNT: float(sum(p.numel() for p in model.parameters()))}, curve
+    return {
+        keys.TEST_ACCURACY: acc,
+        keys.LATENCY_MS_P50: float(np.median(times)),
+        keys.MODEL_SIZE_BYTES: float(buf.tell()),
+        keys.PARAM_COUNT: float(sum(p.numel() for p in model.parameters())),
+    }, curve
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +64,26 @@ def sweep():
     for i, (hidden, steps) in enumerate([([8], 40), ([32], 40), ([256, 128], 40), ([4], 2)]):
         metrics, curve = train_and_measure(hidden, steps, data)
         tid = f"t{i}"
-        cands.append(Candidate(tid, metrics, config={"model": {"hidden": hidden}, "optimizer": {"lr": 0.01}}))
+        cands.append(
+            Candidate(tid, metrics, config={"model": {"hidden": hidden}, "optimizer": {"lr": 0.01}})
+        )
         curves[tid] = curve
-    cands.append(Candidate("t-stopped", {keys.VAL_ACCURACY: 0.3}, status="stopped",
-                           config={"model": {"hidden": [2]}, "optimizer": {"lr": 0.1}}))
-    cands.append(Candidate("t-nan", {keys.TEST_ACCURACY: math.nan, keys.LATENCY_MS_P50: 0.1},
-                           status="completed", config={"model": {"hidden": [2]}, "optimizer": {"lr": 9.0}}))
+    cands.append(
+        Candidate(
+            "t-stopped",
+            {keys.VAL_ACCURACY: 0.3},
+            status="stopped",
+            config={"model": {"hidden": [2]}, "optimizer": {"lr": 0.1}},
+        )
+    )
+    cands.append(
+        Candidate(
+            "t-nan",
+            {keys.TEST_ACCURACY: math.nan, keys.LATENCY_MS_P50: 0.1},
+            status="completed",
+            config={"model": {"hidden": [2]}, "optimizer": {"lr": 9.0}},
+        )
+    )
     return cands, curves
 
 
@@ -69,15 +91,22 @@ def test_leaderboard_marks_pareto_and_the_broken_constraint(sweep, tmp_path):
     cands, curves = sweep
     d = select_best(cands, POLICY)
     paths = write_reports(cands, POLICY, tmp_path, curves, champion=d.winner.trial_id)
-    assert {p.name for p in paths} == {keys.LEADERBOARD_ARTIFACT, keys.PARETO_PLOT_ARTIFACT,
-                                       keys.PARALLEL_PLOT_ARTIFACT, keys.CURVES_PLOT_ARTIFACT}
+    assert {p.name for p in paths} == {
+        keys.LEADERBOARD_ARTIFACT,
+        keys.PARETO_PLOT_ARTIFACT,
+        keys.PARALLEL_PLOT_ARTIFACT,
+        keys.CURVES_PLOT_ARTIFACT,
+    }
     rows = list(csv.DictReader((tmp_path / keys.LEADERBOARD_ARTIFACT).open()))
     by_id = {r["trial_id"]: r for r in rows}
-    # The 2-step model is barely trained and breaks the accuracy floor; the log says so, with its value.
+    # The 2-step model is barely trained and breaks the accuracy floor; the row says so, with its
+    # value.
     assert by_id["t3"]["excluded"].startswith("breaks test_accuracy >= 0.5 (got 0.")
     assert by_id["t-stopped"]["excluded"] == "trial stopped before its final evaluation"
     assert by_id["t-nan"]["excluded"] == "test_accuracy is nan"
-    assert [r["champion"] for r in rows].count("True") == 1 and by_id[d.winner.trial_id]["champion"] == "True"
+    assert [r["champion"] for r in rows].count("True") == 1 and by_id[d.winner.trial_id][
+        "champion"
+    ] == "True"
     assert by_id[d.winner.trial_id]["pareto"] == "True"
     # Eligible rows come first, ranked 1..n by accuracy; excluded ones have no rank.
     ranked = [r for r in rows if r["rank"]]
@@ -96,8 +125,10 @@ def test_pareto_flags_are_mutually_non_dominated(sweep):
     for r in others:  # every non-front eligible row is beaten on both axes by some front row
         assert any(f[acc] >= r[acc] and f[lat] <= r[lat] for f in front)
     for f in front:
-        assert not any(g[acc] >= f[acc] and g[lat] <= f[lat] and (g[acc], g[lat]) != (f[acc], f[lat])
-                       for g in front)
+        assert not any(
+            g[acc] >= f[acc] and g[lat] <= f[lat] and (g[acc], g[lat]) != (f[acc], f[lat])
+            for g in front
+        )
 
 
 def _image(path):
@@ -122,7 +153,12 @@ def test_pareto_plot_highlights_the_champion(sweep, tmp_path):
 
 
 def test_pareto_plot_falls_back_to_size_and_skips_when_nothing_to_plot(tmp_path):
-    cands = [Candidate("a", {keys.TEST_ACCURACY: 0.9, keys.MODEL_SIZE_BYTES: 1e5}),
-             Candidate("b", {keys.TEST_ACCURACY: 0.8, keys.MODEL_SIZE_BYTES: 1e4})]
+    cands = [
+        Candidate("a", {keys.TEST_ACCURACY: 0.9, keys.MODEL_SIZE_BYTES: 1e5}),
+        Candidate("b", {keys.TEST_ACCURACY: 0.8, keys.MODEL_SIZE_BYTES: 1e4}),
+    ]
     assert plot_pareto(cands, Policy(), tmp_path / "s.png") is not None
-    assert plot_pareto([Candidate("a", {keys.TEST_ACCURACY: 0.9})], Policy(), tmp_path / "n.png") is None
+    assert (
+        plot_pareto([Candidate("a", {keys.TEST_ACCURACY: 0.9})], Policy(), tmp_path / "n.png")
+        is None
+    )

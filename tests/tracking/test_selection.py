@@ -26,9 +26,16 @@ ACC, LAT, SIZE = "test_accuracy", "latency_ms_p50", "model_size_bytes"
 TWO = (Objective(ACC, "max"), Objective(LAT, "min"))
 
 
-def cand(tid: str, acc: float | None = None, lat: float | None = None, size: float | None = None,
-         status: str = "completed", split: str | None = "digits:seed=0", run: str | None = None,
-         **extra: float) -> Candidate:
+def cand(
+    tid: str,
+    acc: float | None = None,
+    lat: float | None = None,
+    size: float | None = None,
+    status: str = "completed",
+    split: str | None = "digits:seed=0",
+    run: str | None = None,
+    **extra: float,
+) -> Candidate:
     m = {k: v for k, v in ((ACC, acc), (LAT, lat), (SIZE, size)) if v is not None}
     return Candidate(tid, {**m, **extra}, status=status, split=split, run_id=run or f"run-{tid}")
 
@@ -36,25 +43,38 @@ def cand(tid: str, acc: float | None = None, lat: float | None = None, size: flo
 # --------------------------------------------------------------------------- constraints
 
 
-@pytest.mark.parametrize("text, metrics, broken", [
-    ("latency_ms_p50 <= 1.0", {LAT: 1.0}, False),
-    ("latency_ms_p50 < 1.0", {LAT: 1.0}, True),
-    ("model_size_bytes <= 500000", {SIZE: 500001}, True),
-    ("test_accuracy >= 0.85", {ACC: 0.85}, False),
-    ("test_accuracy > 0.85", {ACC: 0.85}, True),
-    ("param_count == 2410", {"param_count": 2410}, False),
-    ("x>=-1e-3", {"x": -0.002}, True),
-    ("test_accuracy >= 0.85", {}, True),               # missing metric: not feasible
-    ("test_accuracy >= 0.85", {ACC: math.nan}, True),  # NaN never satisfies
-])
+@pytest.mark.parametrize(
+    "text, metrics, broken",
+    [
+        ("latency_ms_p50 <= 1.0", {LAT: 1.0}, False),
+        ("latency_ms_p50 < 1.0", {LAT: 1.0}, True),
+        ("model_size_bytes <= 500000", {SIZE: 500001}, True),
+        ("test_accuracy >= 0.85", {ACC: 0.85}, False),
+        ("test_accuracy > 0.85", {ACC: 0.85}, True),
+        ("param_count == 2410", {"param_count": 2410}, False),
+        ("x>=-1e-3", {"x": -0.002}, True),
+        ("test_accuracy >= 0.85", {}, True),  # missing metric: not feasible
+        ("test_accuracy >= 0.85", {ACC: math.nan}, True),  # NaN never satisfies
+    ],
+)
 def test_constraints_evaluate(text, metrics, broken):
     assert (parse_constraint(text).broken_by(metrics) is not None) == broken
 
 
-@pytest.mark.parametrize("bad", [
-    "__import__('os').system('true') == 0", "latency_ms_p50 <= 1.0 or True", "acc => 0.9",
-    "acc <= ", "<= 3", "acc <= 1.0; rm", "acc != 3", 3, None,
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "__import__('os').system('true') == 0",
+        "latency_ms_p50 <= 1.0 or True",
+        "acc => 0.9",
+        "acc <= ",
+        "<= 3",
+        "acc <= 1.0; rm",
+        "acc != 3",
+        3,
+        None,
+    ],
+)
 def test_constraint_parser_refuses_anything_but_metric_op_number(bad):
     with pytest.raises(ConstraintError):
         parse_constraint(bad)
@@ -64,23 +84,39 @@ def test_constraint_parser_refuses_anything_but_metric_op_number(bad):
 
 
 def test_check_policy_reports_every_bad_item_with_key_and_value():
-    problems = check_policy({
-        "objectives": [{"metric": ACC, "mode": "maximum"}, {"metric": ACC}, "latency"],
-        "constraints": ["latency_ms_p50 <= 1.0", "size < big", 7],
-        "strategy": "paretoo", "pick": "elbow", "weights": [1.0, -2.0], "min_improvement": -0.1,
-    })
+    problems = check_policy(
+        {
+            "objectives": [{"metric": ACC, "mode": "maximum"}, {"metric": ACC}, "latency"],
+            "constraints": ["latency_ms_p50 <= 1.0", "size < big", 7],
+            "strategy": "paretoo",
+            "pick": "elbow",
+            "weights": [1.0, -2.0],
+            "min_improvement": -0.1,
+        }
+    )
     got = {(k, str(v)) for k, v, _ in problems}
     assert got == {
-        ("objectives[0].mode", "maximum"), ("objectives[1].metric", ACC), ("objectives[2]", "latency"),
-        ("constraints[1]", "size < big"), ("constraints[2]", "7"), ("strategy", "paretoo"),
-        ("pick", "elbow"), ("weights", "[1.0, -2.0]"), ("min_improvement", "-0.1"),
+        ("objectives[0].mode", "maximum"),
+        ("objectives[1].metric", ACC),
+        ("objectives[2]", "latency"),
+        ("constraints[1]", "size < big"),
+        ("constraints[2]", "7"),
+        ("strategy", "paretoo"),
+        ("pick", "elbow"),
+        ("weights", "[1.0, -2.0]"),
+        ("min_improvement", "-0.1"),
     }
 
 
 def test_check_policy_accepts_a_full_valid_policy_and_policy_from_builds_it():
-    section = {"objectives": [{"metric": ACC, "mode": "max"}, {"metric": LAT, "mode": "min"}],
-               "constraints": ["model_size_bytes <= 500000"], "strategy": "pareto",
-               "pick": "weighted", "weights": [2, 1], "min_improvement": 0.01}
+    section = {
+        "objectives": [{"metric": ACC, "mode": "max"}, {"metric": LAT, "mode": "min"}],
+        "constraints": ["model_size_bytes <= 500000"],
+        "strategy": "pareto",
+        "pick": "weighted",
+        "weights": [2, 1],
+        "min_improvement": 0.01,
+    }
     assert check_policy(section) == []
     p = policy_from(section)
     assert p.objectives == TWO and p.weights == (2.0, 1.0) and p.pick == "weighted"
@@ -88,7 +124,9 @@ def test_check_policy_accepts_a_full_valid_policy_and_policy_from_builds_it():
 
 
 def test_weights_must_match_objectives():
-    problems = check_policy({"objectives": [{"metric": ACC}], "pick": "weighted", "weights": [1, 1]})
+    problems = check_policy(
+        {"objectives": [{"metric": ACC}], "pick": "weighted", "weights": [1, 1]}
+    )
     assert [k for k, _, _ in problems] == ["weights"]
 
 
@@ -97,8 +135,16 @@ def test_spec_validation_reports_policy_problems_with_dotted_paths():
     from orchestrator.spec import parse_spec
 
     with pytest.raises(SpecError) as e:
-        parse_spec({"name": "x", "promotion": {"constraints": ["latency_ms_p50 <== 1"],
-                                               "strategy": "pareto", "pick": "elbow"}})
+        parse_spec(
+            {
+                "name": "x",
+                "promotion": {
+                    "constraints": ["latency_ms_p50 <== 1"],
+                    "strategy": "pareto",
+                    "pick": "elbow",
+                },
+            }
+        )
     paths = {p.path for p in e.value.problems}
     assert {"promotion.constraints[0]", "promotion.pick"} <= paths
 
@@ -107,9 +153,15 @@ def test_spec_validation_reports_policy_problems_with_dotted_paths():
 
 
 def test_best_ignores_failed_stopped_nan_inf_and_missing():
-    cs = [cand("failed", 0.99, status="failed"), cand("stopped", 0.98, status="stopped"),
-          cand("nan", math.nan), cand("inf", math.inf), cand("missing"),
-          cand("diverged", 0.97, val_loss=math.nan), cand("ok", 0.90)]
+    cs = [
+        cand("failed", 0.99, status="failed"),
+        cand("stopped", 0.98, status="stopped"),
+        cand("nan", math.nan),
+        cand("inf", math.inf),
+        cand("missing"),
+        cand("diverged", 0.97, val_loss=math.nan),
+        cand("ok", 0.90),
+    ]
     d = select_best(cs, Policy())
     assert d.winner.trial_id == "ok"
     assert set(d.rejected) == {"failed", "stopped", "nan", "inf", "missing", "diverged"}
@@ -126,7 +178,9 @@ def test_best_ties_break_on_second_objective_then_trial_id():
 
 
 def test_min_mode_objective():
-    d = select_best([cand("a", lat=2.0), cand("b", lat=0.5)], Policy(objectives=(Objective(LAT, "min"),)))
+    d = select_best(
+        [cand("a", lat=2.0), cand("b", lat=0.5)], Policy(objectives=(Objective(LAT, "min"),))
+    )
     assert d.winner.trial_id == "b"
 
 
@@ -152,8 +206,13 @@ def test_empty_input():
 # --------------------------------------------------------------------------- Pareto
 
 
-FRONT = [cand("acc", 0.99, 5.0), cand("knee", 0.97, 1.0), cand("fast", 0.80, 0.5),
-         cand("dominated", 0.96, 2.0), cand("worst", 0.70, 6.0)]
+FRONT = [
+    cand("acc", 0.99, 5.0),
+    cand("knee", 0.97, 1.0),
+    cand("fast", 0.80, 0.5),
+    cand("dominated", 0.96, 2.0),
+    cand("worst", 0.70, 6.0),
+]
 
 
 def test_pareto_front_and_dominance():
@@ -211,13 +270,16 @@ def test_ineligible_challenger_never_promoted():
         assert not d.promote and d.winner.trial_id == "v1"
 
 
-@pytest.mark.parametrize("champ, chall, min_imp, promote", [
-    (0.950, 0.960, 0.0, True),
-    (0.950, 0.950, 0.0, False),   # a tie keeps the champion
-    (0.950, 0.940, 0.0, False),
-    (0.950, 0.954, 0.005, False),  # better, but not by min_improvement
-    (0.950, 0.956, 0.005, True),
-])
+@pytest.mark.parametrize(
+    "champ, chall, min_imp, promote",
+    [
+        (0.950, 0.960, 0.0, True),
+        (0.950, 0.950, 0.0, False),  # a tie keeps the champion
+        (0.950, 0.940, 0.0, False),
+        (0.950, 0.954, 0.005, False),  # better, but not by min_improvement
+        (0.950, 0.956, 0.005, True),
+    ],
+)
 def test_challenger_must_beat_champion_by_min_improvement(champ, chall, min_imp, promote):
     d = decide_promotion(cand("t", chall), cand("v1", champ), Policy(min_improvement=min_imp))
     assert d.promote is promote

@@ -45,16 +45,26 @@ def trained():
 
 
 def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
-    torch.onnx.export(model, (x[:2],), str(path), input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        (x[:2],),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}},
+        dynamo=False,
+    )
     return path
 
 
 def write_state_dict(model: torch.nn.Module, data, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / keys.STATE_DICT_ARTIFACT)
-    (folder / keys.ARCH_ARTIFACT).write_text(json.dumps(
-        {"model": ARCH, "input_shape": list(data.input_shape), "num_classes": data.num_classes}))
+    (folder / keys.ARCH_ARTIFACT).write_text(
+        json.dumps(
+            {"model": ARCH, "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+        )
+    )
     return folder
 
 
@@ -76,12 +86,20 @@ def registry(tmp_path_factory, trained):
     client = MlflowClient(uri, uri)
     with mlflow.start_run(experiment_id=exp) as run:
         onnx_file = export_onnx(model, data.x_test, tmp / keys.ONNX_ARTIFACT)
-        mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="onnx", registered_model_name="digits-onnx")
+        mlflow.onnx.log_model(
+            onnx.load(str(onnx_file)), name="onnx", registered_model_name="digits-onnx"
+        )
         mlflow.log_artifacts(str(write_state_dict(model, data, tmp / "sd")), "weights")
         client.create_registered_model("digits-sd")
-        client.create_model_version("digits-sd", f"runs:/{run.info.run_id}/weights", run.info.run_id)
-        mlflow.pytorch.log_model(model, name="pickled", serialization_format="pickle",
-                                 registered_model_name="digits-pickle")
+        client.create_model_version(
+            "digits-sd", f"runs:/{run.info.run_id}/weights", run.info.run_id
+        )
+        mlflow.pytorch.log_model(
+            model,
+            name="pickled",
+            serialization_format="pickle",
+            registered_model_name="digits-pickle",
+        )
     for name in ("digits-onnx", "digits-sd", "digits-pickle"):
         client.set_registered_model_alias(name, "champion", "1")
     return uri
@@ -90,11 +108,12 @@ def registry(tmp_path_factory, trained):
 class Server:
     """The server as a subprocess, on a free port it announces on stdout."""
 
-    def __init__(self, args: list[str], code: str | None = None) -> None:
-        cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "tracking.serve", *args]
+    def __init__(self, args: list[str], module: str) -> None:
+        cmd = [sys.executable, "-m", module, *args]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         line = self.proc.stdout.readline()  # blocks until listening, or EOF if it failed
         if not line:
             self.proc.wait(30)
@@ -114,16 +133,18 @@ class Server:
         self.proc.wait(30)
 
 
-STATE_DICT_MAIN = ("import sys; from tracking.serve import main; from workers.models import "
-                   "build_model; sys.exit(main(sys.argv[1:], build_model))")
+# ``python -m tracking.serve`` serves ONNX; a state dict needs Podium's model builders, which the
+# CLI (``podium serve``) passes in.
+PODIUM_SERVE = "orchestrator.cli"
 
 
 @pytest.fixture
 def server(registry) -> Iterator:
     started: list[Server] = []
 
-    def start(model: str, code: str | None = None) -> Server:
-        s = Server([f"models:/{model}@champion", "--port", "0", "--tracking-uri", registry], code)
+    def start(model: str, module: str = "tracking.serve") -> Server:
+        args = [f"models:/{model}@champion", "--port", "0", "--tracking-uri", registry]
+        s = Server(["serve", *args] if module == PODIUM_SERVE else args, module)
         started.append(s)
         return s
 
@@ -139,9 +160,11 @@ def expected_logits(trained, n: int = 50) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, code", [("digits-onnx", None), ("digits-sd", STATE_DICT_MAIN)])
-def test_served_predictions_equal_the_models_own_outputs(server, trained, model, code):
-    s = server(model, code)
+@pytest.mark.parametrize(
+    "model, module", [("digits-onnx", "tracking.serve"), ("digits-sd", PODIUM_SERVE)]
+)
+def test_served_predictions_equal_the_models_own_outputs(server, trained, model, module):
+    s = server(model, module)
     with urllib.request.urlopen(s.url + "/ping", timeout=10) as r:
         assert r.status == 200
     x, want = expected_logits(trained)
@@ -152,8 +175,16 @@ def test_served_predictions_equal_the_models_own_outputs(server, trained, model,
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert (got.argmax(1) == want.argmax(1)).all()
     # MLflow's dataframe_split form answers the same.
-    status, body = s.post(json.dumps({"dataframe_split": {"columns": [f"p{i}" for i in range(64)],
-                                                          "data": x[:3].reshape(3, -1).tolist()}}).encode())
+    status, body = s.post(
+        json.dumps(
+            {
+                "dataframe_split": {
+                    "columns": [f"p{i}" for i in range(64)],
+                    "data": x[:3].reshape(3, -1).tolist(),
+                }
+            }
+        ).encode()
+    )
     np.testing.assert_allclose(np.asarray(body["predictions"]), want[:3], rtol=1e-4, atol=1e-4)
 
 
@@ -175,10 +206,24 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, trai
 
 @pytest.mark.slow
 def test_a_pickled_model_is_refused_with_a_clear_message(registry):
-    proc = subprocess.run([sys.executable, "-m", "tracking.serve", "models:/digits-pickle@champion",
-                           "--port", "0", "--tracking-uri", registry], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 1
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracking.serve",
+            "models:/digits-pickle@champion",
+            "--port",
+            "0",
+            "--tracking-uri",
+            registry,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 1, proc.stderr
     assert "refusing to load model.pth" in proc.stderr and "arbitrary code" in proc.stderr
 
 
@@ -235,11 +280,14 @@ def test_in_process_server_answers_concurrent_clients(tmp_path, trained):
     errors: list[str] = []
 
     def client(i: int) -> None:
-        req = urllib.request.Request(url, json.dumps({"inputs": x[i:i + 1].tolist()}).encode(),
-                                     {"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url,
+            json.dumps({"inputs": x[i : i + 1].tolist()}).encode(),
+            {"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             got = np.asarray(json.loads(r.read())["predictions"])
-        if not np.allclose(got, want[i:i + 1], atol=1e-4):
+        if not np.allclose(got, want[i : i + 1], atol=1e-4):
             errors.append(f"request {i} got another example's answer")
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
