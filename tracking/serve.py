@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -191,7 +192,7 @@ def fetch_model(
         raise ServeError("resolving a models:/ URI needs mlflow: pip install mlflow") from e
     try:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri,
+            artifact_uri=_version_source(model_uri, tracking_uri),
             tracking_uri=tracking_uri,
             registry_uri=tracking_uri,
             dst_path=str(dst) if dst else None,
@@ -204,6 +205,26 @@ def fetch_model(
 
 
 # --------------------------------------------------------------------------- protocol
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+
+
+def _version_source(model_uri: str, tracking_uri: str | None) -> str:
+    """Where a ``models:/<name>@<alias>`` (or ``/<version>``) version's files are, asked of an
+    explicit client: resolving ``models:/`` through ``download_artifacts`` alone consults the
+    process-wide registry URI (and ``MLFLOW_REGISTRY_URI`` inherited from a parent), not only
+    its argument."""
+    m = _MODELS_URI.match(model_uri)
+    if not m:
+        return model_uri
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name = m["name"]
+    mv = (client.get_model_version_by_alias(name, m["alias"]) if m["alias"]
+          else client.get_model_version(name, m["version"]))
+    return client.get_model_version_download_uri(name, mv.version)
 
 
 def parse_inputs(payload: Any, input_shape: tuple[int, ...] | None) -> np.ndarray:
@@ -254,9 +275,13 @@ def make_server(scorer: Scorer, host: str = "127.0.0.1", port: int = 5001) -> Th
     ``port=0`` picks a free port; read it back from ``server.server_address[1]``.
     """
     handler = type("Handler", (_Handler,), {"scorer": scorer})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return _Server((host, port), handler)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of new clients beyond that is reset.
+    request_queue_size = 256
 
 
 class _Handler(BaseHTTPRequestHandler):

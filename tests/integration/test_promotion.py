@@ -142,6 +142,10 @@ def test_promote_with_another_policy_then_rollback_then_serve(sweep, podium, tmp
     _served_champion_matches_its_model(client, uri, folder)
 
 
+def champion_version(uri: str) -> str:
+    return str(MlflowClient(uri, uri).get_model_version_by_alias(MODEL, "champion").version)
+
+
 def _served_champion_matches_its_model(client, uri: str, folder: Path) -> None:
     import mlflow.pytorch
     import torch
@@ -179,8 +183,9 @@ def _served_champion_matches_its_model(client, uri: str, folder: Path) -> None:
         )
         with urllib.request.urlopen(req, timeout=30) as r:
             got = np.asarray(json.loads(r.read())["predictions"])
-        mlflow.set_tracking_uri(uri)
-        model = mlflow.pytorch.load_model(f"models:/{MODEL}@champion")  # our own pt2: trusted here
+        # Our own pt2 archive: trusted here. A client, not set_tracking_uri (it exports env vars).
+        local = MlflowClient(uri, uri).get_model_version_download_uri(MODEL, champion_version(uri))
+        model = mlflow.pytorch.load_model(local)
         with torch.no_grad():
             want = model(x).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
