@@ -177,6 +177,9 @@ MODEL_KEYS = {"arch", "hidden", "channels", "batch_norm", "dropout"}
 TRAINING_DEFAULTS: dict[str, Any] = {
     "max_epochs": 10, "batch_size": None, "seed": 0, "l1_penalty": 0.0,
     "lr_schedule": None, "adversarial": None, "checkpoint_every": 1,
+    # Used only where Ray gives the trial a GPU (workers/device.py): bf16 autocast of the forward
+    # pass, and cuDNN autotuning of convolutions.
+    "amp": False, "cudnn_benchmark": False,
 }
 
 
@@ -454,6 +457,9 @@ def _check_training(path: str, t: dict[str, Any]) -> list[Problem]:
     p += _leaf(f"{path}.seed", t["seed"], lambda v: None if isinstance(v, int) and not isinstance(v, bool)
                else f"must be an integer, got {v!r}")
     p += _leaf(f"{path}.checkpoint_every", t["checkpoint_every"], _positive_int)
+    for flag in ("amp", "cudnn_benchmark"):
+        p += _leaf(f"{path}.{flag}", t[flag],
+                   lambda v: None if isinstance(v, bool) else f"must be true or false, got {v!r}")
     p += _leaf(f"{path}.l1_penalty", t["l1_penalty"],
                lambda v: None if _is_number(v) and v >= 0 else f"must be a number >= 0, got {v!r}")
     for key, check in (("lr_schedule", check_schedule), ("adversarial", check_adversarial)):

@@ -1,0 +1,168 @@
+"""Orchestration overhead and driver memory for many short trials on a simulated 3-node cluster.
+
+    python benchmarks/scale.py --trials 250 1000          # what docs/BENCHMARKS.md ## Scale quotes
+
+A ``ray.cluster_utils.Cluster`` runs a head node with no CPUs for trials (the driver's node, as
+in the team stack) and two worker nodes with ``--cpus-per-node`` CPUs each. Each size in
+``--trials`` is one full Podium sweep through :func:`orchestrator.runner.run_experiment`: Tune,
+the MLflow callback and its buffered writer into a SQLite store, a checkpoint per trial in the
+shared storage path, selection at the end (registry promotion off: it is a constant, not a
+per-trial cost).
+
+Per-trial overhead = ``wall * slots / trials - work``, where ``work`` is the same trial function
+timed in-process with no Ray, no Tune and no MLflow, and ``slots`` the trials that can run at
+once. It is the time a slot spends on anything but the trial itself: scheduling, actor reuse,
+result and checkpoint handling, the driver's callbacks, and the CPU the orchestration's own
+processes take from the trials on a small machine. The driver's resident memory is sampled
+every 0.2 s; its growth from the first quarter of the sweep to the end shows whether memory
+stays flat as trials accumulate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, period_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.period_s, self.samples, self._stop_event = period_s, [], threading.Event()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop_event.is_set():
+            self.samples.append((time.monotonic() - t0, rss_mib()))
+            time.sleep(self.period_s)
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+
+def spec_for(trials: int, storage: Path):
+    from orchestrator.spec import parse_spec
+
+    return parse_spec({
+        "name": f"scale-{trials}",
+        "task": "digits",
+        "model": {"arch": "mlp", "hidden": [8]},
+        "optimizer": {"name": "adam", "lr": {"loguniform": [0.001, 0.05]}},
+        "training": {"max_epochs": 1, "batch_size": 512},
+        "search": {"num_samples": trials, "scheduler": "fifo", "searcher": "random"},
+        "resources": {"cpu": 1},
+        "cluster": {"storage_path": str(storage)},
+        "promotion": {"enabled": False},
+    })
+
+
+def trial_work_s(spec, repeats: int = 30) -> float:
+    """Mean wall time of one trial's own work, in-process (Tune's report is a no-op here)."""
+    import warnings
+
+    from orchestrator.space import resolve, template_of
+    from workers.trainable import TrialContext, run_trial
+
+    template = template_of(spec)
+    trial = resolve(template, {"optimizer.lr": 0.01})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_trial(trial, TrialContext(threads=1))  # warm-up: imports, data load (cached)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            run_trial(trial, TrialContext(threads=1))
+    return (time.perf_counter() - t0) / repeats
+
+
+def run_size(trials: int, cluster, slots: int, work_s: float, folder: Path) -> dict:
+    from orchestrator.runner import run_experiment
+
+    spec = spec_for(trials, folder / "storage")
+    uri = f"sqlite:///{folder / f'mlflow-{trials}.db'}"
+    before = rss_mib()
+    sampler = RssSampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    result = run_experiment(spec, tracking_uri=uri, address=cluster.address, verbosity=0,
+                            workdir=folder)
+    wall = time.perf_counter() - t0
+    samples = sampler.stop()
+    completed = sum(r.status == "completed" for r in result.rows)
+    logged = sum(r.run_id is not None for r in result.rows)
+
+    def rss_at(fraction: float) -> float:
+        cut = wall * fraction
+        return max((m for t, m in samples if t <= cut), default=before)
+
+    return {
+        "trials": trials, "completed": completed, "mlflow_runs": logged, "slots": slots,
+        "wall_s": round(wall, 1), "trial_work_s": round(work_s, 4),
+        "overhead_per_trial_s": round(wall * slots / trials - work_s, 3),
+        "trials_per_s": round(trials / wall, 2),
+        "driver_rss_mib": {"before": round(before), "q1": round(rss_at(0.25)),
+                           "half": round(rss_at(0.5)), "peak": round(max(m for _, m in samples))},
+        "tracking_retries": result.tracking_failures,
+    }
+
+
+def marginal(small: dict, large: dict) -> dict:
+    """What each extra trial costs, start-up and the final flush excluded: the difference of two
+    sweep sizes. Memory growth per 1,000 extra trials tells whether the driver stays flat."""
+    extra = large["trials"] - small["trials"]
+    per_trial = (large["wall_s"] - small["wall_s"]) * large["slots"] / extra
+    growth = large["driver_rss_mib"]["peak"] - small["driver_rss_mib"]["peak"]
+    return {"marginal_overhead_per_trial_s": round(per_trial - large["trial_work_s"], 3),
+            "peak_rss_growth_mib_per_1000_trials": round(growth * 1000 / extra, 1)}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, nargs="+", default=[250, 1000])
+    p.add_argument("--cpus-per-node", type=int, default=1)
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    with tempfile.TemporaryDirectory(prefix="podium-scale-") as tmp:
+        work_s = trial_work_s(spec_for(1, Path(tmp) / "storage"))
+        print(f"trial work, in-process: {work_s * 1000:.1f} ms", flush=True)
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "node_name": "head", "include_dashboard": False})
+        for i in range(2):
+            cluster.add_node(num_cpus=args.cpus_per_node, node_name=f"worker-{i + 1}")
+        cluster.wait_for_nodes()
+        try:
+            rows = []
+            for n in args.trials:
+                row = run_size(n, cluster, 2 * args.cpus_per_node, work_s, Path(tmp))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            if len(rows) >= 2:
+                print(json.dumps(marginal(rows[0], rows[-1])), flush=True)
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            cluster.shutdown()
+    return rows
+
+
+if __name__ == "__main__":
+    main()
