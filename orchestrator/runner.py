@@ -122,12 +122,13 @@ def run_experiment(
 
             ray.shutdown()
     rows, checkpoints = _rows(grid, template, writer)
-    decision = select_best([Candidate(r.trial_id, r.metrics, r.status, r.run_id, r.params) for r in rows],
-                           policy_from(asdict(spec.promotion)))
+    policy = policy_from(asdict(spec.promotion))
+    candidates = [Candidate(r.trial_id, r.metrics, r.status, r.run_id, r.params) for r in rows]
+    decision = select_best(candidates, policy)
     promotion = None
     if spec.promotion.enabled and decision.winner is not None:
-        promotion = promote_trial(spec, uri, decision, checkpoints[decision.winner.trial_id])
-    store.log_artifact_text(parent_id, leaderboard_csv(rows), keys.LEADERBOARD_ARTIFACT)
+        promotion = promote_trial(spec, uri, decision, checkpoints[decision.winner.trial_id], policy)
+    _publish(store, parent_id, rows, candidates, policy, decision, promotion)
     store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
     return SweepResult(spec.name, uri, parent_id, rows, decision, promotion, writer.failures)
 
@@ -280,7 +281,27 @@ def _trial_id_from_path(path: str) -> str:
     return parts[2] if len(parts) > 2 else Path(path).name
 
 
-def promote_trial(spec: ExperimentSpec, uri: str, decision: Decision, checkpoint: Any) -> Promotion:
+def _publish(store: Store, parent_id: str, rows: list[TrialRow], candidates: list[Candidate],
+             policy: Any, decision: Decision, promotion: Promotion | None) -> None:
+    """The parent run's reports: leaderboard CSV, Pareto-front and learning-curve plots.
+
+    The champion marked in the plots is whoever holds the alias now (the winner only if it
+    beat the previous champion).
+    """
+    from tracking.report import publish_reports
+
+    champion = None
+    if promotion is not None and decision.winner is not None:
+        champion = decision.winner.trial_id if promotion.promoted else None
+    try:
+        publish_reports(store.client, parent_id, candidates, policy, champion)
+    except Exception as e:  # noqa: BLE001 - plots are a convenience; the sweep's results stand
+        log.warning("could not publish the sweep's plots (%s); logging the plain leaderboard", e)
+        store.log_artifact_text(parent_id, leaderboard_csv(rows), keys.LEADERBOARD_ARTIFACT)
+
+
+def promote_trial(spec: ExperimentSpec, uri: str, decision: Decision, checkpoint: Any,
+                  policy: Any = None) -> Promotion:
     """Log the winner's model to its run and register it under the spec's model name and alias."""
     from workers.tasks import load_task
     from workers.trainable import ARTIFACTS_DIR, load_trial_model
@@ -298,7 +319,7 @@ def promote_trial(spec: ExperimentSpec, uri: str, decision: Decision, checkpoint
     tags = {keys.TAG_SPEC_HASH: spec.spec_hash(), keys.TAG_EXPERIMENT: spec.name,
             keys.TAG_TRIAL_ID: winner.trial_id}
     return register_and_alias(uri, model_uri, spec.model_name, spec.promotion.alias,
-                              winner.run_id, decision, tags)
+                              winner.run_id, decision, tags, policy)
 
 
 def leaderboard_csv(rows: list[TrialRow]) -> str:

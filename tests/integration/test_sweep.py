@@ -93,3 +93,9 @@ def test_leaderboard_reads_the_sweep_back(sweep, tmp_path):
     rows = api.leaderboard("it-sweep", tracking_uri=uri)
     assert [r.trial_id for r in rows][0] == result.decision.winner.trial_id
     assert {r.run_id for r in rows} == {r.run_id for r in result.rows}
+
+
+def test_sweep_publishes_its_plots_on_the_parent_run(sweep):
+    result, client, _ = sweep
+    names = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {keys.PARETO_PLOT_ARTIFACT, keys.CURVES_PLOT_ARTIFACT} <= names
