@@ -14,7 +14,8 @@ from tracking import keys
 from tracking.store import RunWriter
 
 # Result keys that travel as tags, not metrics.
-_STRING_KEYS = {keys.NODE: keys.TAG_NODE, keys.DEVICE: keys.TAG_DEVICE, keys.CPU_MODEL: keys.TAG_CPU_MODEL}
+_STRING_KEYS = {keys.NODE: keys.TAG_NODE, keys.DEVICE: keys.TAG_DEVICE, keys.CPU_MODEL: keys.TAG_CPU_MODEL,
+                keys.DEVICE_REASON: keys.TAG_DEVICE_REASON}
 # Tune's own bookkeeping in every result: not metrics of the model.
 _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
               "iterations_since_restore", "time_since_restore", "timesteps_total",

@@ -216,6 +216,27 @@ def pg_database(postgres: PostgresServer, request: pytest.FixtureRequest) -> str
     return postgres.create_database(name)
 
 
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator:
+    """One simulated multi-node Ray cluster for the session's cluster and fault tests.
+
+    ``ray.cluster_utils.Cluster`` starts real Ray nodes: a head with no CPUs for trials (the
+    driver's node, as in the team stack), a CPU worker, a node advertising one GPU and one
+    advertising two TPU chips (fake accelerators: Ray places by them; torch finds none). Started
+    once, because starting Ray nodes costs seconds each on a small machine.
+    """
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_name": "head", "include_dashboard": False})
+    cluster.add_node(num_cpus=1, node_name="worker-1")
+    cluster.add_node(num_cpus=1, num_gpus=1, node_name="gpu-node")
+    cluster.add_node(num_cpus=1, resources={"TPU": 2}, node_name="tpu-node")
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
 @pytest.fixture
 def mlflow_server_factory(tmp_path: Path) -> Iterator:
     """Builds started ``MlflowServer``s; all are stopped after the test."""

@@ -1,7 +1,7 @@
 """Sweeps on an existing multi-node Ray cluster, simulated on this machine.
 
 ``ray.cluster_utils.Cluster`` starts real Ray nodes (each its own raylet) in this process's
-session: a head with CPUs only, a "GPU node" advertising one GPU and a "TPU node" advertising
+session: a head, a CPU worker, a "GPU node" advertising one GPU and a "TPU node" advertising
 the ``TPU`` resource. Ray really places trials by those resources; the GPU and TPU are fake, so
 the device picker must fall back to the CPU and record why. Podium joins the cluster through
 ``address`` exactly as it would join a real one.
@@ -20,26 +20,20 @@ from tracking import keys
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "node_name": "head", "include_dashboard": False})
-    c.add_node(num_cpus=2, num_gpus=1, node_name="gpu-node")
-    c.add_node(num_cpus=1, resources={"TPU": 2}, node_name="tpu-node")
-    c.wait_for_nodes()
-    yield c
-    c.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's simulated cluster (tests/fixtures_services.py): head without trial CPUs,
+    worker-1, gpu-node (1 fake GPU), tpu-node (2 fake TPU chips); one CPU per worker node."""
+    return ray_cluster
 
 
-def tiny_spec(name: str, storage: Path, **resources: float) -> object:
+def tiny_spec(name: str, storage: Path, amp: bool = False, **resources: float) -> object:
     return parse_spec({
         "name": name,
         "task": "digits",
         "model": {"arch": "mlp", "hidden": [16]},
         "optimizer": {"name": "adam", "lr": {"choice": [0.01, 0.02]}},
-        "training": {"max_epochs": 2, "batch_size": 128},
+        "training": {"max_epochs": 2, "batch_size": 128, "amp": amp},
         "search": {"num_samples": 2, "scheduler": "fifo"},
         "resources": {"cpu": 1, **resources},
         "cluster": {"storage_path": str(storage)},
@@ -54,21 +48,22 @@ def child_tags(uri: str, result) -> list[dict[str, str]]:
     return [client.get_run(row.run_id).data.tags for row in result.rows]
 
 
-def sweep(cluster, tmp_path: Path, name: str, **resources: float):
+def sweep(cluster, tmp_path: Path, name: str, amp: bool = False, **resources: float):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "shared-storage"
-    result = run_experiment(tiny_spec(name, storage, **resources), tracking_uri=uri,
+    result = run_experiment(tiny_spec(name, storage, amp, **resources), tracking_uri=uri,
                             address=cluster.address, verbosity=0, workdir=tmp_path)
     assert [r.status for r in result.rows] == ["completed", "completed"], result.rows
     return uri, storage, result
 
 
 def test_gpu_trials_land_on_the_gpu_node_and_fall_back_to_cpu_with_the_reason(cluster, tmp_path):
-    uri, storage, result = sweep(cluster, tmp_path, "on-gpu", gpu=0.5)
+    uri, storage, result = sweep(cluster, tmp_path, "on-gpu", amp=True, gpu=0.5)
     for tags in child_tags(uri, result):
         assert tags[keys.TAG_NODE].endswith("/gpu-node")
         assert tags[keys.TAG_DEVICE] == "cpu"  # this torch has no CUDA ...
-        assert "assigned 0.5 GPU" in tags[keys.TAG_DEVICE_REASON]  # ... and the run says so
+        reason = tags[keys.TAG_DEVICE_REASON]  # ... and the run says so, amp knob included
+        assert "assigned 0.5 GPU" in reason and "amp off" in reason
     # Checkpoints went to the shared storage path, one trial folder per trial.
     checkpoints = list(storage.rglob("checkpoint_*"))
     assert len({c.parent for c in checkpoints}) == 2
@@ -85,5 +80,5 @@ def test_tpu_trials_land_on_the_tpu_node(cluster, tmp_path):
 def test_cpu_trials_run_anywhere_on_the_cluster(cluster, tmp_path):
     uri, _, result = sweep(cluster, tmp_path, "on-cpu")
     for tags in child_tags(uri, result):
-        assert tags[keys.TAG_NODE].rsplit("/", 1)[-1] in {"head", "gpu-node", "tpu-node"}
+        assert tags[keys.TAG_NODE].rsplit("/", 1)[-1] in {"worker-1", "gpu-node", "tpu-node"}
         assert tags[keys.TAG_DEVICE_REASON] == "no accelerator assigned"

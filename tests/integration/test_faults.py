@@ -1,7 +1,7 @@
 """Faults a sweep survives, each provoked for real, each checked for lost or duplicated data.
 
-All sweeps join one simulated cluster (``ray.cluster_utils.Cluster``: a head without CPUs for
-trials and two 1-CPU worker nodes), as a team's sweeps join a long-lived Ray cluster. Processes
+All sweeps join one simulated cluster (``ray.cluster_utils.Cluster``, shared with
+test_cluster.py), as a team's sweeps join a long-lived Ray cluster. Processes
 are only ever killed when this module started them: a trial's worker is found among the
 descendants of this test process, the driver is a ``podium run`` subprocess we spawned.
 """
@@ -31,17 +31,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "node_name": "head", "include_dashboard": False})
-    for i in range(2):
-        c.add_node(num_cpus=1, node_name=f"worker-{i + 1}")
-    c.wait_for_nodes()
-    yield c
-    c.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's simulated cluster (tests/fixtures_services.py): three 1-CPU worker nodes."""
+    return ray_cluster
 
 
 def raw_spec(name: str, storage: Path, **over: object) -> dict:
