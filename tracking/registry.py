@@ -406,8 +406,11 @@ def _create_version(client: Any, name: str, model_uri: str, challenger: Candidat
         tags[keys.TAG_SPLIT] = challenger.split
     for k, v in challenger.metrics.items():
         tags[keys.TAG_METRIC_PREFIX + k] = repr(float(v))
+    # A logged model's URI (models:/m-<id>) must travel with its id: an HTTP tracking server
+    # rejects the source otherwise ("The model_id request parameter must identify ...").
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     return _retry(lambda: client.create_model_version(
-        name, model_uri, run_id=challenger.run_id, tags=tags,
+        name, model_uri, run_id=challenger.run_id, tags=tags, model_id=model_id,
         description=_card_text(challenger, card)), f"registering a version of {name}")
 
 
