@@ -278,7 +278,7 @@ def _rows(grid: Any, template: dict[str, Any], writer: RunWriter) -> tuple[list[
 def _trial_id_from_path(path: str) -> str:
     # Tune names trial folders <trainable>_<trial_id>_<index>_<params>...
     parts = Path(path).name.split("_")
-    return parts[2] if len(parts) > 2 else Path(path).name
+    return "_".join(parts[2:4]) if len(parts) > 3 else Path(path).name
 
 
 def _publish(store: Store, parent_id: str, rows: list[TrialRow], candidates: list[Candidate],

@@ -134,7 +134,7 @@ class ResourcesSpec:
 class TrackingSpec:
     """Where runs are recorded; the CLI flag and MLFLOW_TRACKING_URI take precedence over uri."""
 
-    uri: str | None = _doc("MLflow tracking URI (sqlite:///..., postgresql://..., http://...)", default=None)
+    uri: str | None = _doc("MLflow tracking URI (sqlite:///..., postgresql+psycopg2://..., http://...)", default=None)
     artifact_location: str | None = _doc("artifact root for a new experiment", default=None)
 
 
