@@ -47,23 +47,28 @@ RECIPES: dict[str, list[dict]] = {
     # Control: 0% structured pruning = the baseline plus the same 2 fine-tuning epochs the pruned
     # recipes get, so extra training is not mistaken for a benefit of compression.
     "control: +2 fine-tune epochs, no pruning": [{**STRUCT, "sparsity": 0.0}],
-    "prune l1_unstructured 80%": [{"step": "prune", "method": "l1_unstructured", "sparsity": 0.8,
-                                   "finetune_epochs": 2}],
+    "prune l1_unstructured 80%": [
+        {"step": "prune", "method": "l1_unstructured", "sparsity": 0.8, "finetune_epochs": 2}
+    ],
     "prune structured 50%": [{**STRUCT, "sparsity": 0.5}],
-    "distill -> [256, 128]": [{"step": "distill", "hidden": [256, 128], "epochs": 6,
-                               "temperature": 2.0, "alpha": 0.5}],
+    "distill -> [256, 128]": [
+        {"step": "distill", "hidden": [256, 128], "epochs": 6, "temperature": 2.0, "alpha": 0.5}
+    ],
     "quantize dynamic int8": [{"step": "quantize", "mode": "dynamic"}],
     "quantize static int8": [{"step": "quantize", "mode": "static", "calibration_batches": 16}],
     "structured 50% + dynamic int8": [{**STRUCT, "sparsity": 0.5}, {"step": "quantize"}],
     "structured 50% + static int8": [
         {**STRUCT, "sparsity": 0.5},
-        {"step": "quantize", "mode": "static", "calibration_batches": 16}],
+        {"step": "quantize", "mode": "static", "calibration_batches": 16},
+    ],
     "structured 75% gradual + dynamic int8": [
         {**STRUCT, "sparsity": 0.75, "schedule": "gradual", "prune_epochs": 3},
-        {"step": "quantize"}],
+        {"step": "quantize"},
+    ],
     "structured 75% gradual + static int8": [
         {**STRUCT, "sparsity": 0.75, "schedule": "gradual", "prune_epochs": 3},
-        {"step": "quantize", "mode": "static", "calibration_batches": 16}],
+        {"step": "quantize", "mode": "static", "calibration_batches": 16},
+    ],
 }
 
 
@@ -103,22 +108,25 @@ def row(name: str, m: dict[str, float]) -> dict[str, float | str]:
 
 def table(rows: list[dict]) -> str:
     first = rows[0]
-    lines = ["| recipe | test acc | Δ pts | size (KB) | size ratio | b1 p50 (ms) | speedup b1 "
-             "(vs eager / vs onnx) | b64 samples/s | throughput ratio |",
-             "|---|---|---|---|---|---|---|---|---|",
-             f"| fp32 eager (baseline) | {first['eager_acc']:.4f} | 0 | "
-             f"{first['eager_bytes'] / 1024:.0f} (state dict) | 1.00 | {first['eager_p50']:.4f} | "
-             f"1.00 / – | {first['eager_sps']:,.0f} | 1.00 |",
-             f"| fp32 onnx (baseline) | {first['eager_acc']:.4f} | 0 | "
-             f"{first['onnx_bytes'] / 1024:.0f} | 1.00 | {first['onnx_p50']:.4f} | "
-             f"{first['eager_p50'] / first['onnx_p50']:.2f} / 1.00 | {first['onnx_sps']:,.0f} | "
-             f"{first['onnx_sps'] / first['eager_sps']:.2f} |"]
+    lines = [
+        "| recipe | test acc | Δ pts | size (KB) | size ratio | b1 p50 (ms) | speedup b1 "
+        "(vs eager / vs onnx) | b64 samples/s | throughput ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| fp32 eager (baseline) | {first['eager_acc']:.4f} | 0 | "
+        f"{first['eager_bytes'] / 1024:.0f} (state dict) | 1.00 | {first['eager_p50']:.4f} | "
+        f"1.00 / – | {first['eager_sps']:,.0f} | 1.00 |",
+        f"| fp32 onnx (baseline) | {first['eager_acc']:.4f} | 0 | "
+        f"{first['onnx_bytes'] / 1024:.0f} | 1.00 | {first['onnx_p50']:.4f} | "
+        f"{first['eager_p50'] / first['onnx_p50']:.2f} / 1.00 | {first['onnx_sps']:,.0f} | "
+        f"{first['onnx_sps'] / first['eager_sps']:.2f} |",
+    ]
     for r in rows:
         lines.append(
             f"| {r['recipe']} | {r['test_accuracy']:.4f} | {-r['accuracy_drop_pts']:+.2f} | "
             f"{r['model_size_bytes'] / 1024:.0f} | {r['size_ratio']:.2f} | "
             f"{r['latency_ms_p50']:.4f} | {r['speedup_b1']:.2f} / {r['speedup_b1_vs_onnx']:.2f} | "
-            f"{r['throughput_sps']:,.0f} | {r['throughput_ratio']:.2f} |")
+            f"{r['throughput_sps']:,.0f} | {r['throughput_ratio']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -139,29 +147,45 @@ def main() -> None:
     with torch_threads(args.threads):
         started = time.perf_counter()
         model = train_baseline(data, args.epochs, args.seed)
-        print(f"baseline: test accuracy {accuracy(model, data.x_test, data.y_test):.4f} in "
-              f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
+        print(
+            f"baseline: test accuracy {accuracy(model, data.x_test, data.y_test):.4f} in "
+            f"{time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+        )
         rows = []
         for name, steps in RECIPES.items():
             if args.only and name not in args.only:
                 continue
-            ctx = {"workdir": out / name.replace(" ", "_").replace("%", "pct"),
-                   "model_section": SECTION, "seed": args.seed, "threads": args.threads,
-                   "latency_iters": args.latency_iters}
+            ctx = {
+                "workdir": out / name.replace(" ", "_").replace("%", "pct"),
+                "model_section": SECTION,
+                "seed": args.seed,
+                "threads": args.threads,
+                "latency_iters": args.latency_iters,
+            }
             t = time.perf_counter()
             result = run_recipe(steps, model, data, ctx)
             rows.append(row(name, result.metrics))
             (out / "results.json").write_text(json.dumps(rows, indent=2))  # partial results too
             print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-    print(f"CPU: {cpu_model()}, {args.threads} intra-op thread(s); baseline {SECTION['hidden']} "
-          f"MLP, {args.epochs} epochs\n")
+    print(
+        f"CPU: {cpu_model()}, {args.threads} intra-op thread(s); baseline {SECTION['hidden']} "
+        f"MLP, {args.epochs} epochs\n"
+    )
     print(table(rows) + "\n")
     ok = [r for r in rows if r["accuracy_drop_pts"] <= args.max_drop]
     best = max(ok or rows, key=lambda r: r["speedup_b1"])
-    print(json.dumps({"best": best["recipe"], "size_ratio": round(best["size_ratio"], 2),
-                      "speedup_b1": round(best["speedup_b1"], 2),
-                      "speedup_b1_vs_onnx_fp32": round(best["speedup_b1_vs_onnx"], 2),
-                      "accuracy_drop_pts": round(best["accuracy_drop_pts"], 2)}))
+    print(
+        json.dumps(
+            {
+                "best": best["recipe"],
+                "size_ratio": round(best["size_ratio"], 2),
+                "speedup_b1": round(best["speedup_b1"], 2),
+                "speedup_b1_vs_onnx_fp32": round(best["speedup_b1_vs_onnx"], 2),
+                "accuracy_drop_pts": round(best["accuracy_drop_pts"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,12 +33,18 @@ from workers.tasks import load_task  # noqa: E402
 
 # A small grid of the kind a sweep explores; trial i takes CONFIGS[i % len(CONFIGS)].
 CONFIGS = [
-    {"model": {"arch": "cnn", "channels": [32, 64], "hidden": [128], "batch_norm": True},
-     "optimizer": {"name": "adam", "lr": 0.001}},
-    {"model": {"arch": "cnn", "channels": [16, 32], "hidden": [64], "dropout": 0.2},
-     "optimizer": {"name": "rmsprop", "lr": 0.001}},
-    {"model": {"arch": "mlp", "hidden": [256, 128], "batch_norm": True},
-     "optimizer": {"name": "nag", "lr": 0.05, "momentum": 0.9}},
+    {
+        "model": {"arch": "cnn", "channels": [32, 64], "hidden": [128], "batch_norm": True},
+        "optimizer": {"name": "adam", "lr": 0.001},
+    },
+    {
+        "model": {"arch": "cnn", "channels": [16, 32], "hidden": [64], "dropout": 0.2},
+        "optimizer": {"name": "rmsprop", "lr": 0.001},
+    },
+    {
+        "model": {"arch": "mlp", "hidden": [256, 128], "batch_norm": True},
+        "optimizer": {"name": "nag", "lr": 0.05, "momentum": 0.9},
+    },
 ]
 
 
@@ -47,8 +53,11 @@ def run_trial(i: int, data, device, epochs: int, batch_size: int) -> dict:
     torch.manual_seed(i)
     started = time.perf_counter()
     model = build_model(cfg["model"], data.input_shape, data.num_classes).to(device.torch_device)
-    opt = build_optimizer(cfg["optimizer"]["name"], model.parameters(),
-                          {k: v for k, v in cfg["optimizer"].items() if k != "name"})
+    opt = build_optimizer(
+        cfg["optimizer"]["name"],
+        model.parameters(),
+        {k: v for k, v in cfg["optimizer"].items() if k != "name"},
+    )
     to = device.torch_device
     x, y = data.x_train.to(to), data.y_train.to(to)
     xv, yv = data.x_val.to(to), data.y_val.to(to)
@@ -61,9 +70,14 @@ def run_trial(i: int, data, device, epochs: int, batch_size: int) -> dict:
     if device.kind == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return {"trial": i, "arch": cfg["model"]["arch"], "seconds": seconds,
-            "train_loss": result.train_loss if result else None, "val_accuracy": val_acc,
-            "samples_per_s": epochs * len(x) / seconds}
+    return {
+        "trial": i,
+        "arch": cfg["model"]["arch"],
+        "seconds": seconds,
+        "train_loss": result.train_loss if result else None,
+        "val_accuracy": val_acc,
+        "samples_per_s": epochs * len(x) / seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,8 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     # What Ray would assign a trial that asked for one GPU (or none).
-    device = pick_device(amp=args.amp, cudnn_benchmark=True,
-                         assigned={"GPU": 1.0} if args.device == "cuda" else {"CPU": 1.0})
+    device = pick_device(
+        amp=args.amp,
+        cudnn_benchmark=True,
+        assigned={"GPU": 1.0} if args.device == "cuda" else {"CPU": 1.0},
+    )
     if args.device == "cuda" and device.kind != "cuda":
         sys.exit(f"asked for cuda but got {device.kind}: {device.reason}")
     data = load_task(args.task, 0)
@@ -92,14 +109,24 @@ def main(argv: list[str] | None = None) -> dict:
     for i in range(args.trials):
         r = run_trial(i, data, device, args.epochs, args.batch_size)
         results.append(r)
-        print(f"  trial {i} {r['arch']}: {r['seconds']:.2f}s, {r['samples_per_s']:.0f} samples/s, "
-              f"val_accuracy {r['val_accuracy']:.3f}", flush=True)
+        print(
+            f"  trial {i} {r['arch']}: {r['seconds']:.2f}s, {r['samples_per_s']:.0f} samples/s, "
+            f"val_accuracy {r['val_accuracy']:.3f}",
+            flush=True,
+        )
     wall = time.perf_counter() - t0
     summary = {
-        "device": device.label, "reason": device.reason, "amp": device.amp, "task": args.task,
-        "trials": args.trials, "epochs": args.epochs, "batch_size": args.batch_size,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "wall_s": round(wall, 2), "trials_per_hour": round(3600 * args.trials / wall, 1),
+        "device": device.label,
+        "reason": device.reason,
+        "amp": device.amp,
+        "task": args.task,
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "wall_s": round(wall, 2),
+        "trials_per_hour": round(3600 * args.trials / wall, 1),
         "samples_per_s": round(sum(r["samples_per_s"] for r in results) / len(results)),
         "mean_trial_s": round(wall / args.trials, 2),
     }

@@ -38,8 +38,16 @@ from workers.tasks import TaskData, load_task  # noqa: E402
 MODEL = {"arch": "mlp", "hidden": [128, 64]}
 
 
-def train(data: TaskData, name: str, lr: float, epochs: int, n_train: int | None, seed: int,
-          x_eval: torch.Tensor, y_eval: torch.Tensor) -> list[dict[str, float]]:
+def train(
+    data: TaskData,
+    name: str,
+    lr: float,
+    epochs: int,
+    n_train: int | None,
+    seed: int,
+    x_eval: torch.Tensor,
+    y_eval: torch.Tensor,
+) -> list[dict[str, float]]:
     """Train one model; per epoch: train loss, eval accuracy and cumulative training seconds."""
     torch.manual_seed(seed)
     entry = OPTIMIZERS.get(name)
@@ -56,23 +64,33 @@ def train(data: TaskData, name: str, lr: float, epochs: int, n_train: int | None
             loss = result.train_loss
         except Exception as e:  # a diverged lr is a result of the search, not a crash
             print(f"  {name} lr={lr:g}: {type(e).__name__}: {e}", flush=True)
-            return curve + [{"epoch": epoch, "train_loss": float("nan"), "accuracy": 0.0,
-                             "seconds": elapsed}]
+            return curve + [
+                {"epoch": epoch, "train_loss": float("nan"), "accuracy": 0.0, "seconds": elapsed}
+            ]
         elapsed += time.perf_counter() - start
         _, acc = evaluate(model, x_eval, y_eval)
         curve.append({"epoch": epoch, "train_loss": loss, "accuracy": acc, "seconds": elapsed})
     return curve
 
 
-def tune_lr(data: TaskData, name: str,
-            args: argparse.Namespace) -> tuple[float, dict[float, float]]:
+def tune_lr(
+    data: TaskData, name: str, args: argparse.Namespace
+) -> tuple[float, dict[float, float]]:
     """The lr (default x factor) with the best validation accuracy after a short run on a subset."""
     base = OPTIMIZERS.get(name).lr_default
     scores = {}
     for factor in args.lr_factors:
         lr = base * factor
-        curve = train(data, name, lr, args.search_epochs, args.search_subset, args.seed,
-                      data.x_val, data.y_val)
+        curve = train(
+            data,
+            name,
+            lr,
+            args.search_epochs,
+            args.search_subset,
+            args.seed,
+            data.x_val,
+            data.y_val,
+        )
         scores[lr] = curve[-1]["accuracy"]
     return max(scores, key=lambda k: scores[k]), scores
 
@@ -84,15 +102,23 @@ def bench_one(data: TaskData, name: str, args: argparse.Namespace) -> dict:
     curve = train(data, name, lr, args.epochs, None, args.seed, data.x_test, data.y_test)
     hit = next((c for c in curve if c["accuracy"] >= args.target), None)
     row = {
-        "optimizer": name, "lr": lr, "lr_search": scores, "search_s": round(search_s, 1),
-        "test_accuracy": curve[-1]["accuracy"], "epochs": len(curve),
+        "optimizer": name,
+        "lr": lr,
+        "lr_search": scores,
+        "search_s": round(search_s, 1),
+        "test_accuracy": curve[-1]["accuracy"],
+        "epochs": len(curve),
         "epochs_to_target": hit["epoch"] if hit else None,
         "seconds_to_target": round(hit["seconds"], 1) if hit else None,
-        "train_s": round(curve[-1]["seconds"], 1), "curve": curve,
+        "train_s": round(curve[-1]["seconds"], 1),
+        "curve": curve,
     }
-    print(f"{name:16s} lr={lr:<8.3g} test={row['test_accuracy']:.4f} "
-          f"to{args.target:.0%}: epoch {row['epochs_to_target']} / {row['seconds_to_target']} s "
-          f"(train {row['train_s']} s, search {row['search_s']} s)", flush=True)
+    print(
+        f"{name:16s} lr={lr:<8.3g} test={row['test_accuracy']:.4f} "
+        f"to{args.target:.0%}: epoch {row['epochs_to_target']} / {row['seconds_to_target']} s "
+        f"(train {row['train_s']} s, search {row['search_s']} s)",
+        flush=True,
+    )
     return row
 
 
@@ -107,8 +133,12 @@ def plot(rows: list[dict], target: float, path: Path) -> None:
     for i, r in enumerate(rows):
         epochs = [c["epoch"] for c in r["curve"]]
         acc = [c["accuracy"] for c in r["curve"]]
-        style = {"color": colors[i % 20], "marker": "o" if i % 2 else "s", "markersize": 3,
-                 "linestyle": "-" if i < 10 else "--"}
+        style = {
+            "color": colors[i % 20],
+            "marker": "o" if i % 2 else "s",
+            "markersize": 3,
+            "linestyle": "-" if i < 10 else "--",
+        }
         by_epoch.plot(epochs, acc, label=f"{r['optimizer']} (lr {r['lr']:.3g})", **style)
         by_time.plot([max(c["seconds"], 0.1) for c in r["curve"]], acc, **style)
     for ax, xlabel in ((by_epoch, "epoch"), (by_time, "training wall time (s, log scale)")):
@@ -127,13 +157,17 @@ def plot(rows: list[dict], target: float, path: Path) -> None:
 
 def markdown(rows: list[dict], target: float) -> str:
     t = f"{target:.0%}"
-    lines = [f"| optimizer | tuned lr | test accuracy | epoch to {t} | train s to {t} "
-             "| train s total |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| optimizer | tuned lr | test accuracy | epoch to {t} | train s to {t} | train s total |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| `{r['optimizer']}` | {r['lr']:.3g} | {r['test_accuracy']:.4f} | "
-                     f"{r['epochs_to_target'] or 'not reached'} | "
-                     f"{r['seconds_to_target'] or '-'} | "
-                     f"{r['train_s']} |")
+        lines.append(
+            f"| `{r['optimizer']}` | {r['lr']:.3g} | {r['test_accuracy']:.4f} | "
+            f"{r['epochs_to_target'] or 'not reached'} | "
+            f"{r['seconds_to_target'] or '-'} | "
+            f"{r['train_s']} |"
+        )
     return "\n".join(lines)
 
 
@@ -146,41 +180,68 @@ def log_mlflow(rows: list[dict], args: argparse.Namespace, png: Path, table: str
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("benchmark-optimizers")
     with mlflow.start_run(run_name="optimizers") as parent:
-        mlflow.log_params({"task": "fashion-mnist", "epochs": args.epochs, "target": args.target,
-                           "search_epochs": args.search_epochs,
-                           "search_subset": args.search_subset})
+        mlflow.log_params(
+            {
+                "task": "fashion-mnist",
+                "epochs": args.epochs,
+                "target": args.target,
+                "search_epochs": args.search_epochs,
+                "search_subset": args.search_subset,
+            }
+        )
         mlflow.log_artifact(str(png))
         mlflow.log_text(table, "results.md")
         for r in rows:
             with mlflow.start_run(run_name=r["optimizer"], nested=True):
                 mlflow.log_params({"optimizer.name": r["optimizer"], "optimizer.lr": r["lr"]})
                 for c in r["curve"]:
-                    mlflow.log_metrics({keys.TEST_ACCURACY: c["accuracy"],
-                                        keys.TRAIN_LOSS: c["train_loss"],
-                                        keys.TRAIN_TIME_S: c["seconds"]}, step=c["epoch"])
+                    mlflow.log_metrics(
+                        {
+                            keys.TEST_ACCURACY: c["accuracy"],
+                            keys.TRAIN_LOSS: c["train_loss"],
+                            keys.TRAIN_TIME_S: c["seconds"],
+                        },
+                        step=c["epoch"],
+                    )
                 if r["epochs_to_target"]:
-                    mlflow.log_metrics({keys.EPOCHS_TO_TARGET: r["epochs_to_target"],
-                                        keys.TIME_TO_TARGET_S: r["seconds_to_target"]})
+                    mlflow.log_metrics(
+                        {
+                            keys.EPOCHS_TO_TARGET: r["epochs_to_target"],
+                            keys.TIME_TO_TARGET_S: r["seconds_to_target"],
+                        }
+                    )
         return f"{uri} run {parent.info.run_id}"
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--optimizers", nargs="+", default=OPTIMIZERS.names())
     p.add_argument("--epochs", type=int, default=5, help="epoch budget of every optimizer")
     p.add_argument("--target", type=float, default=0.85, help="test accuracy to time")
-    p.add_argument("--lr-factors", type=float, nargs="+", default=[0.3, 1.0, 3.0],
-                   help="lr search: the registry default times each factor")
+    p.add_argument(
+        "--lr-factors",
+        type=float,
+        nargs="+",
+        default=[0.3, 1.0, 3.0],
+        help="lr search: the registry default times each factor",
+    )
     p.add_argument("--search-epochs", type=int, default=1)
-    p.add_argument("--search-subset", type=int, default=10_000,
-                   help="training images in the lr search")
+    p.add_argument(
+        "--search-subset", type=int, default=10_000, help="training images in the lr search"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench-results/optimizers"))
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow URI (default: a SQLite store under --out)")
-    p.add_argument("--from-results", type=Path, default=None,
-                   help="skip training: re-plot and re-log a previous run's results.json")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow URI (default: a SQLite store under --out)"
+    )
+    p.add_argument(
+        "--from-results",
+        type=Path,
+        default=None,
+        help="skip training: re-plot and re-log a previous run's results.json",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("PODIUM_BENCH_THREADS", "1")))
     args.out.mkdir(parents=True, exist_ok=True)

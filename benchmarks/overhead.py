@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/overhead.py [--rounds 2] [--trials 16] [--epochs 10]
 
-The workload (the project's reference anchor): TRIALS trials of an MLP 64-128-64-10 on scikit-learn's
-digits, EPOCHS epochs each, FIFO (every trial completes), one CPU per trial, a checkpoint and a
-metrics report every epoch, every report in an MLflow SQLite store. Half the trials use SGD with
-momentum 0.9, half Adam, over four learning rates and two seeds.
+The workload (the project's reference anchor): TRIALS trials of an MLP 64-128-64-10 on
+scikit-learn's digits, EPOCHS epochs each, FIFO (every trial completes), one CPU per trial, a
+checkpoint and a metrics report every epoch, every report in an MLflow SQLite store. Half the
+trials use SGD with momentum 0.9, half Adam, over four learning rates and two seeds.
 
 Each round runs both sides as whole processes, alternating (the machine is shared and noisy):
 - baseline: this file with ``--baseline`` (Ray Tune + MLflowLoggerCallback, written out below);
@@ -62,9 +62,16 @@ def baseline(trials: int, epochs: int, folder: str) -> None:
         torch.manual_seed(config["seed"])
         x, y = load_digits(return_X_y=True)
         x = (x / 16.0).astype(np.float32)
-        xtr, xva, ytr, yva = (torch.tensor(a) for a in train_test_split(x, y, test_size=0.25, random_state=0))
-        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64),
-                                    torch.nn.ReLU(), torch.nn.Linear(64, 10))
+        xtr, xva, ytr, yva = (
+            torch.tensor(a) for a in train_test_split(x, y, test_size=0.25, random_state=0)
+        )
+        model = torch.nn.Sequential(
+            torch.nn.Linear(64, 128),
+            torch.nn.ReLU(),
+            torch.nn.Linear(128, 64),
+            torch.nn.ReLU(),
+            torch.nn.Linear(64, 10),
+        )
         if config["optimizer"] == "sgd":
             opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
         else:
@@ -83,25 +90,41 @@ def baseline(trials: int, epochs: int, folder: str) -> None:
             with torch.no_grad():
                 out = model(xva)
             with tempfile.TemporaryDirectory() as d:
-                torch.save({"model": model.state_dict(), "epoch": epoch}, os.path.join(d, "state.pt"))
-                tune.report({"val_accuracy": (out.argmax(1) == yva).float().mean().item(),
-                             "val_loss": loss_fn(out, yva).item(), "train_loss": loss.item()},
-                            checkpoint=tune.Checkpoint.from_directory(d))
+                torch.save(
+                    {"model": model.state_dict(), "epoch": epoch}, os.path.join(d, "state.pt")
+                )
+                tune.report(
+                    {
+                        "val_accuracy": (out.argmax(1) == yva).float().mean().item(),
+                        "val_loss": loss_fn(out, yva).item(),
+                        "train_loss": loss.item(),
+                    },
+                    checkpoint=tune.Checkpoint.from_directory(d),
+                )
 
     uri = f"sqlite:///{os.path.join(folder, 'mlflow.db')}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("baseline")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    configs = [{"optimizer": ["sgd", "adam"][i % 2], "lr": LRS[(i // 2) % 4], "seed": i, "epochs": epochs}
-               for i in range(trials)]
+    configs = [
+        {"optimizer": ["sgd", "adam"][i % 2], "lr": LRS[(i // 2) % 4], "seed": i, "epochs": epochs}
+        for i in range(trials)
+    ]
     tuner = tune.Tuner(
         tune.with_resources(lambda c: train(c["cfg"]), {"cpu": 1}),
         param_space={"cfg": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(metric="val_accuracy", mode="max"),
         run_config=tune.RunConfig(
-            name="baseline", storage_path=os.path.join(folder, "ray_results"), verbose=0,
-            callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name="baseline", save_artifact=False)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            name="baseline",
+            storage_path=os.path.join(folder, "ray_results"),
+            verbose=0,
+            callbacks=[
+                MLflowLoggerCallback(
+                    tracking_uri=uri, experiment_name="baseline", save_artifact=False
+                )
+            ],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
     )
     results = tuner.fit()
     ray.shutdown()
@@ -114,7 +137,9 @@ def baseline(trials: int, epochs: int, folder: str) -> None:
 def timed(cmd: list[str], cwd: str) -> float:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     started = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.perf_counter() - started
 
 
@@ -134,17 +159,37 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="overhead-") as folder:
             spec = Path(folder, "spec.yaml")
             spec.write_text(podium_spec(a.trials, a.epochs))
-            walls["baseline"].append(timed([sys.executable, __file__, "--baseline", folder,
-                                            "--trials", str(a.trials), "--epochs", str(a.epochs)], folder))
+            walls["baseline"].append(
+                timed(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--baseline",
+                        folder,
+                        "--trials",
+                        str(a.trials),
+                        "--epochs",
+                        str(a.epochs),
+                    ],
+                    folder,
+                )
+            )
             walls["podium"].append(timed([podium, "run", str(spec), "--quiet"], folder))
     base, pod = statistics.median(walls["baseline"]), statistics.median(walls["podium"])
-    print(json.dumps({
-        "trials": a.trials, "epochs": a.epochs, "rounds": a.rounds,
-        "baseline_wall_s": round(base, 2), "podium_wall_s": round(pod, 2),
-        "ratio": round(pod / base, 3),
-        "baseline_walls": [round(w, 2) for w in walls["baseline"]],
-        "podium_walls": [round(w, 2) for w in walls["podium"]],
-    }))
+    print(
+        json.dumps(
+            {
+                "trials": a.trials,
+                "epochs": a.epochs,
+                "rounds": a.rounds,
+                "baseline_wall_s": round(base, 2),
+                "podium_wall_s": round(pod, 2),
+                "ratio": round(pod / base, 3),
+                "baseline_walls": [round(w, 2) for w in walls["baseline"]],
+                "podium_walls": [round(w, 2) for w in walls["podium"]],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

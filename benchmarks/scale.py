@@ -60,17 +60,19 @@ class RssSampler(threading.Thread):
 def spec_for(trials: int, storage: Path):
     from orchestrator.spec import parse_spec
 
-    return parse_spec({
-        "name": f"scale-{trials}",
-        "task": "digits",
-        "model": {"arch": "mlp", "hidden": [8]},
-        "optimizer": {"name": "adam", "lr": {"loguniform": [0.001, 0.05]}},
-        "training": {"max_epochs": 1, "batch_size": 512},
-        "search": {"num_samples": trials, "scheduler": "fifo", "searcher": "random"},
-        "resources": {"cpu": 1},
-        "cluster": {"storage_path": str(storage)},
-        "promotion": {"enabled": False},
-    })
+    return parse_spec(
+        {
+            "name": f"scale-{trials}",
+            "task": "digits",
+            "model": {"arch": "mlp", "hidden": [8]},
+            "optimizer": {"name": "adam", "lr": {"loguniform": [0.001, 0.05]}},
+            "training": {"max_epochs": 1, "batch_size": 512},
+            "search": {"num_samples": trials, "scheduler": "fifo", "searcher": "random"},
+            "resources": {"cpu": 1},
+            "cluster": {"storage_path": str(storage)},
+            "promotion": {"enabled": False},
+        }
+    )
 
 
 def trial_work_s(spec, repeats: int = 30) -> float:
@@ -100,8 +102,9 @@ def run_size(trials: int, cluster, slots: int, work_s: float, folder: Path) -> d
     sampler = RssSampler()
     sampler.start()
     t0 = time.perf_counter()
-    result = run_experiment(spec, tracking_uri=uri, address=cluster.address, verbosity=0,
-                            workdir=folder)
+    result = run_experiment(
+        spec, tracking_uri=uri, address=cluster.address, verbosity=0, workdir=folder
+    )
     wall = time.perf_counter() - t0
     samples = sampler.stop()
     completed = sum(r.status == "completed" for r in result.rows)
@@ -112,12 +115,20 @@ def run_size(trials: int, cluster, slots: int, work_s: float, folder: Path) -> d
         return max((m for t, m in samples if t <= cut), default=before)
 
     return {
-        "trials": trials, "completed": completed, "mlflow_runs": logged, "slots": slots,
-        "wall_s": round(wall, 1), "trial_work_s": round(work_s, 4),
+        "trials": trials,
+        "completed": completed,
+        "mlflow_runs": logged,
+        "slots": slots,
+        "wall_s": round(wall, 1),
+        "trial_work_s": round(work_s, 4),
         "overhead_per_trial_s": round(wall * slots / trials - work_s, 3),
         "trials_per_s": round(trials / wall, 2),
-        "driver_rss_mib": {"before": round(before), "q1": round(rss_at(0.25)),
-                           "half": round(rss_at(0.5)), "peak": round(max(m for _, m in samples))},
+        "driver_rss_mib": {
+            "before": round(before),
+            "q1": round(rss_at(0.25)),
+            "half": round(rss_at(0.5)),
+            "peak": round(max(m for _, m in samples)),
+        },
         "tracking_retries": result.tracking_failures,
     }
 
@@ -128,8 +139,10 @@ def marginal(small: dict, large: dict) -> dict:
     extra = large["trials"] - small["trials"]
     per_trial = (large["wall_s"] - small["wall_s"]) * large["slots"] / extra
     growth = large["driver_rss_mib"]["peak"] - small["driver_rss_mib"]["peak"]
-    return {"marginal_overhead_per_trial_s": round(per_trial - large["trial_work_s"], 3),
-            "peak_rss_growth_mib_per_1000_trials": round(growth * 1000 / extra, 1)}
+    return {
+        "marginal_overhead_per_trial_s": round(per_trial - large["trial_work_s"], 3),
+        "peak_rss_growth_mib_per_1000_trials": round(growth * 1000 / extra, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -144,8 +157,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="podium-scale-") as tmp:
         work_s = trial_work_s(spec_for(1, Path(tmp) / "storage"))
         print(f"trial work, in-process: {work_s * 1000:.1f} ms", flush=True)
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "node_name": "head", "include_dashboard": False})
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 0, "node_name": "head", "include_dashboard": False},
+        )
         for i in range(2):
             cluster.add_node(num_cpus=args.cpus_per_node, node_name=f"worker-{i + 1}")
         cluster.wait_for_nodes()

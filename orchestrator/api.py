@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import PodiumError, Problem, SpecError
 from orchestrator.runner import SweepResult, TrialRow, run_experiment
@@ -37,8 +38,12 @@ def run(spec: ExperimentSpec, **kwargs: object) -> SweepResult:
     return run_experiment(spec, **kwargs)  # type: ignore[arg-type]
 
 
-def leaderboard(experiment: str, tracking_uri: str | None = None, top: int | None = 10,
-                workdir: str | os.PathLike = ".") -> list[TrialRow]:
+def leaderboard(
+    experiment: str,
+    tracking_uri: str | None = None,
+    top: int | None = 10,
+    workdir: str | os.PathLike = ".",
+) -> list[TrialRow]:
     """The newest sweep's trials of ``experiment``, best first (completed trials by test accuracy,
     then validation accuracy; stopped and failed trials after them).
 
@@ -49,17 +54,36 @@ def leaderboard(experiment: str, tracking_uri: str | None = None, top: int | Non
     exp = store.client.get_experiment_by_name(experiment)
     if exp is None:
         known = sorted(e.name for e in store.client.search_experiments())
-        raise SpecError([Problem("EXPERIMENT", experiment,
-                                 f"no experiment {experiment!r} in {store.uri}; known: {', '.join(known) or 'none'}")])
+        raise SpecError(
+            [
+                Problem(
+                    "EXPERIMENT",
+                    experiment,
+                    f"no experiment {experiment!r} in {store.uri}; "
+                    f"known: {', '.join(known) or 'none'}",
+                )
+            ]
+        )
     runs = store.client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        [exp.experiment_id],
+        filter_string=f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
         return []
     children = store.child_runs(exp.experiment_id, runs[0].info.run_id)
-    rows = [TrialRow(tid, r.info.run_id, r.data.tags.get(keys.TAG_STATUS, r.info.status.lower()),
-                     dict(r.data.metrics), dict(r.data.params), r.data.tags.get(keys.TAG_ERROR))
-            for tid, r in children.items()]
+    rows = [
+        TrialRow(
+            tid,
+            r.info.run_id,
+            r.data.tags.get(keys.TAG_STATUS, r.info.status.lower()),
+            dict(r.data.metrics),
+            dict(r.data.params),
+            r.data.tags.get(keys.TAG_ERROR),
+        )
+        for tid, r in children.items()
+    ]
     rows.sort(key=_rank)
     return rows[:top] if top else rows
 
@@ -74,8 +98,12 @@ def _rank(row: TrialRow) -> tuple:
     return (order, neg(keys.TEST_ACCURACY), neg(keys.VAL_ACCURACY), row.trial_id)
 
 
-def ui(tracking_uri: str | None = None, port: int = 5000, host: str = "127.0.0.1",
-       workdir: str | os.PathLike = ".") -> subprocess.Popen:
+def ui(
+    tracking_uri: str | None = None,
+    port: int = 5000,
+    host: str = "127.0.0.1",
+    workdir: str | os.PathLike = ".",
+) -> subprocess.Popen:
     """Start the MLflow UI on the store and return the process (the caller waits or stops it).
 
     Job workers are switched off: ``mlflow server`` otherwise spawns ~2.4 GB of them.
@@ -84,8 +112,18 @@ def ui(tracking_uri: str | None = None, port: int = 5000, host: str = "127.0.0.1
     if not (uri.startswith(("sqlite:", "postgresql", "mysql", "file:")) or "://" not in uri):
         raise PodiumError(f"the UI needs a database store; {uri!r} is a server, open it directly")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", host, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     return subprocess.Popen(cmd, env=env)
 
 
@@ -116,19 +154,27 @@ def load_policy(path: str | Path) -> dict:
     return section
 
 
-def _newest_sweep(store: Store, experiment: str) -> tuple[str, object]:
+def _newest_sweep(store: Store, experiment: str) -> tuple[str, Any]:
     """(experiment id, newest sweep parent run) of ``experiment``."""
     exp = store.client.get_experiment_by_name(experiment)
-    runs = [] if exp is None else store.client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+    runs = (
+        []
+        if exp is None
+        else store.client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    )
     if exp is None or not runs:
-        raise SpecError([Problem("EXPERIMENT", experiment,
-                                 f"no sweep of {experiment!r} in {store.uri}")])
+        raise SpecError(
+            [Problem("EXPERIMENT", experiment, f"no sweep of {experiment!r} in {store.uri}")]
+        )
     return exp.experiment_id, runs[0]
 
 
-def _sweep_settings(store: Store, parent: object) -> dict:
+def _sweep_settings(store: Store, parent: Any) -> dict:
     """The promotion section of the sweep's spec snapshot ({} if none)."""
     import tempfile
 
@@ -143,8 +189,9 @@ def _sweep_settings(store: Store, parent: object) -> dict:
     return {"name": spec.get("name"), **(spec.get("promotion") or {})}
 
 
-def sweep_candidates(experiment: str, tracking_uri: str | None = None,
-                     workdir: str | os.PathLike = ".") -> tuple[list, dict, object, Store]:
+def sweep_candidates(
+    experiment: str, tracking_uri: str | None = None, workdir: str | os.PathLike = "."
+) -> tuple[list, dict, Any, Store]:
     """The newest sweep's trials as selection candidates, its promotion settings, its parent run
     and the store."""
     from tracking.selection import Candidate
@@ -152,13 +199,25 @@ def sweep_candidates(experiment: str, tracking_uri: str | None = None,
     store = Store(resolve_tracking_uri(tracking_uri, None, workdir))
     exp_id, parent = _newest_sweep(store, experiment)
     children = store.child_runs(exp_id, parent.info.run_id)
-    cands = [Candidate(tid, dict(r.data.metrics), r.data.tags.get(keys.TAG_STATUS, "failed"),
-                       r.info.run_id, dict(r.data.params)) for tid, r in sorted(children.items())]
+    cands = [
+        Candidate(
+            tid,
+            dict(r.data.metrics),
+            r.data.tags.get(keys.TAG_STATUS, "failed"),
+            r.info.run_id,
+            dict(r.data.params),
+        )
+        for tid, r in sorted(children.items())
+    ]
     return cands, _sweep_settings(store, parent), parent, store
 
 
-def leaderboard_marks(experiment: str, tracking_uri: str | None = None,
-                      workdir: str | os.PathLike = ".", policy_path: str | None = None) -> dict:
+def leaderboard_marks(
+    experiment: str,
+    tracking_uri: str | None = None,
+    workdir: str | os.PathLike = ".",
+    policy_path: str | None = None,
+) -> dict:
     """Per trial id: Pareto-optimal or not, and why an excluded trial cannot win (the constraint
     it breaks, stopped, failed, NaN), under the sweep's promotion policy."""
     from tracking.selection import mark_candidates, policy_from
@@ -177,8 +236,12 @@ def _policy_section(settings: dict) -> dict:
     return default if check_policy(section) else section
 
 
-def promote(experiment: str, policy_path: str | None = None, tracking_uri: str | None = None,
-            workdir: str | os.PathLike = ".") -> object:
+def promote(
+    experiment: str,
+    policy_path: str | None = None,
+    tracking_uri: str | None = None,
+    workdir: str | os.PathLike = ".",
+) -> Any:
     """Re-decide the newest sweep of ``experiment`` offline from its logged runs and promote.
 
     The winner under the policy (``policy_path``, else the sweep's own) is registered (once: a
@@ -201,21 +264,27 @@ def promote(experiment: str, policy_path: str | None = None, tracking_uri: str |
     policy = policy_from(section)
     decision = select_best(cands, policy)
     if decision.winner is None:
-        raise PodiumError("nothing to promote: " + "; ".join(decision.reasons) + "".join(
-            f"\n  {t}: {why}" for t, why in sorted(decision.rejected.items())))
+        raise PodiumError(
+            "nothing to promote: "
+            + "; ".join(decision.reasons)
+            + "".join(f"\n  {t}: {why}" for t, why in sorted(decision.rejected.items()))
+        )
     name = settings.get("model_name") or settings.get("name") or experiment
     alias = settings.get("alias") or "champion"
     run_id = decision.winner.run_id
+    if run_id is None:
+        raise PodiumError(f"trial {decision.winner.trial_id} has no MLflow run to promote")
     registered = version_of_run(store.uri, name, run_id)
     model_uri = "" if registered else _log_winner(store, parent, decision)
     tags = {keys.TAG_EXPERIMENT: experiment, keys.TAG_TRIAL_ID: decision.winner.trial_id}
-    promotion = register_and_alias(store.uri, model_uri, name, alias, run_id, decision, tags,
-                                   policy)
+    promotion = register_and_alias(
+        store.uri, model_uri, name, alias, run_id, decision, tags, policy
+    )
     _publish_reports(store, parent.info.run_id, cands, policy, promotion)
     return promotion
 
 
-def _log_winner(store: Store, parent: object, decision: object) -> str:
+def _log_winner(store: Store, parent: Any, decision: Any) -> str:
     """Log the winner's model from its Tune checkpoint (weights-only) to its run."""
     from tracking.registry import log_torch_model
     from workers.tasks import load_task
@@ -225,18 +294,22 @@ def _log_winner(store: Store, parent: object, decision: object) -> str:
     ray_path = parent.data.tags.get(keys.TAG_RAY_PATH)
     found = sorted(Path(ray_path).glob(f"*{winner.trial_id}*/checkpoint_*")) if ray_path else []
     if not found:
-        raise PodiumError(f"trial {winner.trial_id}'s model was not logged and its checkpoint is "
-                          f"not under {ray_path!r} any more; re-run the sweep")
+        raise PodiumError(
+            f"trial {winner.trial_id}'s model was not logged and its checkpoint is "
+            f"not under {ray_path!r} any more; re-run the sweep"
+        )
     folder = found[-1]
     model, meta = load_trial_model(folder)
     data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
     onnx = folder / ARTIFACTS_DIR / keys.ONNX_ARTIFACT
-    return log_torch_model(winner.run_id, model, data.x_test[:4].numpy(), store.uri,
-                           onnx if onnx.exists() else None)
+    return log_torch_model(
+        winner.run_id, model, data.x_test[:4].numpy(), store.uri, onnx if onnx.exists() else None
+    )
 
 
-def _publish_reports(store: Store, parent_run_id: str, cands: list, policy: object,
-                     promotion: object | None) -> list[str]:
+def _publish_reports(
+    store: Store, parent_run_id: str, cands: list, policy: Any, promotion: Any | None
+) -> list[str]:
     from tracking.report import publish_reports
 
     champion = None
@@ -246,8 +319,9 @@ def _publish_reports(store: Store, parent_run_id: str, cands: list, policy: obje
     return publish_reports(store.client, parent_run_id, cands, policy, champion)
 
 
-def rollback(model_name: str, tracking_uri: str | None = None,
-             workdir: str | os.PathLike = ".") -> tuple[str, str]:
+def rollback(
+    model_name: str, tracking_uri: str | None = None, workdir: str | os.PathLike = "."
+) -> tuple[str, str]:
     """Swap ``@champion`` and ``@previous`` of ``model_name``; returns (champion, previous)."""
     from tracking.registry import RegistryError
     from tracking.registry import rollback as _rollback
@@ -258,8 +332,13 @@ def rollback(model_name: str, tracking_uri: str | None = None,
         raise PodiumError(str(e)) from e
 
 
-def serve(model_uri: str, port: int = 5001, host: str = "127.0.0.1",
-          tracking_uri: str | None = None, workdir: str | os.PathLike = ".") -> None:
+def serve(
+    model_uri: str,
+    port: int = 5001,
+    host: str = "127.0.0.1",
+    tracking_uri: str | None = None,
+    workdir: str | os.PathLike = ".",
+) -> None:
     """Serve ``models:/<name>@champion`` over HTTP (MLflow scoring protocol) until interrupted.
 
     Only ONNX and weights-only state dicts are loaded; a pickled model is refused.

@@ -14,12 +14,27 @@ from tracking import keys
 from tracking.store import RunWriter
 
 # Result keys that travel as tags, not metrics.
-_STRING_KEYS = {keys.NODE: keys.TAG_NODE, keys.DEVICE: keys.TAG_DEVICE, keys.CPU_MODEL: keys.TAG_CPU_MODEL,
-                keys.DEVICE_REASON: keys.TAG_DEVICE_REASON}
+_STRING_KEYS = {
+    keys.NODE: keys.TAG_NODE,
+    keys.DEVICE: keys.TAG_DEVICE,
+    keys.CPU_MODEL: keys.TAG_CPU_MODEL,
+    keys.DEVICE_REASON: keys.TAG_DEVICE_REASON,
+}
 # Tune's own bookkeeping in every result: not metrics of the model.
-_TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
-              "iterations_since_restore", "time_since_restore", "timesteps_total",
-              "episodes_total", "timesteps_since_restore", "done", "should_checkpoint"}
+_TUNE_KEYS = {
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    "pid",
+    "iterations_since_restore",
+    "time_since_restore",
+    "timesteps_total",
+    "episodes_total",
+    "timesteps_since_restore",
+    "done",
+    "should_checkpoint",
+}
 
 
 def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:
@@ -33,8 +48,14 @@ def result_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The numeric metrics of a Tune result that MLflow records: everything the trial reported
     except markers, tags and Tune's bookkeeping."""
     skip = _TUNE_KEYS | set(_STRING_KEYS) | {keys.DONE, keys.FAILED, keys.EPOCH}
-    return {k: float(v) for k, v in result.items()
-            if k not in skip and "/" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in skip
+        and "/" not in k
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+    }
 
 
 class _DriverOnly:
@@ -60,7 +81,9 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         params = flatten_params(resolve(self.template, trial.config))
         self.writer.trial_started(trial.trial_id, str(trial), params, {})
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         step = int(result.get(keys.EPOCH, result.get("training_iteration", 0)))
         self.writer.log_metrics(trial.trial_id, result_metrics(result), step)
         # Where the trial ran (first result) and the CPU its latency was measured on (last).
@@ -78,8 +101,10 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         self.writer.trial_ended(trial.trial_id, "FAILED" if status == "failed" else "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.writer.set_tags(trial.trial_id, {keys.TAG_STATUS: "failed",
-                                              keys.TAG_ERROR: trial_error_text(trial)[:5000]})
+        self.writer.set_tags(
+            trial.trial_id,
+            {keys.TAG_STATUS: "failed", keys.TAG_ERROR: trial_error_text(trial)[:5000]},
+        )
         self.writer.trial_ended(trial.trial_id, "FAILED")
 
 
@@ -101,8 +126,14 @@ class ProgressView(_DriverOnly, Callback):
     2 also one line per result.
     """
 
-    def __init__(self, metric: str, mode: str, total: int | None, verbosity: int = 1,
-                 out: TextIO = sys.stderr) -> None:
+    def __init__(
+        self,
+        metric: str,
+        mode: str,
+        total: int | None,
+        verbosity: int = 1,
+        out: TextIO = sys.stderr,
+    ) -> None:
         self.metric, self.mode, self.total = metric, mode, total
         self.verbosity, self.out = verbosity, out
         self.best: tuple[float, str] | None = None
@@ -114,13 +145,23 @@ class ProgressView(_DriverOnly, Callback):
             return True
         return v > self.best[0] if self.mode == "max" else v < self.best[0]
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         v = result.get(self.metric)
-        if isinstance(v, (int, float)) and math.isfinite(v) and not result.get(keys.FAILED) and self._better(v):
+        if (
+            isinstance(v, (int, float))
+            and math.isfinite(v)
+            and not result.get(keys.FAILED)
+            and self._better(v)
+        ):
             self.best = (float(v), trial.trial_id)
         if self.verbosity >= 2:
-            self._say(f"  {trial.trial_id} epoch {result.get(keys.EPOCH)}: {self.metric}={v:.4f}"
-                      if isinstance(v, (int, float)) else f"  {trial.trial_id}: {result}")
+            self._say(
+                f"  {trial.trial_id} epoch {result.get(keys.EPOCH)}: {self.metric}={v:.4f}"
+                if isinstance(v, (int, float))
+                else f"  {trial.trial_id}: {result}"
+            )
         elif self.verbosity == 1 and time.monotonic() - self._last_print > 10:
             self._status(trials)
 
@@ -146,10 +187,12 @@ class ProgressView(_DriverOnly, Callback):
                 counts[trial_status(t.last_result, errored=False)] += 1
         total = f"/{self.total}" if self.total else ""
         done = counts["completed"] + counts["stopped"] + counts["failed"]
-        best = (f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "")
-        self._say(f"[{time.monotonic() - self.started:6.1f}s] {done}{total} done: "
-                  f"{counts['completed']} completed, {counts['stopped']} stopped, "
-                  f"{counts['failed']} failed; {counts['running']} running{best}")
+        best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        self._say(
+            f"[{time.monotonic() - self.started:6.1f}s] {done}{total} done: "
+            f"{counts['completed']} completed, {counts['stopped']} stopped, "
+            f"{counts['failed']} failed; {counts['running']} running{best}"
+        )
 
     def _say(self, line: str) -> None:
         self._last_print = time.monotonic()

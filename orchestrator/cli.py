@@ -28,11 +28,21 @@ USAGE_ERROR = 2
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run an experiment (no SPEC: the built-in digits example)")
     p.add_argument("spec", nargs="?", help="YAML experiment spec")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a spec value, e.g. --set search.num_samples=4 (repeatable)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (beats MLFLOW_TRACKING_URI and the spec)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a spec value, e.g. --set search.num_samples=4 (repeatable)",
+    )
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (beats MLFLOW_TRACKING_URI and the spec)"
+    )
     p.add_argument("--address", help="Ray cluster to join: auto, ray://host:port or host:port")
-    p.add_argument("--resume", action="store_true", help="finish the interrupted sweep of this spec")
+    p.add_argument(
+        "--resume", action="store_true", help="finish the interrupted sweep of this spec"
+    )
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print at the end")
     loud = p.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
@@ -64,24 +74,36 @@ def _add_ui(sub: Any) -> None:
 
 
 def _add_optimizers(sub: Any) -> None:
-    p = sub.add_parser("optimizers", help="the optimizer catalogue: names, hyperparameters, "
-                       "defaults and ranges")
+    p = sub.add_parser(
+        "optimizers", help="the optimizer catalogue: names, hyperparameters, defaults and ranges"
+    )
     p.add_argument("names", nargs="*", help="only these optimizers (default: all)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="machine-readable")
-    fmt.add_argument("--markdown", action="store_true",
-                     help="docs/OPTIMIZERS.md: every optimizer, lr schedule and adversarial key")
+    fmt.add_argument(
+        "--markdown",
+        action="store_true",
+        help="docs/OPTIMIZERS.md: every optimizer, lr schedule and adversarial key",
+    )
     p.set_defaults(func=cmd_optimizers)
 
 
 # Each subcommand registers itself here; later features add theirs to this list.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_run, _add_validate, _add_leaderboard, _add_ui,
-                                            _add_optimizers]
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_run,
+    _add_validate,
+    _add_leaderboard,
+    _add_ui,
+    _add_optimizers,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="podium", description="Distributed experiment "
-                                     "orchestration: Ray Tune sweeps, MLflow tracking, registry promotion.")
+    parser = argparse.ArgumentParser(
+        prog="podium",
+        description="Distributed experiment "
+        "orchestration: Ray Tune sweeps, MLflow tracking, registry promotion.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
@@ -94,18 +116,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = api.validate(args.spec, args.overrides)
     verbosity = 0 if args.quiet else 2 if args.verbose else 1
     if verbosity:
-        print(f"podium: running {spec.name!r} ({spec.search.num_samples} samples, "
-              f"scheduler {spec.search.scheduler}, searcher {spec.search.searcher})", file=sys.stderr)
-    result = api.run(spec, tracking_uri=args.tracking_uri, address=args.address,
-                     resume=args.resume, verbosity=verbosity)
+        print(
+            f"podium: running {spec.name!r} ({spec.search.num_samples} samples, "
+            f"scheduler {spec.search.scheduler}, searcher {spec.search.searcher})",
+            file=sys.stderr,
+        )
+    result = api.run(
+        spec,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        resume=args.resume,
+        verbosity=verbosity,
+    )
     print_rows(result.rows[: args.top] if args.top else result.rows, sort=True)
     print(f"\ntracking: {result.tracking_uri}  (parent run {result.parent_run_id})")
-    if result.promotion:
+    if result.promotion and result.decision.winner is not None:
         p = result.promotion
         print(f"winner: trial {result.decision.winner.trial_id} registered as version {p.version}")
         print("  why: " + "; ".join(result.decision.reasons))
-        print(f"champion: {p.model_uri} = version {p.champion_version} "
-              f"({'promoted' if p.promoted else 'kept'}: {'; '.join(p.reasons)})")
+        print(
+            f"champion: {p.model_uri} = version {p.champion_version} "
+            f"({'promoted' if p.promoted else 'kept'}: {'; '.join(p.reasons)})"
+        )
     else:
         print("no model promoted: " + "; ".join(result.decision.reasons))
     if result.tracking_failures:
@@ -155,20 +187,33 @@ def cmd_optimizers(args: argparse.Namespace) -> int:
         return 0
     unknown = [n for n in args.names if n not in OPTIMIZERS]
     if unknown:
-        print(f"podium: optimizers: {', '.join(map(repr, unknown))}: not one of: "
-              f"{', '.join(OPTIMIZERS.names())}", file=sys.stderr)
+        print(
+            f"podium: optimizers: {', '.join(map(repr, unknown))}: not one of: "
+            f"{', '.join(OPTIMIZERS.names())}",
+            file=sys.stderr,
+        )
         return USAGE_ERROR
     rows = [o for o in describe() if not args.names or o["name"] in args.names]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     for o in rows:
-        flags = ", ".join([f"batch {o['batch_mode']}"] + ["closure"] * o["needs_closure"]
-                          + ["min-max"] * o["min_max"])
+        flags = ", ".join(
+            [f"batch {o['batch_mode']}"]
+            + ["closure"] * o["needs_closure"]
+            + ["min-max"] * o["min_max"]
+        )
         print(f"{o['name']}  ({flags})\n  {o['doc']}")
         for h in o["hparams"]:
-            allowed = " | ".join(h["choices"]) if h["choices"] else (
-                "true | false" if h["type"] == "bool" else f"[{_bound(h['low'], '-inf')}, {_bound(h['high'], 'inf')}]")
+            allowed = (
+                " | ".join(h["choices"])
+                if h["choices"]
+                else (
+                    "true | false"
+                    if h["type"] == "bool"
+                    else f"[{_bound(h['low'], '-inf')}, {_bound(h['high'], 'inf')}]"
+                )
+            )
             print(f"    {h['name']:<26} {_fmt(h['default']):<14} {allowed:<18} {h['doc']}")
     return 0
 
@@ -187,13 +232,26 @@ def print_rows(rows: Sequence[Any], sort: bool, marks: dict[str, Any] | None = N
     from tracking import keys
 
     rows = sorted(rows, key=_rank) if sort else list(rows)
-    metrics = [m for m in (keys.TEST_ACCURACY, keys.VAL_ACCURACY, keys.LATENCY_MS_P50,
-                           keys.MODEL_SIZE_BYTES) if any(m in r.metrics for r in rows)]
-    varying = sorted(k for k in {k for r in rows for k in r.params}
-                     if len({str(r.params.get(k)) for r in rows}) > 1)
+    metrics = [
+        m
+        for m in (keys.TEST_ACCURACY, keys.VAL_ACCURACY, keys.LATENCY_MS_P50, keys.MODEL_SIZE_BYTES)
+        if any(m in r.metrics for r in rows)
+    ]
+    varying = sorted(
+        k
+        for k in {k for r in rows for k in r.params}
+        if len({str(r.params.get(k)) for r in rows}) > 1
+    )
     header = ["trial", "status", *metrics, *varying]
-    table = [header] + [[r.trial_id, r.status, *(_fmt(r.metrics.get(m)) for m in metrics),
-                         *(_fmt(r.params.get(k)) for k in varying)] for r in rows]
+    table = [header] + [
+        [
+            r.trial_id,
+            r.status,
+            *(_fmt(r.metrics.get(m)) for m in metrics),
+            *(_fmt(r.params.get(k)) for k in varying),
+        ]
+        for r in rows
+    ]
     if marks:
         table[0] += ["pareto", "excluded"]
         for row, r in zip(table[1:], rows, strict=True):
@@ -224,11 +282,17 @@ def _fmt(v: Any) -> str:
 
 
 def _add_promote(sub: Any) -> None:
-    p = sub.add_parser("promote", help="re-decide a sweep's winner from its logged runs and "
-                       "promote it if it beats the champion")
+    p = sub.add_parser(
+        "promote",
+        help="re-decide a sweep's winner from its logged runs and "
+        "promote it if it beats the champion",
+    )
     p.add_argument("experiment")
-    p.add_argument("--policy", help="YAML file of promotion keys (objectives, constraints, "
-                   "strategy, pick, weights, min_improvement); default: the sweep's own")
+    p.add_argument(
+        "--policy",
+        help="YAML file of promotion keys (objectives, constraints, "
+        "strategy, pick, weights, min_improvement); default: the sweep's own",
+    )
     p.add_argument("--tracking-uri")
     p.set_defaults(func=cmd_promote)
 
@@ -241,10 +305,14 @@ def _add_rollback(sub: Any) -> None:
 
 
 def _add_serve(sub: Any) -> None:
-    p = sub.add_parser("serve", help="serve a registered model over HTTP (MLflow scoring "
-                       "protocol: POST /invocations, GET /ping); ONNX or weights-only only")
-    p.add_argument("model_uri",
-                   help="models:/<name>@champion, models:/<name>/<version> or a folder")
+    p = sub.add_parser(
+        "serve",
+        help="serve a registered model over HTTP (MLflow scoring "
+        "protocol: POST /invocations, GET /ping); ONNX or weights-only only",
+    )
+    p.add_argument(
+        "model_uri", help="models:/<name>@champion, models:/<name>/<version> or a folder"
+    )
     p.add_argument("--port", type=int, default=5001, help="0 picks a free port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--tracking-uri")
@@ -259,8 +327,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     p = api.promote(args.experiment, args.policy, args.tracking_uri)
     moved = "promoted to" if p.promoted else "not promoted,"
-    print(f"{p.model_name}: trial run {p.run_id} is version {p.version}; "
-          f"{moved} @{p.alias} = version {p.champion_version}")
+    print(
+        f"{p.model_name}: trial run {p.run_id} is version {p.version}; "
+        f"{moved} @{p.alias} = version {p.champion_version}"
+    )
     print("  why: " + "; ".join(p.reasons))
     return 0
 

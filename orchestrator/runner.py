@@ -127,7 +127,9 @@ def run_experiment(
     decision = select_best(candidates, policy)
     promotion = None
     if spec.promotion.enabled and decision.winner is not None:
-        promotion = promote_trial(spec, uri, decision, checkpoints[decision.winner.trial_id], policy)
+        promotion = promote_trial(
+            spec, uri, decision, checkpoints[decision.winner.trial_id], policy
+        )
     _publish(store, parent_id, rows, candidates, policy, decision, promotion)
     store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
     return SweepResult(spec.name, uri, parent_id, rows, decision, promotion, writer.failures)
@@ -142,15 +144,20 @@ def _check_teachers(spec: ExperimentSpec, uri: str) -> None:
     from tracking.onnx_model import check_teacher
     from workers.recipes import registry_teachers
 
-    problems = [Problem("recipe.teacher", t, msg) for t in registry_teachers(spec.recipe)
-                if (msg := check_teacher(t, uri))]
+    problems = [
+        Problem("recipe.teacher", t, msg)
+        for t in registry_teachers(spec.recipe)
+        if (msg := check_teacher(t, uri))
+    ]
     if problems:
         raise SpecError(problems)
 
 
 def _fetch_teachers(spec: ExperimentSpec, uri: str, workdir: str | os.PathLike) -> dict[str, str]:
-    """Download registry teachers once, in the driver: workers never talk to MLflow. The local
-    copies serve a single-machine Ray; a multi-node cluster needs ``cluster.storage_path`` shared."""
+    """Download registry teachers once, in the driver: workers never talk to MLflow.
+
+    The local copies serve a single-machine Ray; a cluster needs a shared ``cluster.storage_path``.
+    """
     from tracking.onnx_model import fetch_teachers
     from workers.recipes import registry_teachers
 
@@ -161,8 +168,9 @@ def _fetch_teachers(spec: ExperimentSpec, uri: str, workdir: str | os.PathLike) 
     return fetch_teachers(uris, uri, base / "teachers")
 
 
-def _parent_run(store: Store, experiment_id: str, spec: ExperimentSpec, resume: bool,
-                workdir: str | os.PathLike) -> tuple[str, str, dict[str, Any]]:
+def _parent_run(
+    store: Store, experiment_id: str, spec: ExperimentSpec, resume: bool, workdir: str | os.PathLike
+) -> tuple[str, str, dict[str, Any]]:
     """(parent run id, Tune experiment path, existing child runs by trial id)."""
     if resume:
         parent = store.find_parent(experiment_id, spec.name)
@@ -174,9 +182,14 @@ def _parent_run(store: Store, experiment_id: str, spec: ExperimentSpec, resume: 
             raise RunError(f"cannot resume {spec.name!r}: its Tune state {path!r} is gone")
         store.client.update_run(parent, status="RUNNING")
         return parent, path, store.child_runs(experiment_id, parent)
-    parent = store.start_parent(experiment_id, spec.name, {
-        keys.TAG_EXPERIMENT: spec.name, keys.TAG_SPEC_HASH: spec.spec_hash()})
-    storage = Path(spec.cluster.storage_path or Path(workdir, "podium-runs", "ray_results")).resolve()
+    parent = store.start_parent(
+        experiment_id,
+        spec.name,
+        {keys.TAG_EXPERIMENT: spec.name, keys.TAG_SPEC_HASH: spec.spec_hash()},
+    )
+    storage = Path(
+        spec.cluster.storage_path or Path(workdir, "podium-runs", "ray_results")
+    ).resolve()
     path = str(storage / f"{spec.name}-{parent[:8]}")
     store.client.set_tag(parent, keys.TAG_RAY_PATH, path)
     store.log_artifact_text(parent, spec.to_yaml(), keys.SPEC_ARTIFACT)
@@ -190,26 +203,45 @@ def _init_ray(address: str | None, verbosity: int) -> bool:
 
     if ray.is_initialized():
         return False
-    common = {"include_dashboard": False, "log_to_driver": verbosity >= 2,
-              "logging_level": logging.INFO if verbosity >= 2 else logging.ERROR}
     # "local" always starts a fresh Ray: a stale /tmp/ray/ray_current_cluster would otherwise make
     # ray.init() try to join a dead cluster.
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **common)
+    ray.init(
+        address=address or os.environ.get("RAY_ADDRESS") or "local",
+        include_dashboard=False,
+        log_to_driver=verbosity >= 2,
+        logging_level=logging.INFO if verbosity >= 2 else logging.ERROR,
+    )
     return True
 
 
-def _fit(spec: ExperimentSpec, template: dict[str, Any], writer: RunWriter, ray_path: str,
-         resume: bool, verbosity: int, extras: dict[str, Any]) -> Any:
+def _fit(
+    spec: ExperimentSpec,
+    template: dict[str, Any],
+    writer: RunWriter,
+    ray_path: str,
+    resume: bool,
+    verbosity: int,
+    extras: dict[str, Any],
+) -> Any:
     from ray import tune
 
     trainable = tune.with_resources(make_trainable(template, spec, extras), _resources(spec))
-    callbacks = [MlflowTrialLogger(writer, template),
-                 ProgressView(spec.search.metric, spec.search.mode,
-                              None if has_grid(spec) else spec.search.num_samples, verbosity)]
+    callbacks: list[tune.Callback] = [
+        MlflowTrialLogger(writer, template),
+        ProgressView(
+            spec.search.metric,
+            spec.search.mode,
+            None if has_grid(spec) else spec.search.num_samples,
+            verbosity,
+        ),
+    ]
     if resume:
-        tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_errored=True,
-                                   param_space=None)
-        # Callbacks are not part of Tune's saved state; put ours back.
+        tuner = tune.Tuner.restore(
+            ray_path, trainable=trainable, resume_errored=True, param_space=None
+        )
+        # Callbacks are not part of Tune's saved state (ours pickle as empty shells); put ours
+        # back. Tuner.restore takes no run_config, hence the private attribute.
+        assert tuner._local_tuner is not None
         tuner._local_tuner._run_config.callbacks = callbacks
         return tuner.fit()
     param_space, search_alg = build_param_space(spec)
@@ -218,13 +250,20 @@ def _fit(spec: ExperimentSpec, template: dict[str, Any], writer: RunWriter, ray_
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=s.metric, mode=s.mode, num_samples=s.num_samples, search_alg=search_alg,
-            scheduler=build_scheduler(spec), max_concurrent_trials=s.max_concurrent,
-            reuse_actors=True,  # one process per slot, not per trial: start-up dominates short trials
+            metric=s.metric,
+            mode=s.mode,
+            num_samples=s.num_samples,
+            search_alg=search_alg,
+            scheduler=build_scheduler(spec),
+            max_concurrent_trials=s.max_concurrent,
+            # One process per slot, not per trial: start-up dominates short trials.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=Path(ray_path).name, storage_path=str(Path(ray_path).parent),
-            callbacks=callbacks, verbose=0,
+            name=Path(ray_path).name,
+            storage_path=str(Path(ray_path).parent),
+            callbacks=callbacks,
+            verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.cluster.max_failures),
         ),
@@ -232,8 +271,9 @@ def _fit(spec: ExperimentSpec, template: dict[str, Any], writer: RunWriter, ray_
     return tuner.fit()
 
 
-def make_trainable(template: dict[str, Any], spec: ExperimentSpec,
-                   extras: dict[str, Any] | None = None) -> Any:
+def make_trainable(
+    template: dict[str, Any], spec: ExperimentSpec, extras: dict[str, Any] | None = None
+) -> Any:
     """The function Tune runs per trial: resolve the sampled config, then run the worker recipe.
 
     ``extras`` are driver-prepared inputs (registry teachers' local copies) for the trial context.
@@ -259,18 +299,29 @@ def _resources(spec: ExperimentSpec) -> dict[str, float]:
     return out
 
 
-def _rows(grid: Any, template: dict[str, Any], writer: RunWriter) -> tuple[list[TrialRow], dict[str, Any]]:
+def _rows(
+    grid: Any, template: dict[str, Any], writer: RunWriter
+) -> tuple[list[TrialRow], dict[str, Any]]:
     rows, checkpoints = [], {}
     for result in grid:
         last = result.metrics or {}
         trial_id = last.get("trial_id") or _trial_id_from_path(result.path)
         status = trial_status(last, errored=result.error is not None)
-        error = str(last.get(keys.FAILED) or "") or (str(result.error).splitlines()[-1] if result.error else None)
+        error = str(last.get(keys.FAILED) or "") or (
+            str(result.error).splitlines()[-1] if result.error else None
+        )
         from orchestrator.callbacks import result_metrics
 
-        rows.append(TrialRow(trial_id, writer.run_id(trial_id), status, result_metrics(last),
-                             flatten_params(resolve(template, result.config)) if result.config else {},
-                             error or None))
+        rows.append(
+            TrialRow(
+                trial_id,
+                writer.run_id(trial_id),
+                status,
+                result_metrics(last),
+                flatten_params(resolve(template, result.config)) if result.config else {},
+                error or None,
+            )
+        )
         checkpoints[trial_id] = result.checkpoint
     return rows, checkpoints
 
@@ -281,8 +332,15 @@ def _trial_id_from_path(path: str) -> str:
     return "_".join(parts[2:4]) if len(parts) > 3 else Path(path).name
 
 
-def _publish(store: Store, parent_id: str, rows: list[TrialRow], candidates: list[Candidate],
-             policy: Any, decision: Decision, promotion: Promotion | None) -> None:
+def _publish(
+    store: Store,
+    parent_id: str,
+    rows: list[TrialRow],
+    candidates: list[Candidate],
+    policy: Any,
+    decision: Decision,
+    promotion: Promotion | None,
+) -> None:
     """The parent run's reports: leaderboard CSV, Pareto-front and learning-curve plots.
 
     The champion marked in the plots is whoever holds the alias now (the winner only if it
@@ -300,8 +358,9 @@ def _publish(store: Store, parent_id: str, rows: list[TrialRow], candidates: lis
         store.log_artifact_text(parent_id, leaderboard_csv(rows), keys.LEADERBOARD_ARTIFACT)
 
 
-def promote_trial(spec: ExperimentSpec, uri: str, decision: Decision, checkpoint: Any,
-                  policy: Any = None) -> Promotion:
+def promote_trial(
+    spec: ExperimentSpec, uri: str, decision: Decision, checkpoint: Any, policy: Any = None
+) -> Promotion:
     """Log the winner's model to its run and register it under the spec's model name and alias."""
     from workers.tasks import load_task
     from workers.trainable import ARTIFACTS_DIR, load_trial_model
@@ -315,11 +374,17 @@ def promote_trial(spec: ExperimentSpec, uri: str, decision: Decision, checkpoint
         # A recipe's compressed, measured ONNX file is what serving uses; without one the
         # registry exports the fp32 model itself.
         onnx = Path(folder, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)
-        model_uri = log_torch_model(winner.run_id, model, example, uri, onnx if onnx.exists() else None)
-    tags = {keys.TAG_SPEC_HASH: spec.spec_hash(), keys.TAG_EXPERIMENT: spec.name,
-            keys.TAG_TRIAL_ID: winner.trial_id}
-    return register_and_alias(uri, model_uri, spec.model_name, spec.promotion.alias,
-                              winner.run_id, decision, tags, policy)
+        model_uri = log_torch_model(
+            winner.run_id, model, example, uri, onnx if onnx.exists() else None
+        )
+    tags = {
+        keys.TAG_SPEC_HASH: spec.spec_hash(),
+        keys.TAG_EXPERIMENT: spec.name,
+        keys.TAG_TRIAL_ID: winner.trial_id,
+    }
+    return register_and_alias(
+        uri, model_uri, spec.model_name, spec.promotion.alias, winner.run_id, decision, tags, policy
+    )
 
 
 def leaderboard_csv(rows: list[TrialRow]) -> str:
@@ -329,10 +394,24 @@ def leaderboard_csv(rows: list[TrialRow]) -> str:
     w = csv.writer(buf)
     w.writerow(["trial_id", "run_id", "status", *metric_keys, *param_keys, "error"])
     for r in rows:
-        w.writerow([r.trial_id, r.run_id, r.status, *(r.metrics.get(k, "") for k in metric_keys),
-                    *(r.params.get(k, "") for k in param_keys), r.error or ""])
+        w.writerow(
+            [
+                r.trial_id,
+                r.run_id,
+                r.status,
+                *(r.metrics.get(k, "") for k in metric_keys),
+                *(r.params.get(k, "") for k in param_keys),
+                r.error or "",
+            ]
+        )
     return buf.getvalue()
 
 
-__all__ = ["SweepResult", "TrialRow", "run_experiment", "promote_trial", "leaderboard_csv",
-           "trial_error_text"]
+__all__ = [
+    "SweepResult",
+    "TrialRow",
+    "run_experiment",
+    "promote_trial",
+    "leaderboard_csv",
+    "trial_error_text",
+]

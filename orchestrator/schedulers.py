@@ -25,14 +25,18 @@ def build_scheduler(spec: ExperimentSpec) -> Any:
     grace = min(s.grace_period, max_t)
     builders = {
         "fifo": lambda: FIFOScheduler(),
-        "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                      grace_period=grace, reduction_factor=3),
+        "asha": lambda: ASHAScheduler(
+            time_attr="training_iteration", max_t=max_t, grace_period=grace, reduction_factor=3
+        ),
         "hyperband": lambda: HyperBandScheduler(time_attr="training_iteration", max_t=max_t),
-        "median": lambda: MedianStoppingRule(time_attr="training_iteration", grace_period=grace,
-                                             min_samples_required=3),
+        "median": lambda: MedianStoppingRule(
+            time_attr="training_iteration", grace_period=grace, min_samples_required=3
+        ),
         "pbt": lambda: PopulationBasedTraining(
-            time_attr="training_iteration", perturbation_interval=max(1, grace),
-            hyperparam_mutations=_pbt_mutations(spec)),
+            time_attr="training_iteration",
+            perturbation_interval=max(1, grace),
+            hyperparam_mutations=_pbt_mutations(spec),
+        ),
     }
     return builders[s.scheduler]()
 
@@ -56,8 +60,12 @@ def build_param_space(spec: ExperimentSpec) -> tuple[dict[str, Any], Any]:
 
         if not any(True for _ in iter_leaves(template, "")):
             return {}, None  # nothing to search: plain repeats
-        searcher = OptunaSearch(space=optuna_define_by_run(template), metric=s.metric, mode=s.mode,
-                                seed=spec.training_seed())
+        searcher = OptunaSearch(
+            space=optuna_define_by_run(template),
+            metric=s.metric,
+            mode=s.mode,
+            seed=spec.training_seed(),
+        )
         return {}, searcher
     return flat_space(template, grid_choices=s.searcher == "grid"), None
 

@@ -32,8 +32,10 @@ def template_of(spec: ExperimentSpec) -> dict[str, Any]:
 
 def _is_section_space(value: Any) -> bool:
     """A choice/grid whose options hold mappings or lists (a conditional sub-space)."""
-    return is_space(value) and space_kind(value) in ("choice", "grid") and any(
-        isinstance(c, (dict, list)) and _has_structure(c) for c in space_candidates(value)
+    return (
+        is_space(value)
+        and space_kind(value) in ("choice", "grid")
+        and any(isinstance(c, (dict, list)) and _has_structure(c) for c in space_candidates(value))
     )
 
 
@@ -71,17 +73,24 @@ def grid_variants(node: Any, path: str, grid_choices: bool = False) -> list[dict
         kind, arg = space_kind(node), node[space_kind(node)]
         is_grid = kind == "grid" or (kind == "choice" and grid_choices)
         if _is_section_space(node):
-            per_branch = [[{path: i, **v} for v in grid_variants(b, f"{path}[{i}]", grid_choices)]
-                          for i, b in enumerate(arg)]
+            per_branch = [
+                [{path: i, **v} for v in grid_variants(b, f"{path}[{i}]", grid_choices)]
+                for i, b in enumerate(arg)
+            ]
             if is_grid:
                 return [v for branch in per_branch for v in branch]
             # A sampled branch: its grids cannot depend on the draw, so they combine independently.
-            return _product([[{k: v for k, v in var.items() if k != path} for var in branch]
-                             for branch in per_branch])
+            return _product(
+                [
+                    [{k: v for k, v in var.items() if k != path} for var in branch]
+                    for branch in per_branch
+                ]
+            )
         return [{path: v} for v in arg] if is_grid else [{}]
     if isinstance(node, dict):
-        return _product([grid_variants(v, f"{path}.{k}" if path else k, grid_choices)
-                         for k, v in node.items()])
+        return _product(
+            [grid_variants(v, f"{path}.{k}" if path else k, grid_choices) for k, v in node.items()]
+        )
     if isinstance(node, list):
         return _product([grid_variants(v, f"{path}.{i}", grid_choices) for i, v in enumerate(node)])
     return [{}]

@@ -114,9 +114,13 @@ class SearchSpec:
     num_samples: int = _doc("trials to sample (with grid: repeats of the grid)", default=8)
     scheduler: str = _doc(f"trial scheduler: {', '.join(SCHEDULERS)}", default="asha")
     searcher: str = _doc(f"how configs are proposed: {', '.join(SEARCHERS)}", default="random")
-    metric: str = _doc("the per-epoch metric schedulers and searchers optimise", default="val_accuracy")
+    metric: str = _doc(
+        "the per-epoch metric schedulers and searchers optimise", default="val_accuracy"
+    )
     mode: str = _doc("max or min", default="max")
-    max_concurrent: int | None = _doc("trials at once (default: as many as resources allow)", default=None)
+    max_concurrent: int | None = _doc(
+        "trials at once (default: as many as resources allow)", default=None
+    )
     grace_period: int = _doc("epochs before asha/hyperband/median may stop a trial", default=1)
 
 
@@ -134,7 +138,9 @@ class ResourcesSpec:
 class TrackingSpec:
     """Where runs are recorded; the CLI flag and MLFLOW_TRACKING_URI take precedence over uri."""
 
-    uri: str | None = _doc("MLflow tracking URI (sqlite:///..., postgresql+psycopg2://..., http://...)", default=None)
+    uri: str | None = _doc(
+        "MLflow tracking URI (sqlite:///..., postgresql+psycopg2://..., http://...)", default=None
+    )
     artifact_location: str | None = _doc("artifact root for a new experiment", default=None)
 
 
@@ -142,25 +148,34 @@ class TrackingSpec:
 class ClusterSpec:
     """Which Ray cluster runs the trials."""
 
-    address: str | None = _doc("None: a local Ray; 'auto', 'ray://host:port' or 'host:port'", default=None)
-    storage_path: str | None = _doc("where trial checkpoints go; shared storage on a cluster "
-                                    "(default ./podium-runs/ray_results)", default=None)
-    max_failures: int = _doc("times a trial is restarted from its checkpoint after a worker dies",
-                             default=2)
+    address: str | None = _doc(
+        "None: a local Ray; 'auto', 'ray://host:port' or 'host:port'", default=None
+    )
+    storage_path: str | None = _doc(
+        "where trial checkpoints go; shared storage on a cluster "
+        "(default ./podium-runs/ray_results)",
+        default=None,
+    )
+    max_failures: int = _doc(
+        "times a trial is restarted from its checkpoint after a worker dies", default=2
+    )
 
 
 @dataclass
 class PromotionSpec:
     """How the best trial is chosen and registered."""
 
-    model_name: str | None = _doc("registered model name (default: the experiment name)", default=None)
+    model_name: str | None = _doc(
+        "registered model name (default: the experiment name)", default=None
+    )
     alias: str = _doc("registry alias the winner receives", default="champion")
     objectives: list[dict[str, str]] = _doc(
         "[{metric, mode}]: the first decides, the rest break ties (strategy best)",
         default_factory=lambda: [{"metric": keys.TEST_ACCURACY, "mode": "max"}],
     )
-    constraints: list[str] = _doc("e.g. 'latency_ms_p50 <= 1.0'; infeasible trials never win",
-                                  default_factory=list)
+    constraints: list[str] = _doc(
+        "e.g. 'latency_ms_p50 <= 1.0'; infeasible trials never win", default_factory=list
+    )
     strategy: str = _doc("best, or pareto", default="best")
     pick: str = _doc("how pareto picks one point: knee or weighted", default="knee")
     weights: list[float] | None = _doc("per-objective weights for pick: weighted", default=None)
@@ -171,15 +186,24 @@ class PromotionSpec:
 # Searchable sections are plain dicts (their keys depend on the chosen arch or optimizer); their
 # defaults live here and their checks in _check_model / _check_optimizer.
 MODEL_DEFAULTS: dict[str, Any] = {
-    "arch": "mlp", "hidden": [128, 64], "batch_norm": False, "dropout": 0.0,
+    "arch": "mlp",
+    "hidden": [128, 64],
+    "batch_norm": False,
+    "dropout": 0.0,
 }
 MODEL_KEYS = {"arch", "hidden", "channels", "batch_norm", "dropout"}
 TRAINING_DEFAULTS: dict[str, Any] = {
-    "max_epochs": 10, "batch_size": None, "seed": 0, "l1_penalty": 0.0,
-    "lr_schedule": None, "adversarial": None, "checkpoint_every": 1,
+    "max_epochs": 10,
+    "batch_size": None,
+    "seed": 0,
+    "l1_penalty": 0.0,
+    "lr_schedule": None,
+    "adversarial": None,
+    "checkpoint_every": 1,
     # Used only where Ray gives the trial a GPU (workers/device.py): bf16 autocast of the forward
     # pass, and cuDNN autotuning of convolutions.
-    "amp": False, "cudnn_benchmark": False,
+    "amp": False,
+    "cudnn_benchmark": False,
 }
 
 
@@ -189,14 +213,21 @@ class ExperimentSpec:
     the other sections are plain settings."""
 
     name: str = _doc("experiment name: MLflow experiment and default registered-model name")
-    task: Any = _doc("data set: digits, fashion-mnist, breast_cancer, wine, or module:function",
-                     default="digits")
-    model: dict[str, Any] = _doc("arch (mlp, cnn, module:function), hidden, channels, batch_norm, "
-                                 "dropout", default_factory=lambda: dict(MODEL_DEFAULTS))
-    optimizer: Any = _doc("name, lr and the optimizer's own hyperparameters",
-                          default_factory=lambda: {"name": "adam", "lr": 0.001})
-    training: dict[str, Any] = _doc("max_epochs, batch_size, seed, l1_penalty, lr_schedule, "
-                                    "adversarial", default_factory=lambda: dict(TRAINING_DEFAULTS))
+    task: Any = _doc(
+        "data set: digits, fashion-mnist, breast_cancer, wine, or module:function", default="digits"
+    )
+    model: dict[str, Any] = _doc(
+        "arch (mlp, cnn, module:function), hidden, channels, batch_norm, dropout",
+        default_factory=lambda: dict(MODEL_DEFAULTS),
+    )
+    optimizer: Any = _doc(
+        "name, lr and the optimizer's own hyperparameters",
+        default_factory=lambda: {"name": "adam", "lr": 0.001},
+    )
+    training: dict[str, Any] = _doc(
+        "max_epochs, batch_size, seed, l1_penalty, lr_schedule, adversarial",
+        default_factory=lambda: dict(TRAINING_DEFAULTS),
+    )
     recipe: Any = _doc("compression steps applied after training, in order", default_factory=list)
     search: SearchSpec = _doc("trial proposal and scheduling", default_factory=SearchSpec)
     resources: ResourcesSpec = _doc("per-trial resources", default_factory=ResourcesSpec)
@@ -237,7 +268,7 @@ def _int_candidates(section: Any, key: str) -> list[int]:
     branches = space_candidates(section) if is_space(section) else [section]
     out: list[int] = []
     for b in branches:
-        v = b.get(key) if isinstance(b, dict) else None
+        v: Any = b.get(key) if isinstance(b, dict) else None
         for c in space_candidates(v) if is_space(v) else [v]:
             if isinstance(c, (int, float)) and not isinstance(c, bool):
                 out.append(int(c))
@@ -245,8 +276,11 @@ def _int_candidates(section: Any, key: str) -> list[int]:
 
 
 SETTING_SECTIONS: dict[str, type] = {
-    "search": SearchSpec, "resources": ResourcesSpec, "tracking": TrackingSpec,
-    "cluster": ClusterSpec, "promotion": PromotionSpec,
+    "search": SearchSpec,
+    "resources": ResourcesSpec,
+    "tracking": TrackingSpec,
+    "cluster": ClusterSpec,
+    "promotion": PromotionSpec,
 }
 TOP_KEYS = {f.name for f in fields(ExperimentSpec)}
 
@@ -265,22 +299,33 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as e:
-        raise SpecError([Problem("", str(path), f"cannot read spec file {str(path)!r}: {e.strerror}")]) from e
+        raise SpecError(
+            [Problem("", str(path), f"cannot read spec file {str(path)!r}: {e.strerror}")]
+        ) from e
     except yaml.YAMLError as e:
         raise SpecError([Problem("", str(path), f"{path} is not valid YAML: {e}")]) from e
     if not isinstance(raw, dict):
-        raise SpecError([Problem("", raw, f"{path} must hold a mapping of sections, got {type(raw).__name__}")])
+        raise SpecError(
+            [Problem("", raw, f"{path} must hold a mapping of sections, got {type(raw).__name__}")]
+        )
     apply_overrides(raw, overrides or [])
     return parse_spec(raw)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
-    """Apply ``path=value`` overrides in place; values are YAML (``4``, ``[64, 32]``, ``{choice: [a, b]}``)."""
+    """Apply ``path=value`` overrides in place.
+
+    Values are YAML: ``4``, ``[64, 32]``, ``{choice: [a, b]}``.
+    """
     problems = []
     for item in overrides:
         dotted, sep, text = item.partition("=")
         if not sep or not dotted or any(not part for part in dotted.split(".")):
-            problems.append(Problem("--set", item, f"expected PATH=VALUE (e.g. search.num_samples=4), got {item!r}"))
+            problems.append(
+                Problem(
+                    "--set", item, f"expected PATH=VALUE (e.g. search.num_samples=4), got {item!r}"
+                )
+            )
             continue
         try:
             value = yaml.safe_load(text)
@@ -291,7 +336,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
                 if part in node and node[part] is not None:
-                    problems.append(Problem(dotted, item, f"cannot set inside {part!r}: it is not a mapping"))
+                    problems.append(
+                        Problem(dotted, item, f"cannot set inside {part!r}: it is not a mapping")
+                    )
                     break
                 node[part] = {}
             node = node[part]
@@ -309,9 +356,13 @@ def parse_spec(raw: dict[str, Any]) -> ExperimentSpec:
     """
     problems: list[Problem] = []
     for key in sorted(set(raw) - TOP_KEYS):
-        problems.append(Problem(key, raw[key], f"unknown section {key!r}; valid: {', '.join(sorted(TOP_KEYS))}"))
-    sections = {name: _parse_settings(name, cls, raw.get(name), problems)
-                for name, cls in SETTING_SECTIONS.items()}
+        problems.append(
+            Problem(key, raw[key], f"unknown section {key!r}; valid: {', '.join(sorted(TOP_KEYS))}")
+        )
+    sections = {
+        name: _parse_settings(name, cls, raw.get(name), problems)
+        for name, cls in SETTING_SECTIONS.items()
+    }
     spec = ExperimentSpec(
         name=raw.get("name"),  # type: ignore[arg-type]
         task=raw.get("task", "digits"),
@@ -333,7 +384,9 @@ def _with_defaults(value: Any, defaults: dict[str, Any]) -> Any:
         return dict(defaults)
     if is_space(value) and isinstance(space_candidates(value), list):
         kind = space_kind(value)
-        return {kind: [_with_defaults(v, defaults) if isinstance(v, dict) else v for v in value[kind]]}
+        return {
+            kind: [_with_defaults(v, defaults) if isinstance(v, dict) else v for v in value[kind]]
+        }
     return {**defaults, **value} if isinstance(value, dict) else value
 
 
@@ -345,11 +398,18 @@ def _parse_settings(name: str, cls: type, value: Any, problems: list[Problem]) -
         return cls()
     known = {f.name for f in fields(cls)}
     for key in sorted(set(value) - known):
-        problems.append(Problem(f"{name}.{key}", value[key],
-                                f"unknown setting {key!r}; valid: {', '.join(sorted(known))}"))
+        problems.append(
+            Problem(
+                f"{name}.{key}",
+                value[key],
+                f"unknown setting {key!r}; valid: {', '.join(sorted(known))}",
+            )
+        )
     for key in sorted(set(value) & known):
         if is_space(value[key]):
-            problems.append(Problem(f"{name}.{key}", value[key], "a search space is not allowed here"))
+            problems.append(
+                Problem(f"{name}.{key}", value[key], "a search space is not allowed here")
+            )
     return cls(**{k: v for k, v in value.items() if k in known and not is_space(v)})
 
 
@@ -360,8 +420,13 @@ def validate(spec: ExperimentSpec) -> list[Problem]:
     """Every problem in ``spec``, each with its dotted path; empty when valid."""
     p: list[Problem] = []
     if not isinstance(spec.name, str) or not NAME_RE.match(spec.name):
-        p.append(Problem("name", spec.name, "required: letters, digits, '_', '.', '-' (at most 100), "
-                         f"got {spec.name!r}"))
+        p.append(
+            Problem(
+                "name",
+                spec.name,
+                f"required: letters, digits, '_', '.', '-' (at most 100), got {spec.name!r}",
+            )
+        )
     p += _check_task(spec.task)
     p += _check_section("model", spec.model, _check_model)
     p += _check_section("optimizer", spec.optimizer, _check_optimizer)
@@ -370,26 +435,43 @@ def validate(spec: ExperimentSpec) -> list[Problem]:
     p += _check_search(spec.search, spec)
     p += _check_resources(spec.resources)
     p += _check_strings("tracking", asdict(spec.tracking))
-    p += _check_strings("cluster", {k: v for k, v in asdict(spec.cluster).items() if k != "max_failures"})
-    p += _leaf("cluster.max_failures", spec.cluster.max_failures,
-               lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 0
-               else f"must be an integer >= 0, got {v!r}")
+    p += _check_strings(
+        "cluster", {k: v for k, v in asdict(spec.cluster).items() if k != "max_failures"}
+    )
+    p += _leaf(
+        "cluster.max_failures",
+        spec.cluster.max_failures,
+        lambda v: (
+            None
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            else f"must be an integer >= 0, got {v!r}"
+        ),
+    )
     p += _check_promotion(spec.promotion)
     return p
 
 
-def _check_section(path: str, value: Any, check: Callable[[str, Any], list[Problem]],
-                   container: type = dict) -> list[Problem]:
+def _check_section(
+    path: str, value: Any, check: Callable[[str, Any], list[Problem]], container: type = dict
+) -> list[Problem]:
     """A section is a mapping (list for recipe) or a choice/grid over several of them."""
     if is_space(value):
         if space_kind(value) not in ("choice", "grid"):
-            return [Problem(path, value, "a whole section can only be a choice or grid of sections")]
+            return [
+                Problem(path, value, "a whole section can only be a choice or grid of sections")
+            ]
         problems = _check_space_form(path, value)
         for i, branch in enumerate(space_candidates(value) if not problems else []):
             problems += _check_section(f"{path}[{i}]", branch, check, container)
         return problems
     if not isinstance(value, container):
-        return [Problem(path, value, f"must be a {'list' if container is list else 'mapping'}, got {value!r}")]
+        return [
+            Problem(
+                path,
+                value,
+                f"must be a {'list' if container is list else 'mapping'}, got {value!r}",
+            )
+        ]
     return check(path, value)
 
 
@@ -412,23 +494,40 @@ def _check_task(task: Any) -> list[Problem]:
 
 
 def _int_list(v: Any) -> str | None:
-    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+    if not isinstance(v, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v
+    ):
         return f"must be a list of positive integers, got {v!r}"
     return None
 
 
 def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
-    p = [Problem(f"{path}.{k}", m[k], f"unknown key {k!r}; valid: {', '.join(sorted(MODEL_KEYS))}")
-         for k in sorted(set(m) - MODEL_KEYS)]
-    p += _leaf(f"{path}.arch", m.get("arch"), lambda v: None if (v in MODELS or is_plugin_ref(v))
-               else f"{v!r} is not one of: {', '.join(MODELS.names())} (or module:function)")
+    p = [
+        Problem(f"{path}.{k}", m[k], f"unknown key {k!r}; valid: {', '.join(sorted(MODEL_KEYS))}")
+        for k in sorted(set(m) - MODEL_KEYS)
+    ]
+    p += _leaf(
+        f"{path}.arch",
+        m.get("arch"),
+        lambda v: (
+            None
+            if (v in MODELS or is_plugin_ref(v))
+            else f"{v!r} is not one of: {', '.join(MODELS.names())} (or module:function)"
+        ),
+    )
     p += _leaf(f"{path}.hidden", m.get("hidden"), _int_list)
     if "channels" in m:
         p += _leaf(f"{path}.channels", m["channels"], _int_list)
-    p += _leaf(f"{path}.batch_norm", m.get("batch_norm"),
-               lambda v: None if isinstance(v, bool) else f"must be true or false, got {v!r}")
-    p += _leaf(f"{path}.dropout", m.get("dropout"),
-               lambda v: None if _is_number(v) and 0 <= v < 1 else f"must be in [0, 1), got {v!r}")
+    p += _leaf(
+        f"{path}.batch_norm",
+        m.get("batch_norm"),
+        lambda v: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
+    )
+    p += _leaf(
+        f"{path}.dropout",
+        m.get("dropout"),
+        lambda v: None if _is_number(v) and 0 <= v < 1 else f"must be in [0, 1), got {v!r}",
+    )
     return p
 
 
@@ -437,37 +536,73 @@ def _check_optimizer(path: str, o: dict[str, Any]) -> list[Problem]:
     names = _candidates(f"{path}.name", o.get("name"), problems)
     for name in names:
         if name not in OPTIMIZERS:
-            problems.append(Problem(f"{path}.name", name, f"{name!r} is not one of: {', '.join(OPTIMIZERS.names())}"))
+            problems.append(
+                Problem(
+                    f"{path}.name", name, f"{name!r} is not one of: {', '.join(OPTIMIZERS.names())}"
+                )
+            )
     for key, value in o.items():
         if key == "name":
             continue
         for candidate in _candidates(f"{path}.{key}", value, problems):
             for name in (n for n in names if n in OPTIMIZERS):
                 for _, bad, msg in check_hparams(name, {key: candidate}):
-                    problems.append(Problem(f"{path}.{key}", bad, msg + (
-                        "; make it conditional with a choice of optimizer sections" if len(names) > 1 else "")))
+                    problems.append(
+                        Problem(
+                            f"{path}.{key}",
+                            bad,
+                            msg
+                            + (
+                                "; make it conditional with a choice of optimizer sections"
+                                if len(names) > 1
+                                else ""
+                            ),
+                        )
+                    )
     return _dedupe(problems)
 
 
 def _check_training(path: str, t: dict[str, Any]) -> list[Problem]:
-    p = [Problem(f"{path}.{k}", t[k], f"unknown key {k!r}; valid: {', '.join(sorted(TRAINING_DEFAULTS))}")
-         for k in sorted(set(t) - set(TRAINING_DEFAULTS))]
+    p = [
+        Problem(
+            f"{path}.{k}", t[k], f"unknown key {k!r}; valid: {', '.join(sorted(TRAINING_DEFAULTS))}"
+        )
+        for k in sorted(set(t) - set(TRAINING_DEFAULTS))
+    ]
     p += _leaf(f"{path}.max_epochs", t["max_epochs"], _positive_int)
-    p += _leaf(f"{path}.batch_size", t["batch_size"], lambda v: None if v is None else _positive_int(v))
-    p += _leaf(f"{path}.seed", t["seed"], lambda v: None if isinstance(v, int) and not isinstance(v, bool)
-               else f"must be an integer, got {v!r}")
+    p += _leaf(
+        f"{path}.batch_size", t["batch_size"], lambda v: None if v is None else _positive_int(v)
+    )
+    p += _leaf(
+        f"{path}.seed",
+        t["seed"],
+        lambda v: (
+            None
+            if isinstance(v, int) and not isinstance(v, bool)
+            else f"must be an integer, got {v!r}"
+        ),
+    )
     p += _leaf(f"{path}.checkpoint_every", t["checkpoint_every"], _positive_int)
     for flag in ("amp", "cudnn_benchmark"):
-        p += _leaf(f"{path}.{flag}", t[flag],
-                   lambda v: None if isinstance(v, bool) else f"must be true or false, got {v!r}")
-    p += _leaf(f"{path}.l1_penalty", t["l1_penalty"],
-               lambda v: None if _is_number(v) and v >= 0 else f"must be a number >= 0, got {v!r}")
+        p += _leaf(
+            f"{path}.{flag}",
+            t[flag],
+            lambda v: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
+        )
+    p += _leaf(
+        f"{path}.l1_penalty",
+        t["l1_penalty"],
+        lambda v: None if _is_number(v) and v >= 0 else f"must be a number >= 0, got {v!r}",
+    )
     for key, check in (("lr_schedule", check_schedule), ("adversarial", check_adversarial)):
         section = t.get(key)
         if section is not None and not isinstance(section, dict):
             p.append(Problem(f"{path}.{key}", section, f"must be a mapping, got {section!r}"))
         elif section is not None:
-            p += [Problem(_join(f"{path}.{key}", k), v, msg) for k, v, msg in _check_nested(section, check)]
+            p += [
+                Problem(_join(f"{path}.{key}", k), v, msg)
+                for k, v, msg in _check_nested(section, check)
+            ]
     return p
 
 
@@ -478,7 +613,7 @@ def _check_nested(section: dict, check: Callable) -> list[tuple[str, Any, str]]:
         if is_space(value):
             form = _check_space_form(key, value)
             out += [(key, pr.value, pr.message) for pr in form]
-            for candidate in ([] if form else space_candidates(value)):
+            for candidate in [] if form else space_candidates(value):
                 out += check({**section, key: candidate})
     out += check({k: (space_candidates(v)[0] if is_space(v) else v) for k, v in section.items()})
     return _dedupe_tuples(out)
@@ -488,10 +623,14 @@ def _check_recipe(path: str, steps: list[Any]) -> list[Problem]:
     out: list[Problem] = []
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
-            out.append(Problem(f"{path}[{i}]", step, "each recipe step must be a mapping with 'step'"))
+            out.append(
+                Problem(f"{path}[{i}]", step, "each recipe step must be a mapping with 'step'")
+            )
             continue
         for sub, value, msg in _check_nested(step, lambda s: check_recipe([s])):
-            out.append(Problem(_join(f"{path}[{i}]", sub.removeprefix("[0]").lstrip(".")), value, msg))
+            out.append(
+                Problem(_join(f"{path}[{i}]", sub.removeprefix("[0]").lstrip(".")), value, msg)
+            )
     return _dedupe(out)
 
 
@@ -506,13 +645,28 @@ def _check_search(s: SearchSpec, spec: ExperimentSpec) -> list[Problem]:
         p += _leaf("search.max_concurrent", s.max_concurrent, _positive_int)
     kinds = set(_space_kinds(spec))
     if s.searcher == "optuna" and "grid" in kinds:
-        p.append(Problem("search.searcher", s.searcher, "optuna cannot run grid spaces; use choice, "
-                         "or set search.searcher: random"))
+        p.append(
+            Problem(
+                "search.searcher",
+                s.searcher,
+                "optuna cannot run grid spaces; use choice, or set search.searcher: random",
+            )
+        )
     if s.searcher == "grid" and kinds & {"uniform", "loguniform", "randint"}:
-        p.append(Problem("search.searcher", s.searcher, "grid can only enumerate choice and grid "
-                         "spaces; this spec has ranges (uniform/loguniform/randint)"))
+        p.append(
+            Problem(
+                "search.searcher",
+                s.searcher,
+                "grid can only enumerate choice and grid "
+                "spaces; this spec has ranges (uniform/loguniform/randint)",
+            )
+        )
     if s.scheduler == "pbt" and s.searcher != "random":
-        p.append(Problem("search.scheduler", s.scheduler, "pbt mutates trials itself; use searcher: random"))
+        p.append(
+            Problem(
+                "search.scheduler", s.scheduler, "pbt mutates trials itself; use searcher: random"
+            )
+        )
     return p
 
 
@@ -546,19 +700,35 @@ def _check_resources(r: ResourcesSpec) -> list[Problem]:
 
 def _check_promotion(pr: PromotionSpec) -> list[Problem]:
     p = []
-    if pr.model_name is not None and (not isinstance(pr.model_name, str) or not NAME_RE.match(pr.model_name)):
-        p.append(Problem("promotion.model_name", pr.model_name, "letters, digits, '_', '.', '-' only"))
-    if not isinstance(pr.alias, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", pr.alias) \
-            or re.match(r"^v\d+$", pr.alias) or pr.alias == "latest":
-        p.append(Problem("promotion.alias", pr.alias, "an alias is a name like 'champion' "
-                         "(not 'latest' nor v<number>)"))
+    if pr.model_name is not None and (
+        not isinstance(pr.model_name, str) or not NAME_RE.match(pr.model_name)
+    ):
+        p.append(
+            Problem("promotion.model_name", pr.model_name, "letters, digits, '_', '.', '-' only")
+        )
+    if (
+        not isinstance(pr.alias, str)
+        or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", pr.alias)
+        or re.match(r"^v\d+$", pr.alias)
+        or pr.alias == "latest"
+    ):
+        p.append(
+            Problem(
+                "promotion.alias",
+                pr.alias,
+                "an alias is a name like 'champion' (not 'latest' nor v<number>)",
+            )
+        )
     p += [Problem(_join("promotion", k), v, m) for k, v, m in check_policy(asdict(pr))]
     return p
 
 
 def _check_strings(section: str, values: dict[str, Any]) -> list[Problem]:
-    return [Problem(f"{section}.{k}", v, f"must be a string, got {v!r}")
-            for k, v in values.items() if v is not None and not isinstance(v, str)]
+    return [
+        Problem(f"{section}.{k}", v, f"must be a string, got {v!r}")
+        for k, v in values.items()
+        if v is not None and not isinstance(v, str)
+    ]
 
 
 def _positive_int(v: Any) -> str | None:

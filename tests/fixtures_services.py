@@ -36,8 +36,9 @@ class MlflowServer:
             store here; clients then need MLFLOW_TRACKING_USERNAME/PASSWORD (see ``client_env``).
     """
 
-    def __init__(self, backend_uri: str, artifacts_dir: Path,
-                 auth_db_uri: str | None = None) -> None:
+    def __init__(
+        self, backend_uri: str, artifacts_dir: Path, auth_db_uri: str | None = None
+    ) -> None:
         self.backend_uri = backend_uri
         self.artifacts_dir = artifacts_dir
         self.port = free_port()
@@ -55,10 +56,13 @@ class MlflowServer:
             ini.write_text(
                 "[mlflow]\ndefault_permission = READ\n"
                 f"database_uri = {self.auth_db_uri}\nadmin_username = {ADMIN_USER}\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-            env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini),
-                       MLFLOW_AUTH_ADMIN_PASSWORD=self.password or "",
-                       MLFLOW_FLASK_SERVER_SECRET_KEY=self.secret_key)
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+            env.update(
+                MLFLOW_AUTH_CONFIG_PATH=str(ini),
+                MLFLOW_AUTH_ADMIN_PASSWORD=self.password or "",
+                MLFLOW_FLASK_SERVER_SECRET_KEY=self.secret_key,
+            )
         return env
 
     def client_env(self) -> dict[str, str]:
@@ -70,14 +74,32 @@ class MlflowServer:
 
     def start(self, timeout: float = 120) -> MlflowServer:
         mlflow_bin = Path(sys.executable).parent / "mlflow"
-        cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", self.backend_uri,
-               "--artifacts-destination", str(self.artifacts_dir), "--serve-artifacts"]
+        cmd = [
+            str(mlflow_bin),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.artifacts_dir),
+            "--serve-artifacts",
+        ]
         if self.auth_db_uri:
             cmd += ["--app-name", "basic-auth"]
         log = open(self.home / "server.log", "ab")  # noqa: SIM115 (kept open for the process)
-        self.proc = subprocess.Popen(cmd, env=self._env(), cwd=self.home, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=self._env(),
+            cwd=self.home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._wait_healthy(timeout)
         return self
 
@@ -86,7 +108,8 @@ class MlflowServer:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"mlflow server exited {self.proc.returncode}:\n{self.log_tail()}")
+                    f"mlflow server exited {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
                     if r.status == 200:
@@ -134,13 +157,27 @@ class RayNodes:
     def env(self) -> dict[str, str]:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
-    def start_node(self, head: bool = False, name: str = "node", num_cpus: int = 1,
-                   num_gpus: int = 0, resources: dict[str, float] | None = None,
-                   timeout: float = 120) -> subprocess.Popen:
+    def start_node(
+        self,
+        head: bool = False,
+        name: str = "node",
+        num_cpus: int = 1,
+        num_gpus: int = 0,
+        resources: dict[str, float] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.Popen:
         ray_bin = Path(sys.executable).parent / "ray"
-        cmd = [str(ray_bin), "start", "--block", "--node-ip-address=127.0.0.1",
-               f"--node-name={name}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
-               f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
+        cmd = [
+            str(ray_bin),
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--node-name={name}",
+            f"--num-cpus={num_cpus}",
+            f"--num-gpus={num_gpus}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]
         if head:
             cmd += ["--head", f"--port={self.port}", "--include-dashboard=false"]
         else:
@@ -150,8 +187,13 @@ class RayNodes:
 
             cmd.append(f"--resources={json.dumps(resources)}")
         log_path = self.temp_dir / f"{name}.log"
-        proc = subprocess.Popen(cmd, env={**os.environ, **self.env()}, stdout=open(log_path, "wb"),  # noqa: SIM115
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **self.env()},
+            stdout=open(log_path, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         deadline = time.monotonic() + timeout
         while "Ray runtime started" not in log_path.read_text(errors="replace"):
@@ -227,8 +269,10 @@ def ray_cluster() -> Iterator:
     """
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "node_name": "head", "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "node_name": "head", "include_dashboard": False},
+    )
     cluster.add_node(num_cpus=1, node_name="worker-1")
     cluster.add_node(num_cpus=1, num_gpus=1, node_name="gpu-node")
     cluster.add_node(num_cpus=1, resources={"TPU": 2}, node_name="tpu-node")

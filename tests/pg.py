@@ -30,6 +30,7 @@ USER = "podium"
 
 def find_bin_dir() -> Path | None:
     """The newest ``/usr/lib/postgresql/<version>/bin`` that has ``initdb``, or None."""
+
     def version(initdb: str) -> int:
         name = Path(initdb).parent.parent.name
         return int(name) if name.isdigit() else 0
@@ -55,8 +56,10 @@ class PostgresServer:
     def __init__(self, port: int | None = None, bin_dir: Path | None = None) -> None:
         self.bin_dir = bin_dir or find_bin_dir()
         if self.bin_dir is None:
-            raise RuntimeError("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin: "
-                               "apt-get install --no-install-recommends postgresql")
+            raise RuntimeError(
+                "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin: "
+                "apt-get install --no-install-recommends postgresql"
+            )
         self.port = port or free_port()
         self.password = secrets.token_hex(12)
         self.root = Path(tempfile.mkdtemp(prefix="podium-pg-"))
@@ -72,15 +75,25 @@ class PostgresServer:
     def _run(self, *args: str) -> None:
         proc = subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n"
-                               f"{proc.stdout}\n{proc.stderr}")
+            raise RuntimeError(
+                f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
 
     def start(self) -> PostgresServer:
         """initdb (first time only) and start the server; returns once it accepts connections."""
         if not self.data.exists():
             self._initdb()
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data),
-                  "-l", str(self.root / "log"), "-w", "-t", "60", "start")
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self._wait_ready()
         return self
 
@@ -91,14 +104,28 @@ class PostgresServer:
             # mkdtemp makes a 0700 root folder; the postgres user needs to own it.
             shutil.chown(self.root, "postgres", "postgres")
             shutil.chown(pwfile, "postgres", "postgres")
-        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", USER,
-                  "-A", "scram-sha-256", "--pwfile", str(pwfile), "-E", "UTF8", "--no-sync")
+        self._run(
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            USER,
+            "-A",
+            "scram-sha-256",
+            "--pwfile",
+            str(pwfile),
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         pwfile.unlink()
         with open(self.data / "postgresql.conf", "a") as f:
             # Loopback only; the Unix socket lives in our folder (the system one may be unwritable).
-            f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
-                    f"unix_socket_directories = '{self.root}'\nfsync = off\n"
-                    "max_connections = 200\n")
+            f.write(
+                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{self.root}'\nfsync = off\n"
+                "max_connections = 200\n"
+            )
 
     def _wait_ready(self, timeout: float = 30) -> None:
         import psycopg2
@@ -116,8 +143,11 @@ class PostgresServer:
     def stop(self) -> None:
         if self.data.exists():
             pg_ctl = str(self.bin_dir / "pg_ctl")
-            subprocess.run(self._cmd(pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"),
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                self._cmd(pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"),
+                capture_output=True,
+                timeout=60,
+            )
 
     def cleanup(self) -> None:
         self.stop()
@@ -132,8 +162,10 @@ class PostgresServer:
     # ------------------------------------------------------------------ connecting
 
     def dsn(self, database: str = "postgres") -> str:
-        return (f"host=127.0.0.1 port={self.port} user={USER} password={self.password} "
-                f"dbname={database}")
+        return (
+            f"host=127.0.0.1 port={self.port} user={USER} password={self.password} "
+            f"dbname={database}"
+        )
 
     def uri(self, database: str = "postgres") -> str:
         """A SQLAlchemy/MLflow URI, e.g. ``postgresql+psycopg2://podium:pw@127.0.0.1:5433/mlflow``.

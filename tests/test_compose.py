@@ -15,13 +15,23 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = shutil.which("docker-compose")
-pytestmark = pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed "
-                                "(make install adds Debian's docker-compose package)")
+pytestmark = pytest.mark.skipif(
+    COMPOSE is None,
+    reason="docker-compose is not installed (make install adds Debian's docker-compose package)",
+)
 
 
 def compose(env_file: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [COMPOSE, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
-           "--env-file", str(env_file), *args]
+    cmd = [
+        COMPOSE,
+        "--project-directory",
+        str(ROOT),
+        "-f",
+        str(ROOT / "docker-compose.yml"),
+        "--env-file",
+        str(env_file),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -46,8 +56,13 @@ def test_compose_file_is_valid_with_the_example_env(env_file):
     assert proc.stdout == ""
 
 
-SECRETS = ["POSTGRES_PASSWORD", "RAY_AUTH_TOKEN", "MLFLOW_ADMIN_PASSWORD", "MINIO_ROOT_PASSWORD",
-           "MLFLOW_SECRET_KEY"]
+SECRETS = [
+    "POSTGRES_PASSWORD",
+    "RAY_AUTH_TOKEN",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MINIO_ROOT_PASSWORD",
+    "MLFLOW_SECRET_KEY",
+]
 
 
 @pytest.mark.parametrize("secret", SECRETS)
@@ -60,8 +75,9 @@ def test_a_missing_secret_stops_compose_and_is_named(env_file, secret):
 
 
 def test_every_published_port_is_on_loopback(resolved):
-    published = [(name, port) for name, svc in resolved["services"].items()
-                 for port in svc.get("ports", [])]
+    published = [
+        (name, port) for name, svc in resolved["services"].items() for port in svc.get("ports", [])
+    ]
     assert {name for name, _ in published} == {"minio", "mlflow", "ray-head"}
     for name, port in published:
         assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
@@ -80,8 +96,13 @@ def test_mlflow_server_has_auth_postgres_minio_and_no_job_workers(resolved):
     # The command is a script of ours; its flags are checked where they are written.
     script = (ROOT / "docker" / "mlflow-server.sh").read_text()
     assert mlflow["command"][-1].endswith("docker/mlflow-server.sh")
-    for flag in ("--app-name basic-auth", "--backend-store-uri", "--serve-artifacts",
-                 "s3://${MLFLOW_BUCKET", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false"):
+    for flag in (
+        "--app-name basic-auth",
+        "--backend-store-uri",
+        "--serve-artifacts",
+        "s3://${MLFLOW_BUCKET",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
+    ):
         assert flag in script
 
 

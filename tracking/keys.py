@@ -90,7 +90,9 @@ RECIPE_ARTIFACT = "recipe.json"  # the final model's arch section and how it was
 
 # Model selection, registry and serving (tracking/selection.py, registry.py, serve.py).
 STATE_DICT_ARTIFACT = "state_dict.pt"  # weights only: torch.load(weights_only=True) can read it
-ARCH_ARTIFACT = "arch.json"  # {"model": <spec model section>, "input_shape": [...], "num_classes": n}
+ARCH_ARTIFACT = (
+    "arch.json"  # {"model": <spec model section>, "input_shape": [...], "num_classes": n}
+)
 PARETO_PLOT_ARTIFACT = "pareto_front.png"  # on the parent run
 PARALLEL_PLOT_ARTIFACT = "parallel_coordinates.png"
 CURVES_PLOT_ARTIFACT = "learning_curves.png"

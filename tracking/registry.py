@@ -55,8 +55,9 @@ class Promotion:
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
 
-def log_torch_model(run_id: str, model: Any, input_example: Any, uri: str,
-                    onnx_file: str | Path | None = None) -> str:
+def log_torch_model(
+    run_id: str, model: Any, input_example: Any, uri: str, onnx_file: str | Path | None = None
+) -> str:
     """Log a PyTorch model to ``run_id`` as artifact ``model``; returns the logged model's URI.
 
     ``input_example`` must have batch > 1: MLflow 3 traces the model with ``torch.export`` and a
@@ -72,9 +73,13 @@ def log_torch_model(run_id: str, model: Any, input_example: Any, uri: str,
         onnx = Path(onnx_file) if onnx_file else _export_onnx(model, input_example, Path(tmp))
         extra = [str(onnx)] if onnx else None
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(model, name=keys.MODEL_ARTIFACT,
-                                            input_example=input_example, extra_files=extra,
-                                            pip_requirements=_pip_requirements())
+            info = mlflow.pytorch.log_model(
+                model,
+                name=keys.MODEL_ARTIFACT,
+                input_example=input_example,
+                extra_files=extra,
+                pip_requirements=_pip_requirements(),
+            )
     return info.model_uri
 
 
@@ -108,9 +113,15 @@ def _export_onnx(model: Any, example: Any, folder: Path) -> Path | None:
     try:
         x = torch.as_tensor(example[:2])
         # The TorchScript-based exporter: no onnxscript optimisation pass, a second or less.
-        torch.onnx.export(model.eval(), (x,), str(path), input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}},
-                          dynamo=False)
+        torch.onnx.export(
+            model.eval(),
+            (x,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}},
+            dynamo=False,
+        )
     except Exception as e:  # noqa: BLE001 - serving is optional; logging the model is not
         log.warning("no ONNX export for serving: %s", e)
         return None
@@ -118,8 +129,14 @@ def _export_onnx(model: Any, example: Any, folder: Path) -> Path | None:
 
 
 def register_and_alias(
-    uri: str, model_uri: str, model_name: str, alias: str, run_id: str,
-    decision: Decision, tags: dict[str, str] | None = None, policy: Policy | None = None,
+    uri: str,
+    model_uri: str,
+    model_name: str,
+    alias: str,
+    run_id: str,
+    decision: Decision,
+    tags: dict[str, str] | None = None,
+    policy: Policy | None = None,
 ) -> Promotion:
     """Register the sweep winner ``decision.winner`` (logged at ``model_uri``) as a challenger
     and give it ``alias`` only if it beats the current holder (see :func:`promote_challenger`).
@@ -134,11 +151,25 @@ def register_and_alias(
     assert winner is not None
     policy = policy or _policy_of_run(client, run_id) or Policy()
     card = {**_card_of_run(uri, client, run_id, policy), **(tags or {})}
-    challenger = Candidate(winner.trial_id, winner.metrics, winner.status, run_id, winner.config,
-                           winner.split or card.get(keys.TAG_SPLIT))
+    challenger = Candidate(
+        winner.trial_id,
+        winner.metrics,
+        winner.status,
+        run_id,
+        winner.config,
+        winner.split or card.get(keys.TAG_SPLIT),
+    )
     out = promote_challenger(uri, model_name, model_uri, challenger, policy, card, alias)
-    return Promotion(model_name, out.version, alias, run_id, f"models:/{model_name}@{alias}",
-                     out.decision.promote, out.champion, out.decision.reasons)
+    return Promotion(
+        model_name,
+        out.version,
+        alias,
+        run_id,
+        f"models:/{model_name}@{alias}",
+        out.decision.promote,
+        out.champion,
+        out.decision.reasons,
+    )
 
 
 def _policy_of_run(client: Any, run_id: str) -> Policy | None:
@@ -166,10 +197,13 @@ def _card_of_run(uri: str, client: Any, run_id: str, policy: Policy) -> dict[str
         return {}
     p = run.data.params
     recipe = {k: v for k, v in sorted(p.items()) if k.startswith("recipe")}
-    card = {keys.TAG_DATASET: p.get("task", ""), keys.TAG_OPTIMIZER: p.get("optimizer.name", ""),
-            keys.TAG_RECIPE: json.dumps(recipe) if recipe else "[]",
-            keys.TAG_POLICY: json.dumps(_policy_json(policy)),
-            keys.TAG_PARENT_RUN: run.data.tags.get(keys.TAG_PARENT_RUN, "")}
+    card = {
+        keys.TAG_DATASET: p.get("task", ""),
+        keys.TAG_OPTIMIZER: p.get("optimizer.name", ""),
+        keys.TAG_RECIPE: json.dumps(recipe) if recipe else "[]",
+        keys.TAG_POLICY: json.dumps(_policy_json(policy)),
+        keys.TAG_PARENT_RUN: run.data.tags.get(keys.TAG_PARENT_RUN, ""),
+    }
     if "task" in p and "training.seed" in p:
         card[keys.TAG_SPLIT] = split_label(p["task"], p["training.seed"])
     if uri.startswith(("http://", "https://")):
@@ -181,10 +215,15 @@ def _card_of_run(uri: str, client: Any, run_id: str, policy: Policy) -> dict[str
 
 
 def _policy_json(policy: Policy) -> dict[str, Any]:
-    return {"objectives": [{"metric": o.metric, "mode": o.mode} for o in policy.objectives],
-            "constraints": list(policy.constraints), "strategy": policy.strategy,
-            "pick": policy.pick, "weights": list(policy.weights) if policy.weights else None,
-            "min_improvement": policy.min_improvement}
+    return {
+        "objectives": [{"metric": o.metric, "mode": o.mode} for o in policy.objectives],
+        "constraints": list(policy.constraints),
+        "strategy": policy.strategy,
+        "pick": policy.pick,
+        "weights": list(policy.weights) if policy.weights else None,
+        "min_improvement": policy.min_improvement,
+    }
+
 
 # --------------------------------------------------------------------------- champion / challenger
 #
@@ -234,8 +273,19 @@ def _code(e: Exception) -> str:
 def _transient(e: Exception) -> bool:
     """Errors worth retrying: a busy SQLite file, a version-number collision, a server hiccup."""
     text = str(e).lower()
-    return any(s in text for s in ("database is locked", "unique constraint", "integrityerror",
-                                   "giving up after", "deadlock", "503", "502", "temporarily"))
+    return any(
+        s in text
+        for s in (
+            "database is locked",
+            "unique constraint",
+            "integrityerror",
+            "giving up after",
+            "deadlock",
+            "503",
+            "502",
+            "temporarily",
+        )
+    )
 
 
 def _retry(fn: Callable[[], Any], what: str, attempts: int = 8) -> Any:
@@ -252,8 +302,9 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 8) -> Any:
 
 
 @contextmanager
-def promotion_lock(uri: str, model_name: str, timeout_s: float = LOCK_TIMEOUT_S,
-                   stale_s: float = LOCK_STALE_S) -> Iterator[None]:
+def promotion_lock(
+    uri: str, model_name: str, timeout_s: float = LOCK_TIMEOUT_S, stale_s: float = LOCK_STALE_S
+) -> Iterator[None]:
     """Hold the promotion lock of ``model_name`` (see the comment above) for the ``with`` body.
 
     Raises:
@@ -265,17 +316,22 @@ def promotion_lock(uri: str, model_name: str, timeout_s: float = LOCK_TIMEOUT_S,
     deadline, delay = time.monotonic() + timeout_s, 0.02
     while True:
         try:
-            client.create_registered_model(lock, tags={"podium.lock_owner": token},
-                                           description="Held while Podium promotes; deleted after.")
+            client.create_registered_model(
+                lock,
+                tags={"podium.lock_owner": token},
+                description="Held while Podium promotes; deleted after.",
+            )
             break
         except Exception as e:  # noqa: BLE001
             if _code(e) != "RESOURCE_ALREADY_EXISTS" and not _transient(e):
                 raise RegistryError(f"cannot take the promotion lock {lock!r}: {e}") from e
         _break_if_stale(client, lock, stale_s)
         if time.monotonic() > deadline:
-            raise RegistryError(f"another promotion of {model_name!r} held the lock for "
-                                f"{timeout_s:.0f}s; if a promotion crashed, delete the registered "
-                                f"model {lock!r}")
+            raise RegistryError(
+                f"another promotion of {model_name!r} held the lock for "
+                f"{timeout_s:.0f}s; if a promotion crashed, delete the registered "
+                f"model {lock!r}"
+            )
         time.sleep(delay * (1 + random.random()))
         delay = min(delay * 1.5, 0.5)
     try:
@@ -324,8 +380,10 @@ def _alias_version(client: Any, name: str, alias: str) -> Any | None:
 
 def _version_of_run(client: Any, name: str, run_id: str) -> Any | None:
     """The version already registered from ``run_id`` (what makes a re-run idempotent)."""
-    found = _retry(lambda: client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"),
-                   f"listing {name}")
+    found = _retry(
+        lambda: client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"),
+        f"listing {name}",
+    )
     mine = [v for v in found if v.tags.get(keys.TAG_SOURCE_RUN) == run_id]
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
@@ -355,9 +413,15 @@ def split_label(task: Any, seed: Any) -> str:
     return f"{task}:seed={seed}"
 
 
-def promote_challenger(uri: str, model_name: str, model_uri: str, challenger: Candidate,
-                       policy: Policy, card: dict[str, str] | None = None,
-                       alias: str = "champion") -> PromotionOutcome:
+def promote_challenger(
+    uri: str,
+    model_name: str,
+    model_uri: str,
+    challenger: Candidate,
+    policy: Policy,
+    card: dict[str, str] | None = None,
+    alias: str = "champion",
+) -> PromotionOutcome:
     """Register ``challenger``'s model and make it ``alias`` if it beats the current holder.
 
     The version is created once per run (a re-run finds it), carries the model card (``card``
@@ -378,29 +442,52 @@ def promote_challenger(uri: str, model_name: str, model_uri: str, challenger: Ca
         incumbent = version_candidate(holder) if holder else None
         ch = version_candidate(mv)
         decision = decide_promotion(
-            Candidate(ch.trial_id, challenger.metrics, challenger.status, challenger.run_id,
-                      challenger.config, challenger.split), incumbent, policy)
+            Candidate(
+                ch.trial_id,
+                challenger.metrics,
+                challenger.status,
+                challenger.run_id,
+                challenger.config,
+                challenger.split,
+            ),
+            incumbent,
+            policy,
+        )
         if decision.promote:
             if holder is not None:
-                _retry(lambda: client.set_registered_model_alias(
-                model_name, PREVIOUS_ALIAS, holder.version), "setting previous")
-            _retry(lambda: client.set_registered_model_alias(model_name, alias, mv.version),
-                   f"setting {alias}")
+                _retry(
+                    lambda: client.set_registered_model_alias(
+                        model_name, PREVIOUS_ALIAS, holder.version
+                    ),
+                    "setting previous",
+                )
+            _retry(
+                lambda: client.set_registered_model_alias(model_name, alias, mv.version),
+                f"setting {alias}",
+            )
         _record_decision(client, model_name, mv.version, decision, card)
         champ = _alias_version(client, model_name, alias)
         expected = mv.version if decision.promote else (holder.version if holder else None)
         found = str(champ.version) if champ else None
         if found != (str(expected) if expected else None):  # someone wrote outside the lock
-            raise RegistryError(f"alias {alias!r} of {model_name!r} moved during the promotion "
-                                f"(expected v{expected}, found v{found})")
+            raise RegistryError(
+                f"alias {alias!r} of {model_name!r} moved during the promotion "
+                f"(expected v{expected}, found v{found})"
+            )
         prev = _alias_version(client, model_name, PREVIOUS_ALIAS)
-    return PromotionOutcome(model_name, str(mv.version), decision,
-                            str(champ.version) if champ else None,
-                            str(prev.version) if prev else None, created)
+    return PromotionOutcome(
+        model_name,
+        str(mv.version),
+        decision,
+        str(champ.version) if champ else None,
+        str(prev.version) if prev else None,
+        created,
+    )
 
 
-def _create_version(client: Any, name: str, model_uri: str, challenger: Candidate,
-                    card: dict[str, str] | None) -> Any:
+def _create_version(
+    client: Any, name: str, model_uri: str, challenger: Candidate, card: dict[str, str] | None
+) -> Any:
     tags = {**(card or {}), keys.TAG_SOURCE_RUN: challenger.run_id or ""}
     if challenger.split:
         tags[keys.TAG_SPLIT] = challenger.split
@@ -409,30 +496,48 @@ def _create_version(client: Any, name: str, model_uri: str, challenger: Candidat
     # A logged model's URI (models:/m-<id>) must travel with its id: an HTTP tracking server
     # rejects the source otherwise ("The model_id request parameter must identify ...").
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    return _retry(lambda: client.create_model_version(
-        name, model_uri, run_id=challenger.run_id, tags=tags, model_id=model_id,
-        description=_card_text(challenger, card)), f"registering a version of {name}")
+    return _retry(
+        lambda: client.create_model_version(
+            name,
+            model_uri,
+            run_id=challenger.run_id,
+            tags=tags,
+            model_id=model_id,
+            description=_card_text(challenger, card),
+        ),
+        f"registering a version of {name}",
+    )
 
 
 def _card_text(c: Candidate, card: dict[str, str] | None) -> str:
-    lines = [f"Trial `{c.config.get('trial_id', c.trial_id)}` of run `{c.run_id}`, "
-             f"test split `{c.split}`.", "", "| metric | value |", "|---|---|"]
+    lines = [
+        f"Trial `{c.config.get('trial_id', c.trial_id)}` of run `{c.run_id}`, "
+        f"test split `{c.split}`.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.6g} |" for k, v in sorted(c.metrics.items())]
     lines += [f"- {k}: {v}" for k, v in sorted((card or {}).items())]
     return "\n".join(lines)
 
 
-def _record_decision(client: Any, name: str, version: str, decision: Decision,
-                     card: dict[str, str] | None) -> None:
+def _record_decision(
+    client: Any, name: str, version: str, decision: Decision, card: dict[str, str] | None
+) -> None:
     text = "; ".join(decision.reasons)[:4900]  # MLflow caps tag values at 5000 characters
-    _retry(lambda: client.set_model_version_tag(name, version, keys.TAG_DECISION, text),
-           "recording the decision")
+    _retry(
+        lambda: client.set_model_version_tag(name, version, keys.TAG_DECISION, text),
+        "recording the decision",
+    )
     mv = client.get_model_version(name, version)
     verdict = "promoted" if decision.promote else "not promoted"
     note = f"\n\n**Promotion decision** ({verdict}): {text}"
     if note not in (mv.description or ""):
-        _retry(lambda: client.update_model_version(name, version, (mv.description or "") + note),
-               "updating the model card")
+        _retry(
+            lambda: client.update_model_version(name, version, (mv.description or "") + note),
+            "updating the model card",
+        )
 
 
 def rollback(uri: str, model_name: str, alias: str = "champion") -> tuple[str, str]:
@@ -448,13 +553,24 @@ def rollback(uri: str, model_name: str, alias: str = "champion") -> tuple[str, s
         prev = _alias_version(client, model_name, PREVIOUS_ALIAS)
         if champ is None or prev is None:
             have = [f"v{v.version}" if v else "none" for v in (champ, prev)]
-            raise RegistryError(f"cannot roll back {model_name!r}: it needs both @{alias} and "
-                                f"@{PREVIOUS_ALIAS} (found {have[0]} and {have[1]})")
-        _retry(lambda: client.set_registered_model_alias(model_name, alias, prev.version),
-               "rollback")
-        _retry(lambda: client.set_registered_model_alias(model_name, PREVIOUS_ALIAS, champ.version),
-               "rollback")
-        _retry(lambda: client.set_model_version_tag(
-            model_name, prev.version, keys.TAG_DECISION,
-            f"rolled back: v{prev.version} replaces v{champ.version} as {alias}"), "rollback")
+            raise RegistryError(
+                f"cannot roll back {model_name!r}: it needs both @{alias} and "
+                f"@{PREVIOUS_ALIAS} (found {have[0]} and {have[1]})"
+            )
+        _retry(
+            lambda: client.set_registered_model_alias(model_name, alias, prev.version), "rollback"
+        )
+        _retry(
+            lambda: client.set_registered_model_alias(model_name, PREVIOUS_ALIAS, champ.version),
+            "rollback",
+        )
+        _retry(
+            lambda: client.set_model_version_tag(
+                model_name,
+                prev.version,
+                keys.TAG_DECISION,
+                f"rolled back: v{prev.version} replaces v{champ.version} as {alias}",
+            ),
+            "rollback",
+        )
     return str(prev.version), str(champ.version)

@@ -222,8 +222,11 @@ def _version_source(model_uri: str, tracking_uri: str | None) -> str:
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name = m["name"]
-    mv = (client.get_model_version_by_alias(name, m["alias"]) if m["alias"]
-          else client.get_model_version(name, m["version"]))
+    mv = (
+        client.get_model_version_by_alias(name, m["alias"])
+        if m["alias"]
+        else client.get_model_version(name, m["version"])
+    )
     return client.get_model_version_download_uri(name, mv.version)
 
 

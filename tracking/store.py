@@ -34,7 +34,9 @@ class TrackingError(Exception):
     """MLflow could not be reached or refused a write; the message says which store."""
 
 
-def resolve_tracking_uri(flag: str | None, spec_uri: str | None, workdir: str | os.PathLike = ".") -> str:
+def resolve_tracking_uri(
+    flag: str | None, spec_uri: str | None, workdir: str | os.PathLike = "."
+) -> str:
     """Where runs go: the CLI flag, then ``MLFLOW_TRACKING_URI``, then the spec, then an embedded
     SQLite store under ``./podium-runs/``."""
     uri = flag or os.environ.get(ENV_URI) or spec_uri
@@ -46,7 +48,10 @@ def resolve_tracking_uri(flag: str | None, spec_uri: str | None, workdir: str | 
 
 
 def default_artifact_location(uri: str) -> str | None:
-    """Artifacts beside an embedded SQLite store (``podium-runs/artifacts``); servers decide their own."""
+    """Artifacts beside an embedded SQLite store (``podium-runs/artifacts``).
+
+    Servers decide their own.
+    """
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     return None
@@ -75,28 +80,36 @@ class Store:
             location = artifact_location or default_artifact_location(self.uri)
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException as e:
-            raise TrackingError(f"MLflow store {self.uri!r} refused experiment {name!r}: {e.message}") from e
+            raise TrackingError(
+                f"MLflow store {self.uri!r} refused experiment {name!r}: {e.message}"
+            ) from e
         except Exception as e:  # connection errors come as requests/sqlalchemy exceptions
             raise TrackingError(f"cannot reach MLflow store {self.uri!r}: {e}") from e
 
     def start_parent(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(experiment_id, run_name=run_name,
-                                     tags={keys.TAG_ROLE: keys.ROLE_SWEEP, **tags})
+        run = self.client.create_run(
+            experiment_id, run_name=run_name, tags={keys.TAG_ROLE: keys.ROLE_SWEEP, **tags}
+        )
         return run.info.run_id
 
     def find_parent(self, experiment_id: str, run_name: str) -> str | None:
         """The newest sweep run named ``run_name`` (what ``--resume`` continues)."""
         runs = self.client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}' and tags.`mlflow.runName` = '{run_name}'",
-            order_by=["attributes.start_time DESC"], max_results=1,
+            filter_string=(
+                f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}' "
+                f"and tags.`mlflow.runName` = '{run_name}'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
         )
         return runs[0].info.run_id if runs else None
 
     def child_runs(self, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
         """Existing child runs by trial id, for resuming into the same runs."""
         runs = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{keys.TAG_PARENT_RUN}` = '{parent_run_id}'",
+            [experiment_id],
+            filter_string=f"tags.`{keys.TAG_PARENT_RUN}` = '{parent_run_id}'",
             max_results=50000,
         )
         return {r.data.tags[keys.TAG_TRIAL_ID]: r for r in runs if keys.TAG_TRIAL_ID in r.data.tags}
@@ -104,7 +117,9 @@ class Store:
     def log_artifact_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    def log_artifact_file(self, run_id: str, path: str | os.PathLike, folder: str | None = None) -> None:
+    def log_artifact_file(
+        self, run_id: str, path: str | os.PathLike, folder: str | None = None
+    ) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
@@ -128,8 +143,14 @@ class RunWriter:
     from a checkpoint re-reports nothing twice).
     """
 
-    def __init__(self, store: Store, experiment_id: str, parent_run_id: str,
-                 existing: dict[str, Any] | None = None, retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        experiment_id: str,
+        parent_run_id: str,
+        existing: dict[str, Any] | None = None,
+        retry_s: float = 1.0,
+    ) -> None:
         self.store, self.experiment_id, self.parent_run_id = store, experiment_id, parent_run_id
         self.retry_s = retry_s
         self.runs: dict[str, _TrialRun] = {}
@@ -148,7 +169,9 @@ class RunWriter:
 
     # -- what the Tune callback calls (non-blocking)
 
-    def trial_started(self, trial_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+    def trial_started(
+        self, trial_id: str, name: str, params: dict[str, Any], tags: dict[str, str]
+    ) -> None:
         self._put(trial_id, "start", (name, params, tags))
 
     def log_metrics(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
@@ -239,6 +262,8 @@ class RunWriter:
             elif run.run_id is None:
                 # A trial can fail before Tune reports its start: give it a run all the same.
                 self._create(run, trial_id, trial_id, {}, {})
+            run_id = run.run_id
+            assert run_id is not None  # created just above
             if op == "metrics":
                 now = int(time.time() * 1000)
                 # Merge this trial's consecutive metric reports into one log_batch call.
@@ -251,25 +276,33 @@ class RunWriter:
                             rows.append(Metric(k, float(v), now, step))
                     n += 1
                 for chunk in _chunks(rows, 900):
-                    self.store.client.log_batch(run.run_id, metrics=chunk)
+                    self.store.client.log_batch(run_id, metrics=chunk)
                 for m in rows:
                     run.steps[m.key] = max(run.steps.get(m.key, -1), m.step)
                 del batch[:n]
                 continue
             elif op == "tags":
-                self.store.client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in arg.items()])
+                self.store.client.log_batch(
+                    run_id, tags=[RunTag(k, str(v)) for k, v in arg.items()]
+                )
             elif op == "end":
-                self.store.client.set_terminated(run.run_id, arg)
+                self.store.client.set_terminated(run_id, arg)
             del batch[0]
 
-    def _create(self, run: _TrialRun, trial_id: str, name: str, params: dict[str, Any],
-                tags: dict[str, str]) -> None:
+    def _create(
+        self, run: _TrialRun, trial_id: str, name: str, params: dict[str, Any], tags: dict[str, str]
+    ) -> None:
         from mlflow.entities import Param
 
         created = self.store.client.create_run(
-            self.experiment_id, run_name=name,
-            tags={keys.TAG_PARENT_RUN: self.parent_run_id, keys.TAG_ROLE: keys.ROLE_TRIAL,
-                  keys.TAG_TRIAL_ID: trial_id, **tags},
+            self.experiment_id,
+            run_name=name,
+            tags={
+                keys.TAG_PARENT_RUN: self.parent_run_id,
+                keys.TAG_ROLE: keys.ROLE_TRIAL,
+                keys.TAG_TRIAL_ID: trial_id,
+                **tags,
+            },
         )
         for chunk in _chunks([Param(k, _param_value(v)) for k, v in params.items()], 100):
             self.store.client.log_batch(created.info.run_id, params=chunk)
@@ -282,7 +315,11 @@ def _permanent(e: Exception) -> bool:
 
     code = getattr(e, "error_code", "")
     return isinstance(e, MlflowException) and code in (
-        "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST")
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+        "INVALID_STATE",
+        "BAD_REQUEST",
+    )
 
 
 def _param_value(v: Any) -> str:

@@ -44,13 +44,15 @@ from workers.optimizers._base import HParam
 
 ATTACKS = ("fgsm", "pgd")
 ADVERSARIAL_KEYS: dict[str, HParam] = {
-    "attack": HParam("pgd", "how the adversary searches the ball: fgsm or pgd", str,
-                     choices=ATTACKS),
+    "attack": HParam(
+        "pgd", "how the adversary searches the ball: fgsm or pgd", str, choices=ATTACKS
+    ),
     "epsilon": HParam(0.1, "radius of the L-inf ball around each input", float, 0.0, 1.0),
     "steps": HParam(7, "PGD steps per training batch (fgsm takes one)", int, 1, 100),
     "step_size": HParam(None, "PGD step size (default 2.5 * epsilon / steps)", float, 0.0, 1.0),
-    "eval_epsilon": HParam(None, "radius robust_accuracy attacks with (default epsilon)", float,
-                           0.0, 1.0),
+    "eval_epsilon": HParam(
+        None, "radius robust_accuracy attacks with (default epsilon)", float, 0.0, 1.0
+    ),
     "eval_steps": HParam(20, "PGD steps of the robust_accuracy attack", int, 1, 1000),
     "clip": HParam((0.0, 1.0), "valid input range, or null for unbounded inputs", tuple),
 }
@@ -83,8 +85,9 @@ def check_adversarial(section: dict[str, Any] | None) -> list[tuple[str, Any, st
             problems.append((key, value, msg))
     s = resolved(section) if not problems else {}
     if s.get("attack") == "fgsm" and section.get("steps", 1) != 1:
-        problems.append(("steps", section["steps"],
-                         "fgsm takes one step; use attack: pgd for more"))
+        problems.append(
+            ("steps", section["steps"], "fgsm takes one step; use attack: pgd for more")
+        )
     return problems
 
 
@@ -103,9 +106,17 @@ def resolved(section: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, steps: int,
-        step_size: float, clip: tuple[float, float] | None, random_start: bool = True,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilon: float,
+    steps: int,
+    step_size: float,
+    clip: tuple[float, float] | None,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Projected gradient ascent on the cross-entropy within ``||x' - x||_inf <= epsilon``.
 
     FGSM is ``steps=1, step_size=epsilon, random_start=False``. The model is put in eval mode
@@ -134,8 +145,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, step
     return x_adv.detach()
 
 
-def _project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float,
-             clip: tuple[float, float] | None) -> torch.Tensor:
+def _project(
+    x_adv: torch.Tensor, x: torch.Tensor, epsilon: float, clip: tuple[float, float] | None
+) -> torch.Tensor:
     x_adv = torch.max(torch.min(x_adv, x + epsilon), x - epsilon)
     return x_adv.clamp(*clip) if clip is not None else x_adv
 
@@ -149,14 +161,27 @@ def make_adversary(section: dict[str, Any] | None) -> Adversary | None:
     fgsm = s["attack"] == "fgsm"
 
     def adversary(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return pgd(model, x, y, s["epsilon"], s["steps"], s["step_size"], clip,  # type: ignore[arg-type]
-                   random_start=not fgsm)
+        return pgd(
+            model,
+            x,
+            y,
+            s["epsilon"],
+            s["steps"],
+            s["step_size"],
+            clip,  # type: ignore[arg-type]
+            random_start=not fgsm,
+        )
 
     return adversary
 
 
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    section: dict[str, Any] | None, batch_size: int = 1024) -> float | None:
+def robust_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    section: dict[str, Any] | None,
+    batch_size: int = 1024,
+) -> float | None:
     """Accuracy under a PGD attack at ``eval_epsilon`` with ``eval_steps`` steps; None if off.
 
     The random start is seeded (0), so the number is reproducible for a given model.
@@ -169,7 +194,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     gen = torch.Generator().manual_seed(0)
     correct = 0
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start: start + batch_size], y[start: start + batch_size]
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         x_adv = pgd(model, xb, yb, eps, steps, 2.5 * eps / steps, clip, generator=gen)  # type: ignore[arg-type]
         was_training = model.training
         model.eval()

@@ -32,8 +32,9 @@ DeviceKind = Literal["cpu", "cuda", "xla"]
 TPU_RESOURCE = "TPU"  # Ray's name for TPU chips (a custom resource on a simulated node)
 
 
-def choose_device(assigned: dict[str, float], cuda_available: bool,
-                  xla_available: bool) -> tuple[DeviceKind, str]:
+def choose_device(
+    assigned: dict[str, float], cuda_available: bool, xla_available: bool
+) -> tuple[DeviceKind, str]:
     """Decide the device kind from Ray's assignment and what this process can use.
 
     Args:
@@ -48,13 +49,17 @@ def choose_device(assigned: dict[str, float], cuda_available: bool,
     if gpus > 0:
         if cuda_available:
             return "cuda", f"Ray assigned {gpus:g} GPU"
-        return "cpu", (f"Ray assigned {gpus:g} GPU but torch.cuda.is_available() is False "
-                       f"(torch {torch.__version__} has no usable CUDA here); fell back to CPU")
+        return "cpu", (
+            f"Ray assigned {gpus:g} GPU but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__} has no usable CUDA here); fell back to CPU"
+        )
     if tpus > 0:
         if xla_available:
             return "xla", f"Ray assigned {tpus:g} TPU"
-        return "cpu", (f"Ray assigned {tpus:g} TPU but torch_xla is not importable "
-                       "(pip install torch_xla on TPU hosts); fell back to CPU")
+        return "cpu", (
+            f"Ray assigned {tpus:g} TPU but torch_xla is not importable "
+            "(pip install torch_xla on TPU hosts); fell back to CPU"
+        )
     return "cpu", "no accelerator assigned"
 
 
@@ -130,8 +135,9 @@ class Device:
             xm.mark_step()
 
 
-def pick_device(amp: bool = False, cudnn_benchmark: bool = False,
-                assigned: dict[str, float] | None = None) -> Device:
+def pick_device(
+    amp: bool = False, cudnn_benchmark: bool = False, assigned: dict[str, float] | None = None
+) -> Device:
     """The device for the calling trial, from Ray's assignment (read here when not given).
 
     Args:
@@ -154,8 +160,15 @@ def pick_device(amp: bool = False, cudnn_benchmark: bool = False,
         use_amp = amp and torch.cuda.is_bf16_supported()
         if amp and not use_amp:
             reason += "; amp off: this GPU has no bfloat16"
-        return Device(torch.device("cuda", 0), "cuda", node, node_id, reason, use_amp,
-                      torch.cuda.get_device_name(0))
+        return Device(
+            torch.device("cuda", 0),
+            "cuda",
+            node,
+            node_id,
+            reason,
+            use_amp,
+            torch.cuda.get_device_name(0),
+        )
     if kind == "xla":
         return Device(_xla_device(), "xla", node, node_id, reason, name="TPU")
     if amp:
@@ -199,8 +212,14 @@ def _node() -> tuple[str, str | None]:
         if not ray.is_initialized():
             return host, None
         node_id = ray.get_runtime_context().get_node_id()
-        name = next((n.get("NodeName") or n.get("NodeManagerAddress")
-                     for n in ray.nodes() if n.get("NodeID") == node_id), None)
+        name = next(
+            (
+                n.get("NodeName") or n.get("NodeManagerAddress")
+                for n in ray.nodes()
+                if n.get("NodeID") == node_id
+            ),
+            None,
+        )
         return f"{host}/{name}" if name else host, node_id
     except Exception:
         return host, None
@@ -219,6 +238,8 @@ def task_on(device: torch.device, data: Any) -> Any:
 
     if data.x_train.device == device:
         return data
-    moved = {f: getattr(data, f).to(device) for f in
-             ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+    moved = {
+        f: getattr(data, f).to(device)
+        for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+    }
     return dataclasses.replace(data, **moved)

@@ -37,8 +37,10 @@ def batch_size_for(mode: str, requested: int | None, n_train: int) -> int:
 
 def l1_norm(model: nn.Module) -> torch.Tensor:
     # Weights only: biases and norm scales are not what L1 should drive to zero before pruning.
-    return sum((p.abs().sum() for n, p in model.named_parameters() if n.endswith("weight")),
-               torch.zeros(()))
+    return sum(
+        (p.abs().sum() for n, p in model.named_parameters() if n.endswith("weight")),
+        torch.zeros(()),
+    )
 
 
 def train_epoch(
@@ -77,8 +79,9 @@ def train_epoch(
             loss.backward()
             return loss
 
+        loss: torch.Tensor
         if needs_closure:
-            loss = optimizer.step(closure)
+            loss = optimizer.step(closure)  # type: ignore[arg-type,assignment]
         else:
             loss = closure()
             optimizer.step()
@@ -86,7 +89,9 @@ def train_epoch(
             schedule.step()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise TrialDivergedError(f"training loss became {value} at step {steps + 1} of the epoch")
+            raise TrialDivergedError(
+                f"training loss became {value} at step {steps + 1} of the epoch"
+            )
         total += value * len(idx)
         seen += len(idx)
         steps += 1
@@ -94,7 +99,9 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
+) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) of ``model`` on ``(x, y)`` in eval mode."""
     model.eval()
     loss_sum, correct = 0.0, 0

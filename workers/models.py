@@ -62,7 +62,9 @@ def cnn(
     Input must be ``(C, H, W)``; each block halves H and W (floor), so 28x28 → 14 → 7.
     """
     if len(input_shape) != 3:
-        raise ValueError(f"model.arch 'cnn' needs image input (C, H, W), got shape {tuple(input_shape)}")
+        raise ValueError(
+            f"model.arch 'cnn' needs image input (C, H, W), got shape {tuple(input_shape)}"
+        )
     c, h, w = input_shape
     layers: list[nn.Module] = []
     for out in channels:

@@ -74,11 +74,15 @@ def load_plugin(ref: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise WorkerError(f"cannot import plug-in module {module_name!r} (from {ref!r}): {e}") from e
+        raise WorkerError(
+            f"cannot import plug-in module {module_name!r} (from {ref!r}): {e}"
+        ) from e
     try:
         fn = getattr(module, attr)
     except AttributeError:
-        raise WorkerError(f"module {module_name!r} has no attribute {attr!r} (from {ref!r})") from None
+        raise WorkerError(
+            f"module {module_name!r} has no attribute {attr!r} (from {ref!r})"
+        ) from None
     if not callable(fn):
         raise WorkerError(f"plug-in {ref!r} is not callable")
     return fn

@@ -31,7 +31,9 @@ from workers.optimizers.schedules import build_schedule
 from workers.recipes import run_recipe
 from workers.tasks import TaskData, load_task
 
-STATE_FILE = "state.pt"  # weights-only: tensors and plain containers, loadable with weights_only=True
+STATE_FILE = (
+    "state.pt"  # weights-only: tensors and plain containers, loadable with weights_only=True
+)
 TRIAL_FILE = "trial.json"  # the concrete spec plus the model's input shape and class count
 ROBUST_VAL_SAMPLES = 1000  # val examples attacked each epoch (the test split is attacked whole)
 ARTIFACTS_DIR = "artifacts"  # files a recipe produced (e.g. model.onnx), logged by the driver
@@ -78,8 +80,10 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
     torch.set_num_threads(max(1, ctx.threads))
     training = trial["training"]
     # The device follows what Ray assigned this trial (a GPU, a TPU, or neither).
-    device = pick_device(amp=bool(training.get("amp", False)),
-                         cudnn_benchmark=bool(training.get("cudnn_benchmark", False)))
+    device = pick_device(
+        amp=bool(training.get("amp", False)),
+        cudnn_benchmark=bool(training.get("cudnn_benchmark", False)),
+    )
     ctx.device = device.torch_device
     data = task_on(device.torch_device, load_task(trial["task"], training["seed"]))
     state = _setup(trial, data, device.torch_device)
@@ -99,27 +103,47 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
         try:
             with device.mixed_precision(state.model):
                 result = train_epoch(
-                    state.model, state.optimizer, data.x_train, data.y_train, batch_size,
-                    state.generator, needs_closure=entry.needs_closure,
-                    l1_penalty=training.get("l1_penalty", 0.0), schedule=state.schedule,
+                    state.model,
+                    state.optimizer,
+                    data.x_train,
+                    data.y_train,
+                    batch_size,
+                    state.generator,
+                    needs_closure=entry.needs_closure,
+                    l1_penalty=training.get("l1_penalty", 0.0),
+                    schedule=state.schedule,
                     adversary=adversary,
                 )
         except TrialDivergedError as e:
             # End the trial, marked failed with the reason. Raising would make Tune retry it
             # (max_failures), and a diverging config diverges again.
             val_loss, val_acc = evaluate(state.model, data.x_val, data.y_val)
-            tune.report({keys.EPOCH: state.epoch + 1, keys.TRAIN_LOSS: float("nan"),
-                         keys.VAL_LOSS: val_loss, keys.VAL_ACCURACY: val_acc,
-                         keys.FAILED: str(e), **where})
+            tune.report(
+                {
+                    keys.EPOCH: state.epoch + 1,
+                    keys.TRAIN_LOSS: float("nan"),
+                    keys.VAL_LOSS: val_loss,
+                    keys.VAL_ACCURACY: val_acc,
+                    keys.FAILED: str(e),
+                    **where,
+                }
+            )
             return
         val_loss, val_acc = evaluate(state.model, data.x_val, data.y_val)
         state.train_time_s += time.perf_counter() - started
         state.epoch += 1
-        metrics = {keys.EPOCH: state.epoch, keys.TRAIN_LOSS: result.train_loss,
-                   keys.VAL_LOSS: val_loss, keys.VAL_ACCURACY: val_acc, **where}
+        metrics = {
+            keys.EPOCH: state.epoch,
+            keys.TRAIN_LOSS: result.train_loss,
+            keys.VAL_LOSS: val_loss,
+            keys.VAL_ACCURACY: val_acc,
+            **where,
+        }
         # Per epoch on a fixed slice of val: PGD on a whole 5k split costs minutes per epoch.
         n = ROBUST_VAL_SAMPLES
-        robust = robust_accuracy(state.model, data.x_val[:n], data.y_val[:n], training.get("adversarial"))
+        robust = robust_accuracy(
+            state.model, data.x_val[:n], data.y_val[:n], training.get("adversarial")
+        )
         if robust is not None:
             metrics[keys.ROBUST_ACCURACY] = robust
         last = state.epoch == max_epochs
@@ -140,19 +164,32 @@ def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = 
     model = build_model(trial["model"], data.input_shape, data.num_classes).to(device or "cpu")
     opt_section = trial["optimizer"]
     optimizer = build_optimizer(
-        opt_section["name"], model.parameters(), {k: v for k, v in opt_section.items() if k != "name"}
+        opt_section["name"],
+        model.parameters(),
+        {k: v for k, v in opt_section.items() if k != "name"},
     )
     entry = OPTIMIZERS.get(opt_section["name"])
-    batch_size = batch_size_for(entry.batch_mode, trial["training"]["batch_size"], len(data.x_train))
+    batch_size = batch_size_for(
+        entry.batch_mode, trial["training"]["batch_size"], len(data.x_train)
+    )
     steps_per_epoch = -(-len(data.x_train) // batch_size)
-    schedule = build_schedule(optimizer, trial["training"].get("lr_schedule"), steps_per_epoch,
-                              trial["training"]["max_epochs"])
+    schedule = build_schedule(
+        optimizer,
+        trial["training"].get("lr_schedule"),
+        steps_per_epoch,
+        trial["training"]["max_epochs"],
+    )
     generator = torch.Generator().manual_seed(seed)
     return _State(model, optimizer, schedule, generator)
 
 
-def _save(state: _State, trial: dict[str, Any], data: TaskData, folder: Path,
-          final: dict[str, Any] | None = None) -> None:
+def _save(
+    state: _State,
+    trial: dict[str, Any],
+    data: TaskData,
+    folder: Path,
+    final: dict[str, Any] | None = None,
+) -> None:
     blob = {
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -192,8 +229,9 @@ def _restore(state: _State, checkpoint: Any) -> None:
     state.train_time_s = float(blob["train_time_s"])
 
 
-def _finish(trial: dict[str, Any], data: TaskData, state: _State, ctx: TrialContext,
-            folder: Path) -> dict[str, Any]:
+def _finish(
+    trial: dict[str, Any], data: TaskData, state: _State, ctx: TrialContext, folder: Path
+) -> dict[str, Any]:
     """Final metrics: test accuracy and size of the trained model, then the compression recipe."""
     _, test_acc = evaluate(state.model, data.x_test, data.y_test)
     final: dict[str, Any] = {
@@ -204,7 +242,9 @@ def _finish(trial: dict[str, Any], data: TaskData, state: _State, ctx: TrialCont
         keys.TRAIN_TIME_S: state.train_time_s,
         keys.DONE: True,
     }
-    robust = robust_accuracy(state.model, data.x_test, data.y_test, trial["training"].get("adversarial"))
+    robust = robust_accuracy(
+        state.model, data.x_test, data.y_test, trial["training"].get("adversarial")
+    )
     if robust is not None:
         final[keys.TEST_ROBUST_ACCURACY] = robust
     if trial.get("recipe"):

@@ -12,19 +12,31 @@ import pytest
 ROOT = Path(__file__).parents[2]
 
 
-def podium(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def podium(
+    *args: str, cwd: Path, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_bad_spec_exits_2_listing_every_problem_and_starts_nothing(tmp_path):
     spec = tmp_path / "bad.yaml"
-    spec.write_text("name: bad\nsearch: {scheduler: ashaa, num_samples: 0}\noptimizer: {name: adam, rho: 0.9}\n")
+    spec.write_text(
+        "name: bad\nsearch: {scheduler: ashaa, num_samples: 0}\noptimizer: {name: adam, rho: 0.9}\n"
+    )
     out = podium("run", str(spec), cwd=tmp_path)
     assert out.returncode == 2
-    assert "search.scheduler: 'ashaa' is not one of: asha, fifo, hyperband, median, pbt" in out.stderr
+    assert (
+        "search.scheduler: 'ashaa' is not one of: asha, fifo, hyperband, median, pbt" in out.stderr
+    )
     assert "search.num_samples: must be a positive integer, got 0" in out.stderr
     assert "optimizer.rho" in out.stderr
     assert not (tmp_path / "podium-runs").exists()  # no MLflow store, no Ray results
@@ -39,20 +51,38 @@ def test_bad_override_and_usage_exit_2(tmp_path):
 
 
 def test_validate_prints_the_resolved_spec(tmp_path):
-    out = podium("validate", str(ROOT / "examples" / "digits.yaml"), "--set", "search.num_samples=2", cwd=tmp_path)
+    out = podium(
+        "validate",
+        str(ROOT / "examples" / "digits.yaml"),
+        "--set",
+        "search.num_samples=2",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "valid (spec hash" in out.stdout and "num_samples: 2" in out.stdout
 
 
 def test_leaderboard_of_unknown_experiment_exits_2(tmp_path):
-    out = podium("leaderboard", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", cwd=tmp_path)
+    out = podium(
+        "leaderboard", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", cwd=tmp_path
+    )
     assert out.returncode == 2 and "no experiment 'nope'" in out.stderr
 
 
 @pytest.mark.slow
 def test_run_default_spec_reduced_then_leaderboard(tmp_path):
-    out = podium("run", "--set", "search.num_samples=2", "--set", "training.max_epochs=2",
-                 "--set", "search.scheduler=fifo", "--set", "promotion.model_name=cli-model", cwd=tmp_path)
+    out = podium(
+        "run",
+        "--set",
+        "search.num_samples=2",
+        "--set",
+        "training.max_epochs=2",
+        "--set",
+        "search.scheduler=fifo",
+        "--set",
+        "promotion.model_name=cli-model",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "champion: models:/cli-model@champion = version 1" in out.stdout
     assert "done:" in out.stderr  # the progress view

@@ -28,17 +28,19 @@ def cluster(ray_cluster):
 
 
 def tiny_spec(name: str, storage: Path, amp: bool = False, **resources: float) -> object:
-    return parse_spec({
-        "name": name,
-        "task": "digits",
-        "model": {"arch": "mlp", "hidden": [16]},
-        "optimizer": {"name": "adam", "lr": {"choice": [0.01, 0.02]}},
-        "training": {"max_epochs": 2, "batch_size": 128, "amp": amp},
-        "search": {"num_samples": 2, "scheduler": "fifo"},
-        "resources": {"cpu": 1, **resources},
-        "cluster": {"storage_path": str(storage)},
-        "promotion": {"enabled": False},
-    })
+    return parse_spec(
+        {
+            "name": name,
+            "task": "digits",
+            "model": {"arch": "mlp", "hidden": [16]},
+            "optimizer": {"name": "adam", "lr": {"choice": [0.01, 0.02]}},
+            "training": {"max_epochs": 2, "batch_size": 128, "amp": amp},
+            "search": {"num_samples": 2, "scheduler": "fifo"},
+            "resources": {"cpu": 1, **resources},
+            "cluster": {"storage_path": str(storage)},
+            "promotion": {"enabled": False},
+        }
+    )
 
 
 def child_tags(uri: str, result) -> list[dict[str, str]]:
@@ -51,8 +53,13 @@ def child_tags(uri: str, result) -> list[dict[str, str]]:
 def sweep(cluster, tmp_path: Path, name: str, amp: bool = False, **resources: float):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "shared-storage"
-    result = run_experiment(tiny_spec(name, storage, amp, **resources), tracking_uri=uri,
-                            address=cluster.address, verbosity=0, workdir=tmp_path)
+    result = run_experiment(
+        tiny_spec(name, storage, amp, **resources),
+        tracking_uri=uri,
+        address=cluster.address,
+        verbosity=0,
+        workdir=tmp_path,
+    )
     assert [r.status for r in result.rows] == ["completed", "completed"], result.rows
     return uri, storage, result
 

@@ -15,10 +15,14 @@ from tracking import keys
 
 pytestmark = pytest.mark.slow
 
-PRUNE_INT8 = [{"step": "prune", "method": "structured", "sparsity": 0.5, "finetune_epochs": 1},
-              {"step": "quantize", "mode": "dynamic"}]
-INT8_STATIC = [{"step": "quantize", "mode": "static", "calibration_batches": 2},
-               {"step": "export", "format": "onnx"}]
+PRUNE_INT8 = [
+    {"step": "prune", "method": "structured", "sparsity": 0.5, "finetune_epochs": 1},
+    {"step": "quantize", "mode": "dynamic"},
+]
+INT8_STATIC = [
+    {"step": "quantize", "mode": "static", "calibration_batches": 2},
+    {"step": "export", "format": "onnx"},
+]
 SPEC = {
     "name": "it-compress",
     "task": "digits",
@@ -45,15 +49,24 @@ def test_every_trial_logs_where_each_gain_came_from(sweep):
     seen = set()
     for row in result.rows:
         m = client.get_run(row.run_id).data.metrics
-        steps = ("0_prune", "1_quantize") if "recipe.0_prune.test_accuracy" in m else (
-            "0_quantize", "1_export")
+        steps = (
+            ("0_prune", "1_quantize")
+            if "recipe.0_prune.test_accuracy" in m
+            else ("0_quantize", "1_export")
+        )
         seen.add(steps)
         for label in steps:
             for metric in (keys.TEST_ACCURACY, keys.MODEL_SIZE_BYTES, keys.LATENCY_MS_P50):
                 assert keys.recipe_metric(label, metric) in m, (label, metric)
         baseline_p50 = keys.recipe_metric("baseline_eager", keys.LATENCY_MS_P50)
-        for metric in (keys.SIZE_RATIO, keys.SPEEDUP, keys.LATENCY_MS_P95, keys.THROUGHPUT_SPS,
-                       keys.NONZERO_PARAMS, baseline_p50):
+        for metric in (
+            keys.SIZE_RATIO,
+            keys.SPEEDUP,
+            keys.LATENCY_MS_P95,
+            keys.THROUGHPUT_SPS,
+            keys.NONZERO_PARAMS,
+            baseline_p50,
+        ):
             assert metric in m, metric
         # The final model_size_bytes is the compressed ONNX file, smaller than the fp32 export.
         fp32_bytes = m[keys.recipe_metric("baseline_onnx", keys.MODEL_SIZE_BYTES)]
@@ -61,8 +74,10 @@ def test_every_trial_logs_where_each_gain_came_from(sweep):
         assert m[keys.TEST_ACCURACY] > 0.8
     assert seen == {("0_prune", "1_quantize"), ("0_quantize", "1_export")}
     pruned = next(r for r in result.rows if "recipe.0_prune.test_accuracy" in r.metrics)
-    assert pruned.metrics[keys.PARAM_COUNT] < 0.5 * pruned.metrics[
-        keys.recipe_metric("baseline_eager", keys.PARAM_COUNT)]
+    assert (
+        pruned.metrics[keys.PARAM_COUNT]
+        < 0.5 * pruned.metrics[keys.recipe_metric("baseline_eager", keys.PARAM_COUNT)]
+    )
 
 
 def test_trial_checkpoints_hold_the_compressed_artifact(sweep):
@@ -77,8 +92,12 @@ def test_the_registered_champion_carries_the_measured_onnx(sweep, tmp_path):
 
     result, client, _ = sweep
     version = client.get_model_version_by_alias("it-compressed", "champion")
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/it-compressed/{version.version}", dst_path=str(tmp_path),
-        tracking_uri=client._tracking_client.tracking_uri))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/it-compressed/{version.version}",
+            dst_path=str(tmp_path),
+            tracking_uri=client._tracking_client.tracking_uri,
+        )
+    )
     onnx_file = next(local.rglob(keys.ONNX_ARTIFACT))
     assert onnx_file.stat().st_size == result.decision.winner.metrics[keys.MODEL_SIZE_BYTES]

@@ -72,14 +72,17 @@ def trial_checkpoints(storage: Path) -> dict[str, dict[str, list[int]]]:
             # Folders are named <trainable>_<experiment tag>_<trial index>_<index>_<params>_<date>.
             trial_id = "_".join(ckpt.parent.name.split("_")[2:4])
             out.setdefault(trial_id, {}).setdefault(ckpt.parent.name, []).append(
-                int(ckpt.name.split("_")[1]))
+                int(ckpt.name.split("_")[1])
+            )
     return {t: {f: sorted(ix) for f, ix in folders.items()} for t, folders in out.items()}
 
 
 def checkpoints(storage: Path) -> dict[str, int]:
     """The highest checkpoint index per trial id."""
-    return {t: max(max(ix) for ix in folders.values())
-            for t, folders in trial_checkpoints(storage).items()}
+    return {
+        t: max(max(ix) for ix in folders.values())
+        for t, folders in trial_checkpoints(storage).items()
+    }
 
 
 def epochs_done(storage: Path) -> int:
@@ -129,8 +132,9 @@ def histories(uri: str, run_id: str) -> dict[str, list[int]]:
 
     client = MlflowClient(uri)
     run = client.get_run(run_id)
-    return {m: sorted(x.step for x in client.get_metric_history(run_id, m))
-            for m in run.data.metrics}
+    return {
+        m: sorted(x.step for x in client.get_metric_history(run_id, m)) for m in run.data.metrics
+    }
 
 
 def trial_runs(uri: str, experiment: str) -> dict[str, object]:
@@ -167,8 +171,11 @@ def test_killed_worker_resumes_from_its_last_checkpoint(cluster, tmp_path):
 
     def kill_mid_training() -> None:
         # After the second checkpoint, SIGKILL the process running the trial.
-        wait_for(lambda: any(i >= 1 for i in checkpoints(storage).values()), 120,
-                 "the trial's second checkpoint")
+        wait_for(
+            lambda: any(i >= 1 for i in checkpoints(storage).values()),
+            120,
+            "the trial's second checkpoint",
+        )
         pids = wait_for(lambda: descendants_named("ray::ImplicitFunc"), 30, "the trial process")
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -176,8 +183,9 @@ def test_killed_worker_resumes_from_its_last_checkpoint(cluster, tmp_path):
 
     killer = threading.Thread(target=kill_mid_training, daemon=True)
     killer.start()
-    result = run_experiment(spec, tracking_uri=uri, address=cluster.address, verbosity=0,
-                            workdir=tmp_path)
+    result = run_experiment(
+        spec, tracking_uri=uri, address=cluster.address, verbosity=0, workdir=tmp_path
+    )
     killer.join(timeout=5)
     assert killed, "no trial process was killed"
     [row] = result.rows
@@ -199,12 +207,16 @@ def test_killed_worker_resumes_from_its_last_checkpoint(cluster, tmp_path):
 
 def test_diverging_trial_fails_with_the_reason_and_is_never_promoted(cluster, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    raw = raw_spec("diverge", tmp_path / "storage",
-                   optimizer={"name": "sgd", "lr": {"grid": [0.05, 1.0e12]}},
-                   training={"max_epochs": 3, "batch_size": 64},
-                   promotion={"enabled": True, "model_name": "diverge-model"})
-    result = run_experiment(parse_spec(raw), tracking_uri=uri, address=cluster.address,
-                            verbosity=0, workdir=tmp_path)
+    raw = raw_spec(
+        "diverge",
+        tmp_path / "storage",
+        optimizer={"name": "sgd", "lr": {"grid": [0.05, 1.0e12]}},
+        training={"max_epochs": 3, "batch_size": 64},
+        promotion={"enabled": True, "model_name": "diverge-model"},
+    )
+    result = run_experiment(
+        parse_spec(raw), tracking_uri=uri, address=cluster.address, verbosity=0, workdir=tmp_path
+    )
     by_lr = {row.params["optimizer.lr"]: row for row in result.rows}
     bad, good = by_lr[1.0e12], by_lr[0.05]
     assert bad.status == "failed" and good.status == "completed"
@@ -224,8 +236,9 @@ def test_diverging_trial_fails_with_the_reason_and_is_never_promoted(cluster, tm
 
 
 @pytest.mark.postgres
-def test_tracking_server_down_for_30s_loses_nothing(cluster, tmp_path, mlflow_server_factory,
-                                                    caplog):
+def test_tracking_server_down_for_30s_loses_nothing(
+    cluster, tmp_path, mlflow_server_factory, caplog
+):
     server = mlflow_server_factory()
     storage = tmp_path / "storage"
     epochs = 12
@@ -243,8 +256,9 @@ def test_tracking_server_down_for_30s_loses_nothing(cluster, tmp_path, mlflow_se
     thread = threading.Thread(target=outage_mid_sweep, daemon=True)
     thread.start()
     os.environ.update(server.client_env())
-    result = run_experiment(spec, tracking_uri=server.url, address=cluster.address, verbosity=0,
-                            workdir=tmp_path)
+    result = run_experiment(
+        spec, tracking_uri=server.url, address=cluster.address, verbosity=0, workdir=tmp_path
+    )
     thread.join(timeout=120)
     # Training went on while the server was down, and no trial saw an exception.
     assert outage["at_up"] > outage["at_down"]
@@ -264,18 +278,26 @@ def test_tracking_server_down_for_30s_loses_nothing(cluster, tmp_path, mlflow_se
 
 def podium(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
     exe = Path(sys.executable).parent / "podium"
-    return subprocess.Popen([str(exe), *args], env={**os.environ, **env}, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [str(exe), *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def test_killed_driver_resumes_with_the_same_trials_and_runs(cluster, tmp_path):
     storage = tmp_path / "storage"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     epochs = 6
-    raw = raw_spec("driver-kill", storage, optimizer__lr={"grid": [0.002, 0.004, 0.006, 0.008]},
-                   search={"num_samples": 1, "scheduler": "fifo", "searcher": "grid",
-                           "max_concurrent": 2})
+    raw = raw_spec(
+        "driver-kill",
+        storage,
+        optimizer__lr={"grid": [0.002, 0.004, 0.006, 0.008]},
+        search={"num_samples": 1, "scheduler": "fifo", "searcher": "grid", "max_concurrent": 2},
+    )
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     args = (str(spec_file), "--tracking-uri", uri, "--address", cluster.address)
@@ -311,4 +333,3 @@ def test_killed_driver_resumes_with_the_same_trials_and_runs(cluster, tmp_path):
     for run in runs_after.values():
         assert run.data.tags[keys.TAG_STATUS] == "completed"
         assert_one_value_per_step(uri, run.info.run_id, epochs)
-

@@ -26,22 +26,25 @@ def local_ray():
 
 def test_every_optimizer_trains_digits_in_one_sweep(local_ray, tmp_path: Path):
     names = OPTIMIZERS.names()
-    spec = parse_spec({
-        "name": "every-optimizer",
-        "task": "digits",
-        "model": {"arch": "mlp", "hidden": [32]},
-        # A grid of whole sections: one trial per optimizer, each with its registry defaults.
-        "optimizer": {"grid": [{"name": n} for n in names]},
-        "training": {
-            "max_epochs": 2, "seed": 0,
-            "lr_schedule": {"name": "cosine", "warmup_epochs": 1},
-            "adversarial": {"attack": "fgsm", "epsilon": 0.1, "eval_steps": 3},
-        },
-        "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
-        "resources": {"cpu": 1},
-        "cluster": {"storage_path": str(tmp_path / "ray")},
-        "promotion": {"enabled": False},
-    })
+    spec = parse_spec(
+        {
+            "name": "every-optimizer",
+            "task": "digits",
+            "model": {"arch": "mlp", "hidden": [32]},
+            # A grid of whole sections: one trial per optimizer, each with its registry defaults.
+            "optimizer": {"grid": [{"name": n} for n in names]},
+            "training": {
+                "max_epochs": 2,
+                "seed": 0,
+                "lr_schedule": {"name": "cosine", "warmup_epochs": 1},
+                "adversarial": {"attack": "fgsm", "epsilon": 0.1, "eval_steps": 3},
+            },
+            "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
+            "resources": {"cpu": 1},
+            "cluster": {"storage_path": str(tmp_path / "ray")},
+            "promotion": {"enabled": False},
+        }
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_experiment(spec, tracking_uri=uri, verbosity=0, workdir=tmp_path)
 

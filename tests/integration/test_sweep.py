@@ -19,8 +19,12 @@ SPEC = {
     "name": "it-sweep",
     "task": "digits",
     "model": {"arch": "mlp", "hidden": [32], "dropout": {"choice": [0.0, 0.1]}},
-    "optimizer": {"choice": [{"name": "nag", "lr": {"loguniform": [0.02, 0.1]}, "momentum": 0.9},
-                             {"name": "adam", "lr": 0.005}]},
+    "optimizer": {
+        "choice": [
+            {"name": "nag", "lr": {"loguniform": [0.02, 0.1]}, "momentum": 0.9},
+            {"name": "adam", "lr": 0.005},
+        ]
+    },
     "training": {"max_epochs": 3, "batch_size": 64, "seed": 0},
     "search": {"num_samples": 3, "scheduler": "fifo"},
     "promotion": {"model_name": "it-model"},

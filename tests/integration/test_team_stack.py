@@ -28,19 +28,23 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_postgres_helper_starts_a_real_server_and_stops_it():
     with PostgresServer() as pg:
         uri = pg.create_database("probe")
-        assert uri.startswith(f"postgresql+psycopg2://podium:{pg.password}@127.0.0.1:{pg.port}/probe")
+        assert uri.startswith(
+            f"postgresql+psycopg2://podium:{pg.password}@127.0.0.1:{pg.port}/probe"
+        )
         pg.query("probe", "CREATE TABLE t (x int)")
         assert pg.query("probe", "SELECT count(*) FROM t") == [(0,)]
         port = pg.port
     import psycopg2
 
     with pytest.raises(psycopg2.OperationalError):  # stopped: nothing listens any more
-        psycopg2.connect(host="127.0.0.1", port=port, user="podium", dbname="probe",
-                         connect_timeout=2)
+        psycopg2.connect(
+            host="127.0.0.1", port=port, user="podium", dbname="probe", connect_timeout=2
+        )
 
 
-def start_mlflow_from_compose_script(pg: PostgresServer,
-                                     home: Path) -> tuple[subprocess.Popen, dict]:
+def start_mlflow_from_compose_script(
+    pg: PostgresServer, home: Path
+) -> tuple[subprocess.Popen, dict]:
     """Run docker/mlflow-server.sh as the compose service does, pointed at the local PostgreSQL."""
     pg.create_database("mlflow")
     pg.create_database("mlflow_auth")
@@ -49,16 +53,27 @@ def start_mlflow_from_compose_script(pg: PostgresServer,
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "POSTGRES_USER": "podium", "POSTGRES_PASSWORD": pg.password,
-        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(pg.port),
-        "MLFLOW_AUTH_ADMIN_USERNAME": "podium-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "POSTGRES_USER": "podium",
+        "POSTGRES_PASSWORD": pg.password,
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(pg.port),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "podium-admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
-        "MLFLOW_BIND": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
-        "MLFLOW_ARTIFACTS_DESTINATION": str(home / "artifacts"), "TMPDIR": str(home),
+        "MLFLOW_BIND": "127.0.0.1",
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(home / "artifacts"),
+        "TMPDIR": str(home),
     }
-    proc = subprocess.Popen(["sh", str(ROOT / "docker" / "mlflow-server.sh")], env=env, cwd=home,
-                            stdout=open(home / "mlflow.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["sh", str(ROOT / "docker" / "mlflow-server.sh")],
+        env=env,
+        cwd=home,
+        stdout=open(home / "mlflow.log", "wb"),
+        stderr=subprocess.STDOUT,  # noqa: SIM115
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -69,8 +84,11 @@ def start_mlflow_from_compose_script(pg: PostgresServer,
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((home / "mlflow.log").read_text()[-3000:]) from None
             time.sleep(0.5)
-    client_env = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "podium-admin",
-                  "MLFLOW_TRACKING_PASSWORD": admin_password}
+    client_env = {
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_TRACKING_USERNAME": "podium-admin",
+        "MLFLOW_TRACKING_PASSWORD": admin_password,
+    }
     return proc, client_env
 
 
@@ -125,29 +143,53 @@ def test_sweep_through_the_team_stack_lands_in_postgres(team_stack, tmp_path):
     env = {**os.environ, **client_env, **ray_nodes.env()}
     env.pop("MLFLOW_TRACKING_URI")  # the flag must be what routes the runs
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "podium"), "run", str(tmp_path / "spec.yaml"),
-         "--address", ray_nodes.address, "--tracking-uri", url],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+        [
+            str(Path(sys.executable).parent / "podium"),
+            "run",
+            str(tmp_path / "spec.yaml"),
+            "--address",
+            ray_nodes.address,
+            "--tracking-uri",
+            url,
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     # Straight from PostgreSQL: one parent run, two trial runs with their metrics, the champion.
     db = "mlflow"
-    [(exp_id,)] = pg.query(db, "SELECT experiment_id FROM experiments WHERE name = %s",
-                           ("team-stack",))
-    roles = dict(pg.query(db, "SELECT value, count(*) FROM tags t JOIN runs r ON "
-                              "r.run_uuid = t.run_uuid WHERE t.key = 'podium.role' AND "
-                              "r.experiment_id = %s GROUP BY value", (exp_id,)))
+    [(exp_id,)] = pg.query(
+        db, "SELECT experiment_id FROM experiments WHERE name = %s", ("team-stack",)
+    )
+    roles = dict(
+        pg.query(
+            db,
+            "SELECT value, count(*) FROM tags t JOIN runs r ON "
+            "r.run_uuid = t.run_uuid WHERE t.key = 'podium.role' AND "
+            "r.experiment_id = %s GROUP BY value",
+            (exp_id,),
+        )
+    )
     assert roles == {"sweep": 1, "trial": 2}
-    steps = pg.query(db, "SELECT m.run_uuid, count(*) FROM metrics m JOIN tags t ON t.run_uuid = "
-                         "m.run_uuid WHERE t.key = 'podium.role' AND t.value = 'trial' AND "
-                         "m.key = 'val_accuracy' GROUP BY m.run_uuid")
+    steps = pg.query(
+        db,
+        "SELECT m.run_uuid, count(*) FROM metrics m JOIN tags t ON t.run_uuid = "
+        "m.run_uuid WHERE t.key = 'podium.role' AND t.value = 'trial' AND "
+        "m.key = 'val_accuracy' GROUP BY m.run_uuid",
+    )
     assert sorted(n for _, n in steps) == [2, 2]
     nodes = {v for (v,) in pg.query(db, "SELECT value FROM tags WHERE key = 'podium.node'")}
     assert nodes and all(v.rsplit("/", 1)[-1] in {"head", "worker-1"} for v in nodes)
     [(alias_run,)] = pg.query(
-        db, "SELECT mv.run_id FROM registered_model_aliases a JOIN model_versions mv "
-            "ON mv.name = a.name AND mv.version = a.version WHERE a.name = %s AND a.alias = %s",
-        ("team-model", "champion"))
+        db,
+        "SELECT mv.run_id FROM registered_model_aliases a JOIN model_versions mv "
+        "ON mv.name = a.name AND mv.version = a.version WHERE a.name = %s AND a.alias = %s",
+        ("team-model", "champion"),
+    )
     assert alias_run in {run for run, _ in steps}
     # The user store lives in its own database, as in docker-compose.yml.
     assert pg.query("mlflow_auth", "SELECT username FROM users") == [("podium-admin",)]

@@ -41,37 +41,55 @@ def test_defaults_fill_a_minimal_spec():
 
 
 def test_section_choice_gets_defaults_in_each_branch():
-    spec = parse_spec({"name": "x", "model": {"choice": [{"arch": "mlp"}, {"arch": "cnn", "channels": [8]}]}})
+    spec = parse_spec(
+        {"name": "x", "model": {"choice": [{"arch": "mlp"}, {"arch": "cnn", "channels": [8]}]}}
+    )
     branches = spec.model["choice"]
     assert branches[0]["hidden"] == [128, 64] and branches[1]["channels"] == [8]
 
 
 def test_all_problems_reported_at_once_with_path_and_value():
-    found = problems_of({
-        "name": "bad name!",
-        "task": "mnist",
-        "model": {"arch": "transformer", "dropout": 1.5, "hidden": [0]},
-        "optimizer": {"name": "adamw", "lr": -1},
-        "training": {"max_epochs": 0, "batch_size": "big"},
-        "search": {"scheduler": "ashaa", "searcher": "bayes", "metric": "f1", "mode": "up"},
-        "resources": {"cpu": -1},
-        "bogus": 1,
-    })
+    found = problems_of(
+        {
+            "name": "bad name!",
+            "task": "mnist",
+            "model": {"arch": "transformer", "dropout": 1.5, "hidden": [0]},
+            "optimizer": {"name": "adamw", "lr": -1},
+            "training": {"max_epochs": 0, "batch_size": "big"},
+            "search": {"scheduler": "ashaa", "searcher": "bayes", "metric": "f1", "mode": "up"},
+            "resources": {"cpu": -1},
+            "bogus": 1,
+        }
+    )
     assert "'ashaa' is not one of: asha, fifo, hyperband, median, pbt" in found["search.scheduler"]
-    for path in ("name", "task", "model.arch", "model.dropout", "model.hidden", "optimizer.name",
-                 "training.max_epochs", "training.batch_size", "search.searcher", "search.metric",
-                 "search.mode", "resources.cpu", "bogus"):
+    for path in (
+        "name",
+        "task",
+        "model.arch",
+        "model.dropout",
+        "model.hidden",
+        "optimizer.name",
+        "training.max_epochs",
+        "training.batch_size",
+        "search.searcher",
+        "search.metric",
+        "search.mode",
+        "resources.cpu",
+        "bogus",
+    ):
         assert path in found, path
     assert "'mnist'" in found["task"] and "digits" in found["task"]
 
 
 def test_bad_values_inside_spaces_are_found():
-    found = problems_of({
-        "name": "x",
-        "model": {"dropout": {"choice": [0.1, 2.0]}, "hidden": {"grid": []}},
-        "optimizer": {"name": "adam", "lr": {"loguniform": [0, 1]}},
-        "training": {"max_epochs": {"randint": [5, 1]}},
-    })
+    found = problems_of(
+        {
+            "name": "x",
+            "model": {"dropout": {"choice": [0.1, 2.0]}, "hidden": {"grid": []}},
+            "optimizer": {"name": "adam", "lr": {"loguniform": [0, 1]}},
+            "training": {"max_epochs": {"randint": [5, 1]}},
+        }
+    )
     assert "2.0" in found["model.dropout"]
     assert "non-empty" in found["model.hidden"]
     assert "low > 0" in found["optimizer.lr"]
@@ -85,10 +103,17 @@ def test_hyperparameter_an_optimizer_does_not_take():
 
 
 def test_conditional_hyperparameters_are_checked_per_branch():
-    ok = {"name": "x", "optimizer": {"choice": [{"name": "nag", "momentum": {"uniform": [0.5, 0.9]}},
-                                                {"name": "adam"}]}}
+    ok = {
+        "name": "x",
+        "optimizer": {
+            "choice": [{"name": "nag", "momentum": {"uniform": [0.5, 0.9]}}, {"name": "adam"}]
+        },
+    }
     parse_spec(ok)
-    bad = {"name": "x", "optimizer": {"choice": [{"name": "nag"}, {"name": "adam", "momentum": 0.9}]}}
+    bad = {
+        "name": "x",
+        "optimizer": {"choice": [{"name": "nag"}, {"name": "adam", "momentum": 0.9}]},
+    }
     assert "optimizer[1].momentum" in problems_of(bad)
     mixed = {"name": "x", "optimizer": {"name": {"choice": ["nag", "adam"]}, "momentum": 0.9}}
     assert "conditional" in problems_of(mixed)["optimizer.momentum"]
@@ -100,16 +125,30 @@ def test_spaces_are_refused_in_settings_sections():
 
 
 def test_searcher_and_space_compatibility():
-    grid_optuna = {"name": "x", "model": {"dropout": {"grid": [0.0, 0.1]}}, "search": {"searcher": "optuna"}}
+    grid_optuna = {
+        "name": "x",
+        "model": {"dropout": {"grid": [0.0, 0.1]}},
+        "search": {"searcher": "optuna"},
+    }
     assert "optuna cannot run grid" in problems_of(grid_optuna)["search.searcher"]
-    ranges_grid = {"name": "x", "optimizer": {"name": "adam", "lr": {"uniform": [0.1, 0.2]}},
-                   "search": {"searcher": "grid"}}
+    ranges_grid = {
+        "name": "x",
+        "optimizer": {"name": "adam", "lr": {"uniform": [0.1, 0.2]}},
+        "search": {"searcher": "grid"},
+    }
     assert "grid can only enumerate" in problems_of(ranges_grid)["search.searcher"]
 
 
 def test_overrides_set_nested_values_as_yaml():
     raw = {"name": "x", "search": {"num_samples": 8}}
-    apply_overrides(raw, ["search.num_samples=3", "model.hidden=[32, 16]", "optimizer.lr={loguniform: [0.001, 0.1]}"])
+    apply_overrides(
+        raw,
+        [
+            "search.num_samples=3",
+            "model.hidden=[32, 16]",
+            "optimizer.lr={loguniform: [0.001, 0.1]}",
+        ],
+    )
     assert raw["search"]["num_samples"] == 3
     assert raw["model"]["hidden"] == [32, 16]
     assert raw["optimizer"]["lr"] == {"loguniform": [0.001, 0.1]}

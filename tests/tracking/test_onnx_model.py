@@ -42,8 +42,12 @@ def registered(tmp_path_factory):
         opt, gen = make_optimizer(model, 2e-3), torch.Generator().manual_seed(0)
         for _ in range(5):
             train_epoch(model, data, opt=opt, batch_size=64, generator=gen)
-        result = run_recipe([{"step": "quantize", "mode": "dynamic"}], model.eval(), data,
-                            {"workdir": root / "out", "latency_iters": 20})
+        result = run_recipe(
+            [{"step": "quantize", "mode": "dynamic"}],
+            model.eval(),
+            data,
+            {"workdir": root / "out", "latency_iters": 20},
+        )
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("quant", artifact_location=(root / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=exp) as run:
@@ -78,8 +82,11 @@ def test_teacher_uris_are_checked_without_downloading(registered):
     uri, *_ = registered
     assert check_teacher("models:/quant-digits@champion", uri) is None
     assert check_teacher("models:/quant-digits/1", uri) is None
-    for bad in ("models:/quant-digits@nope", "models:/no-such-model@champion",
-                "models:/quant-digits/7"):
+    for bad in (
+        "models:/quant-digits@nope",
+        "models:/no-such-model@champion",
+        "models:/quant-digits/7",
+    ):
         msg = check_teacher(bad, uri)
         assert msg is not None and bad in msg
 
@@ -90,5 +97,6 @@ def test_fetched_teacher_is_the_registered_model(registered, tmp_path):
     assert list(teachers) == ["models:/quant-digits@champion"]  # fetched once
     path = teacher_file(Path(teachers["models:/quant-digits@champion"]))
     assert path.suffix == ".onnx"
-    torch.testing.assert_close(teacher_logits(path, data.x_test),
-                               teacher_logits(onnx_file, data.x_test))
+    torch.testing.assert_close(
+        teacher_logits(path, data.x_test), teacher_logits(onnx_file, data.x_test)
+    )

@@ -16,7 +16,10 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     assert resolve_tracking_uri(None, "sqlite:///spec.db", tmp_path) == "sqlite:///spec.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert resolve_tracking_uri(None, "sqlite:///spec.db", tmp_path) == "http://127.0.0.1:5999"
-    assert resolve_tracking_uri("sqlite:///flag.db", "sqlite:///spec.db", tmp_path) == "sqlite:///flag.db"
+    assert (
+        resolve_tracking_uri("sqlite:///flag.db", "sqlite:///spec.db", tmp_path)
+        == "sqlite:///flag.db"
+    )
     assert default_artifact_location(default).endswith("podium-runs/artifacts")
 
 
@@ -44,7 +47,11 @@ def test_writer_logs_each_step_once_and_creates_runs_lazily(store):
     assert writer.close(timeout_s=60)
     client = MlflowClient(store.uri)
     history = client.get_metric_history(writer.run_id("t1"), keys.VAL_ACCURACY)
-    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (1, 0.1),
+        (2, 0.2),
+        (3, 0.3),
+    ]
     run = client.get_run(writer.run_id("t1"))
     assert run.data.params == {"optimizer.lr": "0.1", "model.hidden": "[64]"}
     assert run.data.tags[keys.TAG_PARENT_RUN] == parent and run.info.status == "FINISHED"

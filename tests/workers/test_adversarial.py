@@ -35,8 +35,15 @@ def _train(digits, adversarial: dict | None, seed: int, epochs: int = 15) -> tor
     opt = build_optimizer("adam", model.parameters(), {"lr": 3e-3})
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        train_epoch(model, opt, digits.x_train, digits.y_train, 64, gen,
-                    adversary=make_adversary(adversarial))
+        train_epoch(
+            model,
+            opt,
+            digits.x_train,
+            digits.y_train,
+            64,
+            gen,
+            adversary=make_adversary(adversarial),
+        )
     return model
 
 
@@ -56,8 +63,11 @@ def test_attacks_stay_in_the_epsilon_ball_and_the_input_range(digits, plain_mode
 
 
 def test_attack_leaves_model_mode_and_gradients_untouched(digits):
-    model = build_model({"arch": "mlp", "hidden": [16], "batch_norm": True, "dropout": 0.2},
-                        digits.input_shape, digits.num_classes)
+    model = build_model(
+        {"arch": "mlp", "hidden": [16], "batch_norm": True, "dropout": 0.2},
+        digits.input_shape,
+        digits.num_classes,
+    )
     model.train()
     stats = model[2].running_mean.clone()
     make_adversary(ATTACK)(model, digits.x_train[:64], digits.y_train[:64])
@@ -83,13 +93,15 @@ def test_robust_accuracy_is_none_unless_configured_and_reproducible(digits, plai
     a = robust_accuracy(plain_model, digits.x_test, digits.y_test, ATTACK)
     assert a == robust_accuracy(plain_model, digits.x_test, digits.y_test, ATTACK)
     no_attack = {**ATTACK, "eval_epsilon": 0.0}
-    assert robust_accuracy(plain_model, digits.x_test, digits.y_test, no_attack) \
-        == pytest.approx(evaluate(plain_model, digits.x_test, digits.y_test)[1])
+    assert robust_accuracy(plain_model, digits.x_test, digits.y_test, no_attack) == pytest.approx(
+        evaluate(plain_model, digits.x_test, digits.y_test)[1]
+    )
 
 
 @pytest.mark.slow
 def test_adversarial_training_raises_robust_accuracy_above_a_normally_trained_twin(
-        digits, plain_model):
+    digits, plain_model
+):
     # Same seed, data order, model, optimizer and epochs; only the adversary differs.
     # Measured (MLP [64], adam 3e-3, 15 epochs, eps 0.1, PGD-5 train / PGD-20 eval):
     # robust 0.46 (seed 0) / 0.51 (seed 1) plain vs 0.74 / 0.72 adversarial; clean 0.96 vs 0.94.
@@ -101,14 +113,17 @@ def test_adversarial_training_raises_robust_accuracy_above_a_normally_trained_tw
     assert evaluate(robust_model, x, y)[1] > 0.9  # and it still classifies clean digits
 
 
-@pytest.mark.parametrize(("section", "key", "fragment"), [
-    ({"attack": "cw", "epsilon": 0.1}, "attack", "is not one of: fgsm, pgd"),
-    ({"attack": "pgd", "epsilon": 0}, "epsilon", "must be > 0"),
-    ({"attack": "pgd", "epsilon": 2.0}, "epsilon", "must be <= 1.0"),
-    ({"attack": "pgd", "epsilon": 0.1, "radius": 3}, "radius", "unknown key 'radius'"),
-    ({"attack": "fgsm", "epsilon": 0.1, "steps": 5}, "steps", "fgsm takes one step"),
-    ({"attack": "pgd", "epsilon": 0.1, "clip": [1, 0]}, "clip", "low < high"),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "fragment"),
+    [
+        ({"attack": "cw", "epsilon": 0.1}, "attack", "is not one of: fgsm, pgd"),
+        ({"attack": "pgd", "epsilon": 0}, "epsilon", "must be > 0"),
+        ({"attack": "pgd", "epsilon": 2.0}, "epsilon", "must be <= 1.0"),
+        ({"attack": "pgd", "epsilon": 0.1, "radius": 3}, "radius", "unknown key 'radius'"),
+        ({"attack": "fgsm", "epsilon": 0.1, "steps": 5}, "steps", "fgsm takes one step"),
+        ({"attack": "pgd", "epsilon": 0.1, "clip": [1, 0]}, "clip", "low < high"),
+    ],
+)
 def test_check_adversarial_names_the_bad_key_and_value(section, key, fragment):
     problems = check_adversarial(section)
     assert [(k, v) for k, v, _ in problems] == [(key, section[key])]
@@ -117,12 +132,17 @@ def test_check_adversarial_names_the_bad_key_and_value(section, key, fragment):
 
 def test_spec_validation_reports_adversarial_problems_with_their_path():
     with pytest.raises(SpecError) as e:
-        parse_spec({"name": "a", "training": {"adversarial": {
-            "attack": "pgd", "epsilon": {"choice": [0.05, 1.5]}}}})
+        parse_spec(
+            {
+                "name": "a",
+                "training": {"adversarial": {"attack": "pgd", "epsilon": {"choice": [0.05, 1.5]}}},
+            }
+        )
     [problem] = e.value.problems
     assert (problem.path, problem.value) == ("training.adversarial.epsilon", 1.5)
-    spec = parse_spec({"name": "a", "training": {
-        "adversarial": {"attack": "fgsm", "epsilon": 0.1}}})
+    spec = parse_spec(
+        {"name": "a", "training": {"adversarial": {"attack": "fgsm", "epsilon": 0.1}}}
+    )
     assert spec.training["adversarial"]["attack"] == "fgsm"
 
 

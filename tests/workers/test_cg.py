@@ -79,8 +79,13 @@ def _scipy_cg(x: np.ndarray, y: np.ndarray, lam: float):
         gz = (1 / (1 + np.exp(-z)) - y) / len(y)
         return loss, np.append(x.T @ gz + lam * w, gz.sum())
 
-    return minimize(loss_grad, np.zeros(x.shape[1] + 1), jac=True, method="CG",
-                    options={"gtol": 1e-10, "maxiter": 10_000})
+    return minimize(
+        loss_grad,
+        np.zeros(x.shape[1] + 1),
+        jac=True,
+        method="CG",
+        options={"gtol": 1e-10, "maxiter": 10_000},
+    )
 
 
 @pytest.mark.parametrize("beta", ["pr", "fr"])
@@ -89,8 +94,9 @@ def test_logistic_regression_reaches_scipys_cg_optimum(beta):
     ref = _scipy_cg(x, y, lam)
     xt, yt = torch.tensor(x), torch.tensor(y)
     wb = torch.nn.Parameter(torch.zeros(x.shape[1] + 1, dtype=torch.float64))
-    opt = build_optimizer("cg", [wb], {"lr": 1.0, "beta": beta, "max_iter": 500,
-                                          "tolerance_grad": 1e-10})
+    opt = build_optimizer(
+        "cg", [wb], {"lr": 1.0, "beta": beta, "max_iter": 500, "tolerance_grad": 1e-10}
+    )
 
     def closure():
         opt.zero_grad()

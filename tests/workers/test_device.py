@@ -58,8 +58,14 @@ def test_pick_device_on_a_real_gpu_uses_it_with_bf16_autocast():
 @pytest.fixture(scope="module")
 def fake_accelerator_ray():
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, num_gpus=1, resources={"TPU": 1},
-             include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=1,
+        resources={"TPU": 1},
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 

@@ -24,13 +24,19 @@ def fit(data, name, lr, epochs=3, l1=0.0, batch=None):
     entry = OPTIMIZERS.get(name)
     bs = batch_size_for(entry.batch_mode, batch, len(data.x_train))
     gen = torch.Generator().manual_seed(0)
-    steps = [train_epoch(model, opt, data.x_train, data.y_train, bs, gen, l1_penalty=l1).steps
-             for _ in range(epochs)]
+    steps = [
+        train_epoch(model, opt, data.x_train, data.y_train, bs, gen, l1_penalty=l1).steps
+        for _ in range(epochs)
+    ]
     return model, steps
 
 
 def test_minibatch_training_learns_digits(digits):
-    before = evaluate(build_model({"arch": "mlp", "hidden": [32]}, digits.input_shape, 10), digits.x_val, digits.y_val)[1]
+    before = evaluate(
+        build_model({"arch": "mlp", "hidden": [32]}, digits.input_shape, 10),
+        digits.x_val,
+        digits.y_val,
+    )[1]
     model, steps = fit(digits, "adam", 0.01)
     after = evaluate(model, digits.x_val, digits.y_val)[1]
     assert before < 0.3 and after > 0.85

@@ -16,11 +16,32 @@ from workers.models import build_model
 from workers.optimizers import OPTIMIZERS, build_optimizer, describe, render_markdown
 from workers.tasks import load_task
 
-CATALOGUE = ("gd", "sgd", "minibatch", "momentum", "nag", "rmsprop", "adam", "adamax", "adagrad",
-             "adadelta", "cg", "extragradient", "optimistic", "optimistic_adam")
+CATALOGUE = (
+    "gd",
+    "sgd",
+    "minibatch",
+    "momentum",
+    "nag",
+    "rmsprop",
+    "adam",
+    "adamax",
+    "adagrad",
+    "adadelta",
+    "cg",
+    "extragradient",
+    "optimistic",
+    "optimistic_adam",
+)
 # Test learning rates where a registry default is tuned for long runs, not for one epoch.
-ONE_EPOCH_LR = {"gd": 2.0, "sgd": 0.05, "minibatch": 0.1, "momentum": 0.05, "nag": 0.05,
-                "extragradient": 0.1, "optimistic": 0.1}
+ONE_EPOCH_LR = {
+    "gd": 2.0,
+    "sgd": 0.05,
+    "minibatch": 0.1,
+    "momentum": 0.05,
+    "nag": 0.05,
+    "extragradient": 0.1,
+    "optimistic": 0.1,
+}
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "OPTIMIZERS.md"
 
 
@@ -54,8 +75,9 @@ def test_every_optimizer_lowers_the_training_loss_of_the_default_mlp(digits, nam
     # One epoch the way the real loop runs it (full batch for gd/cg; a 1-batch for sgd is 1,257
     # steps, so sgd gets 32 here to keep the test short: its batch mode is checked below).
     size = batch_size_for(entry.batch_mode, 32 if name == "sgd" else None, len(x))
-    train_epoch(model, opt, x, y, size, torch.Generator().manual_seed(0),
-                needs_closure=entry.needs_closure)
+    train_epoch(
+        model, opt, x, y, size, torch.Generator().manual_seed(0), needs_closure=entry.needs_closure
+    )
     after = loss()
     # Measured from 2.31: gd (one step) 2.27, the sgd family ~2.26, adam 2.13, cg 0.73.
     assert after < 0.99 * before, (before, after)
@@ -67,7 +89,10 @@ def test_batch_modes_follow_the_catalogue():
     assert modes["sgd"] == "single" and batch_size_for("single", None, 100) == 1
     assert {n for n in CATALOGUE if OPTIMIZERS.get(n).needs_closure} == {"cg", "extragradient"}
     assert {n for n in CATALOGUE if OPTIMIZERS.get(n).min_max} == {
-        "extragradient", "optimistic", "optimistic_adam"}
+        "extragradient",
+        "optimistic",
+        "optimistic_adam",
+    }
 
 
 def test_unknown_optimizer_name_fails_validation_with_the_valid_choices():
@@ -89,14 +114,30 @@ def test_a_hyperparameter_the_optimizer_does_not_take_fails_with_the_ones_it_tak
 
 def test_hyperparameter_values_and_spaces_are_range_checked():
     with pytest.raises(SpecError) as e:
-        parse_spec({"name": "x", "optimizer": {
-            "name": "cg", "beta": "hs", "c2": {"uniform": [0.05, 0.95]}}})
+        parse_spec(
+            {
+                "name": "x",
+                "optimizer": {"name": "cg", "beta": "hs", "c2": {"uniform": [0.05, 0.95]}},
+            }
+        )
     got = {(p.path, p.value) for p in e.value.problems}
     assert got == {("optimizer.beta", "hs"), ("optimizer.c2", 0.95)}
-    ok = parse_spec({"name": "x", "optimizer": {"choice": [
-        {"name": "cg", "beta": {"choice": ["pr", "fr"]}},
-        {"name": "optimistic_adam", "lr": {"loguniform": [1e-4, 1e-2]}, "betas": [0.0, 0.99]},
-        {"name": "extragradient", "lr": 0.05}]}})
+    ok = parse_spec(
+        {
+            "name": "x",
+            "optimizer": {
+                "choice": [
+                    {"name": "cg", "beta": {"choice": ["pr", "fr"]}},
+                    {
+                        "name": "optimistic_adam",
+                        "lr": {"loguniform": [1e-4, 1e-2]},
+                        "betas": [0.0, 0.99],
+                    },
+                    {"name": "extragradient", "lr": 0.05},
+                ]
+            },
+        }
+    )
     assert len(ok.optimizer["choice"]) == 3
 
 
@@ -116,8 +157,9 @@ def test_describe_lists_every_optimizer_with_defaults_and_ranges():
 
 def test_docs_are_generated_from_the_registry():
     assert DOCS.read_text() == render_markdown(), (
-        "docs/OPTIMIZERS.md is stale; regenerate: python -c \"from workers.optimizers import "
-        "render_markdown as r; print(r(), end='')\" > docs/OPTIMIZERS.md")
+        'docs/OPTIMIZERS.md is stale; regenerate: python -c "from workers.optimizers import '
+        "render_markdown as r; print(r(), end='')\" > docs/OPTIMIZERS.md"
+    )
 
 
 def test_podium_optimizers_prints_the_catalogue(capsys):

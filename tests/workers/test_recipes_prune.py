@@ -24,6 +24,7 @@ def _one_thread():
     with torch_threads(1):
         yield
 
+
 MLP = {"arch": "mlp", "hidden": [128, 64], "batch_norm": False, "dropout": 0.0}
 
 
@@ -128,14 +129,24 @@ def test_gradual_schedule_ramps_to_the_target(mlp, tmp_path):
     ramp = _ramp(0.75, 4)
     assert ramp == sorted(ramp) and ramp[-1] == pytest.approx(0.75) and ramp[0] > 0.75 / 4
     model, data = mlp
-    steps = [{"step": "prune", "method": "structured", "sparsity": 0.75, "schedule": "gradual",
-              "prune_epochs": 3, "finetune_epochs": 1}]
-    result = run_recipe(steps, model, data, {"workdir": tmp_path, "model_section": MLP,
-                                             "latency_iters": 20})
+    steps = [
+        {
+            "step": "prune",
+            "method": "structured",
+            "sparsity": 0.75,
+            "schedule": "gradual",
+            "prune_epochs": 3,
+            "finetune_epochs": 1,
+        }
+    ]
+    result = run_recipe(
+        steps, model, data, {"workdir": tmp_path, "model_section": MLP, "latency_iters": 20}
+    )
     assert result.model_section["hidden"] == [32, 16]
     session = onnx_session(result.artifacts[keys.ONNX_ARTIFACT])
     logits = onnx_predict(session, data.x_test.numpy())
     assert logits.shape == (len(data.x_test), 10)
     assert float((logits.argmax(1) == data.y_test.numpy()).mean()) == pytest.approx(
-        result.metrics[keys.TEST_ACCURACY])
+        result.metrics[keys.TEST_ACCURACY]
+    )
     assert np.isfinite(logits).all()

@@ -24,6 +24,7 @@ def _one_thread():
     with torch_threads(1):
         yield
 
+
 SECTION = {"arch": "mlp", "hidden": [256, 128], "batch_norm": False, "dropout": 0.0}
 
 
@@ -31,8 +32,13 @@ SECTION = {"arch": "mlp", "hidden": [256, 128], "batch_norm": False, "dropout": 
 def fashion():
     """A 784-256-128-10 MLP trained briefly on 3,000 Fashion-MNIST images (tested on 2,000)."""
     full = load_task("fashion-mnist", 0)
-    data = dataclasses.replace(full, x_train=full.x_train[:3000], y_train=full.y_train[:3000],
-                               x_test=full.x_test[:2000], y_test=full.y_test[:2000])
+    data = dataclasses.replace(
+        full,
+        x_train=full.x_train[:3000],
+        y_train=full.y_train[:3000],
+        x_test=full.x_test[:2000],
+        y_test=full.y_test[:2000],
+    )
     torch.manual_seed(0)
     model = build_model(SECTION, data.input_shape, data.num_classes)
     opt, gen = make_optimizer(model, 1e-3), torch.Generator().manual_seed(0)

@@ -48,9 +48,16 @@ def test_every_step_is_measured_and_chained(result):
     labels = [label for label, _ in res.steps]
     assert labels == ["0_prune", "1_quantize", "2_export"]
     for label, _ in res.steps:
-        for metric in (keys.TEST_ACCURACY, keys.TEST_ACCURACY_BEFORE, keys.MODEL_SIZE_BYTES,
-                       keys.LATENCY_MS_P50, keys.LATENCY_MS_P95, keys.THROUGHPUT_SPS,
-                       keys.PARAM_COUNT, keys.NONZERO_PARAMS):
+        for metric in (
+            keys.TEST_ACCURACY,
+            keys.TEST_ACCURACY_BEFORE,
+            keys.MODEL_SIZE_BYTES,
+            keys.LATENCY_MS_P50,
+            keys.LATENCY_MS_P95,
+            keys.THROUGHPUT_SPS,
+            keys.PARAM_COUNT,
+            keys.NONZERO_PARAMS,
+        ):
             assert keys.recipe_metric(label, metric) in m
     # Accuracy before a step is the accuracy after the previous one (the baseline for the first).
     before = m[keys.recipe_metric("baseline_eager", keys.TEST_ACCURACY)]
@@ -103,19 +110,28 @@ def _spec(recipe):
     return {"name": "t", "recipe": recipe}
 
 
-@pytest.mark.parametrize(("recipe", "path", "value"), [
-    ([{"step": "prunee"}], "recipe[0].step", "prunee"),
-    ([{"step": "prune", "sparsity": 1.0}], "recipe[0].sparsity", 1.0),
-    ([{"step": "prune", "sparsity": -0.1}], "recipe[0].sparsity", -0.1),
-    ([{"step": "quantize"}, {"step": "prune", "sparsity": {"choice": [0.5, 1.5]}}],
-     "recipe[1].sparsity", 1.5),
-    ([{"step": "prune", "method": "l2"}], "recipe[0].method", "l2"),
-    ([{"step": "quantize", "mode": "int4"}], "recipe[0].mode", "int4"),
-    ([{"step": "distill", "teacher": "champion"}], "recipe[0].teacher", "champion"),
-    ([{"step": "distill", "hidden": {"choice": [[16], [0]]}}], "recipe[0].hidden", [0]),
-    ({"choice": [[{"step": "quantize"}], [{"step": "export", "format": "tflite"}]]},
-     "recipe[1][0].format", "tflite"),
-])
+@pytest.mark.parametrize(
+    ("recipe", "path", "value"),
+    [
+        ([{"step": "prunee"}], "recipe[0].step", "prunee"),
+        ([{"step": "prune", "sparsity": 1.0}], "recipe[0].sparsity", 1.0),
+        ([{"step": "prune", "sparsity": -0.1}], "recipe[0].sparsity", -0.1),
+        (
+            [{"step": "quantize"}, {"step": "prune", "sparsity": {"choice": [0.5, 1.5]}}],
+            "recipe[1].sparsity",
+            1.5,
+        ),
+        ([{"step": "prune", "method": "l2"}], "recipe[0].method", "l2"),
+        ([{"step": "quantize", "mode": "int4"}], "recipe[0].mode", "int4"),
+        ([{"step": "distill", "teacher": "champion"}], "recipe[0].teacher", "champion"),
+        ([{"step": "distill", "hidden": {"choice": [[16], [0]]}}], "recipe[0].hidden", [0]),
+        (
+            {"choice": [[{"step": "quantize"}], [{"step": "export", "format": "tflite"}]]},
+            "recipe[1][0].format",
+            "tflite",
+        ),
+    ],
+)
 def test_bad_recipes_fail_spec_validation(recipe, path, value):
     with pytest.raises(SpecError) as err:
         parse_spec(_spec(recipe))
@@ -123,12 +139,30 @@ def test_bad_recipes_fail_spec_validation(recipe, path, value):
 
 
 def test_good_recipes_with_search_spaces_validate():
-    spec = parse_spec(_spec({"choice": [
-        [{"step": "prune", "method": "structured", "sparsity": {"uniform": [0.3, 0.8]}},
-         {"step": "quantize", "mode": {"choice": ["dynamic", "static"]}}],
-        [{"step": "distill", "hidden": {"choice": [[16], [32]]}, "teacher": "models:/m@champion"},
-         {"step": "export", "format": "both"}],
-    ]}))
+    spec = parse_spec(
+        _spec(
+            {
+                "choice": [
+                    [
+                        {
+                            "step": "prune",
+                            "method": "structured",
+                            "sparsity": {"uniform": [0.3, 0.8]},
+                        },
+                        {"step": "quantize", "mode": {"choice": ["dynamic", "static"]}},
+                    ],
+                    [
+                        {
+                            "step": "distill",
+                            "hidden": {"choice": [[16], [32]]},
+                            "teacher": "models:/m@champion",
+                        },
+                        {"step": "export", "format": "both"},
+                    ],
+                ]
+            }
+        )
+    )
     assert spec.recipe["choice"][1][0]["teacher"] == "models:/m@champion"
     assert registry_teachers(spec.recipe["choice"][1]) == ["models:/m@champion"]
     assert check_recipe([{"step": "quantize", "per_channel": True}]) == []
@@ -136,10 +170,12 @@ def test_good_recipes_with_search_spaces_validate():
 
 def test_registry_teachers_are_found_inside_search_spaces():
     teacher = {"choice": ["models:/a@champion", "trial", "models:/b/3"]}
-    recipe = {"choice": [
-        [{"step": "distill", "teacher": teacher}],
-        [{"step": "distill", "teacher": "models:/a@champion"}, {"step": "quantize"}],
-    ]}
+    recipe = {
+        "choice": [
+            [{"step": "distill", "teacher": teacher}],
+            [{"step": "distill", "teacher": "models:/a@champion"}, {"step": "quantize"}],
+        ]
+    }
     assert registry_teachers(recipe) == ["models:/a@champion", "models:/b/3"]
     assert registry_teachers([{"step": "distill"}, {"step": "prune"}]) == []
 

@@ -70,10 +70,14 @@ def test_fashion_mnist_missing_files_say_how_to_get_them(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_models_map_inputs_to_logits(arch, batch_norm):
-    model = build_model({"arch": arch, "hidden": [16], "batch_norm": batch_norm, "dropout": 0.2}, (1, 8, 8), 10)
+    model = build_model(
+        {"arch": arch, "hidden": [16], "batch_norm": batch_norm, "dropout": 0.2}, (1, 8, 8), 10
+    )
     out = model(torch.rand(5, 1, 8, 8))
     assert out.shape == (5, 10)
-    has_bn = any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in model.modules())
+    has_bn = any(
+        isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in model.modules()
+    )
     assert has_bn == batch_norm
     assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
 
@@ -87,5 +91,11 @@ def test_cnn_needs_images():
 def test_optimizer_defaults_and_overrides():
     params = [torch.nn.Parameter(torch.zeros(3))]
     opt = build_optimizer("nag", params, {"lr": 0.2})
-    assert opt.defaults["nesterov"] is True and opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == 0.2
-    assert OPTIMIZERS.get("gd").batch_mode == "full" and OPTIMIZERS.get("sgd").batch_mode == "single"
+    assert (
+        opt.defaults["nesterov"] is True
+        and opt.defaults["momentum"] == 0.9
+        and opt.defaults["lr"] == 0.2
+    )
+    assert (
+        OPTIMIZERS.get("gd").batch_mode == "full" and OPTIMIZERS.get("sgd").batch_mode == "single"
+    )

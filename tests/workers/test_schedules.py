@@ -61,8 +61,9 @@ def test_onecycle_matches_torchs_one_cycle_lr():
     ours = _lrs({"name": "onecycle", "pct_start": 0.25}, spe, epochs, lr=peak)
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=peak)
-    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=spe * epochs,
-                                              pct_start=0.25, cycle_momentum=False)
+    ref = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=peak, total_steps=spe * epochs, pct_start=0.25, cycle_momentum=False
+    )
     theirs = []
     for _ in range(spe * epochs):
         theirs.append(opt.param_groups[0]["lr"])
@@ -73,14 +74,17 @@ def test_onecycle_matches_torchs_one_cycle_lr():
     assert ours == pytest.approx(theirs, rel=1e-6)
 
 
-@pytest.mark.parametrize(("section", "key", "fragment"), [
-    ({"name": "cosinus"}, "name", "is not one of: none, step, cosine, onecycle"),
-    ({"name": "step", "gamma": 1.5}, "gamma", "must be <= 1.0"),
-    ({"name": "step", "step_epochs": 0}, "step_epochs", "must be >= 1"),
-    ({"name": "cosine", "gamma": 0.5}, "gamma", "takes no key 'gamma'"),
-    ({"name": "onecycle", "warmup_epochs": 2}, "warmup_epochs", "set pct_start"),
-    ({"name": "none", "warmup_epochs": -1}, "warmup_epochs", "must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "fragment"),
+    [
+        ({"name": "cosinus"}, "name", "is not one of: none, step, cosine, onecycle"),
+        ({"name": "step", "gamma": 1.5}, "gamma", "must be <= 1.0"),
+        ({"name": "step", "step_epochs": 0}, "step_epochs", "must be >= 1"),
+        ({"name": "cosine", "gamma": 0.5}, "gamma", "takes no key 'gamma'"),
+        ({"name": "onecycle", "warmup_epochs": 2}, "warmup_epochs", "set pct_start"),
+        ({"name": "none", "warmup_epochs": -1}, "warmup_epochs", "must be >= 0"),
+    ],
+)
 def test_check_schedule_names_the_bad_key_and_value(section, key, fragment):
     problems = check_schedule(section)
     assert [(k, v) for k, v, _ in problems] == [(key, section[key])]
@@ -89,10 +93,15 @@ def test_check_schedule_names_the_bad_key_and_value(section, key, fragment):
 
 def test_spec_validation_reports_schedule_problems_with_their_path():
     with pytest.raises(SpecError) as e:
-        parse_spec({"name": "s", "training": {
-            "lr_schedule": {"name": "step", "gamma": {"choice": [0.5, 2.0]}}}})
+        parse_spec(
+            {
+                "name": "s",
+                "training": {"lr_schedule": {"name": "step", "gamma": {"choice": [0.5, 2.0]}}},
+            }
+        )
     [problem] = e.value.problems
     assert (problem.path, problem.value) == ("training.lr_schedule.gamma", 2.0)
-    spec = parse_spec({"name": "s", "training": {
-        "lr_schedule": {"name": "cosine", "warmup_epochs": 1}}})
+    spec = parse_spec(
+        {"name": "s", "training": {"lr_schedule": {"name": "cosine", "warmup_epochs": 1}}}
+    )
     assert spec.training["lr_schedule"]["name"] == "cosine"

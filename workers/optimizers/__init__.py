@@ -21,7 +21,17 @@ from workers.optimizers.cg import ConjugateGradient
 from workers.optimizers.games import ExtraGradient, OptimisticAdam, OptimisticGD, game_optimizer
 
 __all__ = [
-    "OPTIMIZERS", "BatchMode", "HParam", "OptimizerEntry", "build_optimizer", "check_hparams",
-    "ConjugateGradient", "ExtraGradient", "OptimisticGD", "OptimisticAdam", "game_optimizer",
-    "describe", "render_markdown",
+    "OPTIMIZERS",
+    "BatchMode",
+    "HParam",
+    "OptimizerEntry",
+    "build_optimizer",
+    "check_hparams",
+    "ConjugateGradient",
+    "ExtraGradient",
+    "OptimisticGD",
+    "OptimisticAdam",
+    "game_optimizer",
+    "describe",
+    "render_markdown",
 ]

@@ -16,8 +16,15 @@ from workers.optimizers._base import LR, OPTIMIZERS, HParam
 
 def _hparam_row(name: str, h: HParam) -> dict[str, Any]:
     kind = {float: "float", int: "int", bool: "bool", str: "str", tuple: "pair of floats"}[h.kind]
-    return {"name": name, "default": h.default, "type": kind, "low": h.low, "high": h.high,
-            "choices": list(h.choices), "doc": h.doc}
+    return {
+        "name": name,
+        "default": h.default,
+        "type": kind,
+        "low": h.low,
+        "high": h.high,
+        "choices": list(h.choices),
+        "doc": h.doc,
+    }
 
 
 def describe() -> list[dict[str, Any]]:
@@ -32,11 +39,16 @@ def describe() -> list[dict[str, Any]]:
     for name in OPTIMIZERS.names():
         e = OPTIMIZERS.get(name)
         lr = {**_hparam_row("lr", LR), "default": e.lr_default}
-        out.append({
-            "name": name, "doc": e.doc, "batch_mode": e.batch_mode,
-            "needs_closure": e.needs_closure, "min_max": e.min_max,
-            "hparams": [lr, *(_hparam_row(k, h) for k, h in sorted(e.hparams.items()))],
-        })
+        out.append(
+            {
+                "name": name,
+                "doc": e.doc,
+                "batch_mode": e.batch_mode,
+                "needs_closure": e.needs_closure,
+                "min_max": e.min_max,
+                "hparams": [lr, *(_hparam_row(k, h) for k, h in sorted(e.hparams.items()))],
+            }
+        )
     return out
 
 
@@ -62,8 +74,9 @@ def _default(value: Any) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| key | default | range | what |", "|---|---|---|---|"]
-    lines += [f"| `{r['name']}` | {_default(r['default'])} | {_range(r)} | {r['doc']} |"
-              for r in rows]
+    lines += [
+        f"| `{r['name']}` | {_default(r['default'])} | {_range(r)} | {r['doc']} |" for r in rows
+    ]
     return lines
 
 
@@ -84,7 +97,7 @@ def render_markdown() -> str:
         "optimizer step per epoch on the whole training set; `single` defaults the batch size "
         "to 1. *closure*: the optimizer re-evaluates the loss within a step. *min-max*: a "
         "zero-sum-game method (mark the maximising player's param group with "
-        "`\"maximize\": True`, or use `workers.optimizers.game_optimizer`).",
+        '`"maximize": True`, or use `workers.optimizers.game_optimizer`).',
     ]
     for o in describe():
         flags = [f"batch mode `{o['batch_mode']}`"]
@@ -92,16 +105,25 @@ def render_markdown() -> str:
         flags += ["min-max"] if o["min_max"] else []
         lines += ["", f"## `{o['name']}`", "", f"{o['doc']} ({', '.join(flags)}).", ""]
         lines += _table(o["hparams"])
-    lines += ["", "# Learning-rate schedules (`training.lr_schedule`)", "",
-              "The value is the multiplier of `optimizer.lr` at each optimizer step; "
-              "`workers/optimizers/schedules.py` gives the formulas."]
+    lines += [
+        "",
+        "# Learning-rate schedules (`training.lr_schedule`)",
+        "",
+        "The value is the multiplier of `optimizer.lr` at each optimizer step; "
+        "`workers/optimizers/schedules.py` gives the formulas.",
+    ]
     for name, keys in SCHEDULE_KEYS.items():
         rows = [_hparam_row(k, h) for k, h in sorted(keys.items())]
         lines += ["", f"## `{name}`", "", SCHEDULE_DOCS[name] + ".", ""] + _table(rows)
-    lines += ["", "# Adversarial training (`training.adversarial`)", "",
-              "Two-player zero-sum training: the model minimises the loss on inputs a bounded "
-              "adversary (FGSM or PGD in an L-inf ball) perturbs to maximise it. Trials then "
-              "report "
-              "`robust_accuracy`, the test accuracy under PGD at `eval_epsilon`.", ""]
+    lines += [
+        "",
+        "# Adversarial training (`training.adversarial`)",
+        "",
+        "Two-player zero-sum training: the model minimises the loss on inputs a bounded "
+        "adversary (FGSM or PGD in an L-inf ball) perturbs to maximise it. Trials then "
+        "report "
+        "`robust_accuracy`, the test accuracy under PGD at `eval_epsilon`.",
+        "",
+    ]
     lines += _table([_hparam_row(k, h) for k, h in ADVERSARIAL_KEYS.items()])
     return "\n".join(lines) + "\n"

@@ -88,15 +88,25 @@ class ConjugateGradient(torch.optim.Optimizer):
         if not 0 < c1 < c2 < 1:
             raise ValueError(f"cg: need 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
         if line_search not in LINE_SEARCHES:
-            raise ValueError(f"cg: line_search {line_search!r} is not one of: "
-                             f"{', '.join(LINE_SEARCHES)}")
-        defaults = dict(lr=lr, beta=beta, c1=c1, c2=c2, restart_every=restart_every,
-                        max_iter=max_iter, max_ls=max_ls, tolerance_grad=tolerance_grad,
-                        line_search=line_search)
+            raise ValueError(
+                f"cg: line_search {line_search!r} is not one of: {', '.join(LINE_SEARCHES)}"
+            )
+        defaults = dict(
+            lr=lr,
+            beta=beta,
+            c1=c1,
+            c2=c2,
+            restart_every=restart_every,
+            max_iter=max_iter,
+            max_ls=max_ls,
+            tolerance_grad=tolerance_grad,
+            line_search=line_search,
+        )
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
-            raise ValueError("cg works on one parameter group "
-                             "(it treats all parameters as one vector)")
+            raise ValueError(
+                "cg works on one parameter group (it treats all parameters as one vector)"
+            )
         self._params: list[torch.Tensor] = self.param_groups[0]["params"]
 
     # ------------------------------------------------------------------ flat-vector helpers
@@ -110,20 +120,25 @@ class ConjugateGradient(torch.optim.Optimizer):
         return torch.cat([p.detach().reshape(-1) for p in self._params])
 
     def _flat_grad(self) -> torch.Tensor:
-        return torch.cat([
-            torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if p.grad is None
-            else p.grad.reshape(-1) for p in self._params
-        ])
+        return torch.cat(
+            [
+                torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+                if p.grad is None
+                else p.grad.reshape(-1)
+                for p in self._params
+            ]
+        )
 
     def _set_params(self, flat: torch.Tensor) -> None:
         offset = 0
         for p in self._params:
             n = p.numel()
-            p.copy_(flat[offset: offset + n].view_as(p))
+            p.copy_(flat[offset : offset + n].view_as(p))
             offset += n
 
-    def _evaluate(self, closure: Callable, x0: torch.Tensor, d: torch.Tensor,
-                  alpha: float) -> _Point:
+    def _evaluate(
+        self, closure: Callable, x0: torch.Tensor, d: torch.Tensor, alpha: float
+    ) -> _Point:
         """Loss and directional derivative at ``x0 + alpha d`` (leaves the parameters there)."""
         self._set_params(x0 + alpha * d)
         with torch.enable_grad():
@@ -142,8 +157,10 @@ class ConjugateGradient(torch.optim.Optimizer):
             ValueError: no closure (a line search must re-evaluate the loss).
         """
         if closure is None:
-            raise ValueError("cg needs a closure: optimizer.step(closure) "
-                             "(the line search re-evaluates the loss)")
+            raise ValueError(
+                "cg needs a closure: optimizer.step(closure) "
+                "(the line search re-evaluates the loss)"
+            )
         group = self.param_groups[0]
         state = self._cg_state()
         state.setdefault("func_evals", 0)
@@ -168,8 +185,9 @@ class ConjugateGradient(torch.optim.Optimizer):
                 state["restarted_last"] = True
                 continue
             self._set_params(x0 + point.alpha * d)  # the search may have ended elsewhere
-            state.update(d=d, g_prev=g, alpha_prev=point.alpha, gd_prev=start.df,
-                         restarted_last=False)
+            state.update(
+                d=d, g_prev=g, alpha_prev=point.alpha, gd_prev=start.df, restarted_last=False
+            )
             state["n_iter"] += 1
             f, g = point.f, point.grad
         return first_loss
@@ -197,15 +215,29 @@ class ConjugateGradient(torch.optim.Optimizer):
                 return min(guess, 1e3 * group["lr"])
         return group["lr"]
 
-    def _line_search(self, closure: Callable, x0: torch.Tensor, d: torch.Tensor, start: _Point,
-                     alpha1: float, group: dict) -> _Point | None:
+    def _line_search(
+        self,
+        closure: Callable,
+        x0: torch.Tensor,
+        d: torch.Tensor,
+        start: _Point,
+        alpha1: float,
+        group: dict,
+    ) -> _Point | None:
         if group["line_search"] == "exact_quadratic":
             return self._exact_quadratic(closure, x0, d, start, alpha1)
-        return strong_wolfe(lambda a: self._evaluate(closure, x0, d, a), start, alpha1,
-                            group["c1"], group["c2"], group["max_ls"])
+        return strong_wolfe(
+            lambda a: self._evaluate(closure, x0, d, a),
+            start,
+            alpha1,
+            group["c1"],
+            group["c2"],
+            group["max_ls"],
+        )
 
-    def _exact_quadratic(self, closure: Callable, x0: torch.Tensor, d: torch.Tensor,
-                         start: _Point, alpha1: float) -> _Point | None:
+    def _exact_quadratic(
+        self, closure: Callable, x0: torch.Tensor, d: torch.Tensor, start: _Point, alpha1: float
+    ) -> _Point | None:
         # For f = x'Ax/2 - b'x: g(x + t d) - g(x) = t A d, so d'Ad needs one more gradient and the
         # exact minimiser along d is alpha* = -g.d / d'Ad.
         probe = self._evaluate(closure, x0, d, alpha1)
@@ -223,7 +255,11 @@ def _as_float(loss: torch.Tensor | float) -> float:
 
 
 def strong_wolfe(
-    phi: Callable[[float], _Point], start: _Point, alpha1: float, c1: float, c2: float,
+    phi: Callable[[float], _Point],
+    start: _Point,
+    alpha1: float,
+    c1: float,
+    c2: float,
     max_evals: int,
 ) -> _Point | None:
     """A step satisfying the strong Wolfe conditions along a line (N&W Alg. 3.5).
@@ -264,8 +300,16 @@ def _sufficient(p: _Point, start: _Point, c1: float) -> bool:
     return math.isfinite(p.f) and p.f <= start.f + c1 * p.alpha * start.df
 
 
-def _zoom(phi: Callable[[float], _Point], start: _Point, lo: _Point, hi: _Point, c1: float,
-          c2: float, evals_left: int, best: _Point | None) -> _Point | None:
+def _zoom(
+    phi: Callable[[float], _Point],
+    start: _Point,
+    lo: _Point,
+    hi: _Point,
+    c1: float,
+    c2: float,
+    evals_left: int,
+    best: _Point | None,
+) -> _Point | None:
     """N&W Alg. 3.6: shrink ``[lo, hi]`` (lo has the lowest loss with sufficient decrease)."""
     best = lo if lo.alpha > 0 else best
     for _ in range(evals_left):
@@ -315,27 +359,47 @@ def _build(params, lr, **hparams):  # noqa: ANN001, ANN202
     return ConjugateGradient(params, lr=lr, **hparams)
 
 
-OPTIMIZERS.add("cg", OptimizerEntry(
+OPTIMIZERS.add(
     "cg",
-    "nonlinear conjugate gradient (Polak–Ribière+ or Fletcher–Reeves) with a strong-Wolfe line "
-    "search and restarts; one step = max_iter iterations on the full training set",
-    _build,
-    {
-        "beta": HParam("pr", "conjugacy formula: pr (Polak–Ribière+) or fr (Fletcher–Reeves)", str,
-                       choices=("pr", "fr")),
-        "c1": HParam(1e-4, "sufficient-decrease constant of the Wolfe conditions", float,
-                     1e-6, 0.4),
-        "c2": HParam(0.1, "curvature constant of the strong Wolfe conditions (> c1)", float,
-                     0.01, 0.9),
-        "restart_every": HParam(0, "restart to steepest descent every n iterations (0: number of "
-                                   "parameters)", int, 0, None),
-        "max_iter": HParam(10, "CG iterations per optimizer step (one step per epoch)", int,
-                           1, 1000),
-        "max_ls": HParam(25, "loss evaluations allowed per line search", int, 2, 100),
-        "tolerance_grad": HParam(1e-7, "stop iterating when the largest gradient entry is at "
-                                 "most this", float, 0.0, 1.0),
-    },
-    lr_default=1.0,
-    batch_mode="full",
-    needs_closure=True,
-))
+    OptimizerEntry(
+        "cg",
+        "nonlinear conjugate gradient (Polak–Ribière+ or Fletcher–Reeves) with a strong-Wolfe line "
+        "search and restarts; one step = max_iter iterations on the full training set",
+        _build,
+        {
+            "beta": HParam(
+                "pr",
+                "conjugacy formula: pr (Polak–Ribière+) or fr (Fletcher–Reeves)",
+                str,
+                choices=("pr", "fr"),
+            ),
+            "c1": HParam(
+                1e-4, "sufficient-decrease constant of the Wolfe conditions", float, 1e-6, 0.4
+            ),
+            "c2": HParam(
+                0.1, "curvature constant of the strong Wolfe conditions (> c1)", float, 0.01, 0.9
+            ),
+            "restart_every": HParam(
+                0,
+                "restart to steepest descent every n iterations (0: number of parameters)",
+                int,
+                0,
+                None,
+            ),
+            "max_iter": HParam(
+                10, "CG iterations per optimizer step (one step per epoch)", int, 1, 1000
+            ),
+            "max_ls": HParam(25, "loss evaluations allowed per line search", int, 2, 100),
+            "tolerance_grad": HParam(
+                1e-7,
+                "stop iterating when the largest gradient entry is at most this",
+                float,
+                0.0,
+                1.0,
+            ),
+        },
+        lr_default=1.0,
+        batch_mode="full",
+        needs_closure=True,
+    ),
+)

@@ -70,8 +70,13 @@ class ExtraGradient(torch.optim.Optimizer):
         maximize: default for groups that do not say.
     """
 
-    def __init__(self, params, lr: float = 0.01, weight_decay: float = 0.0,  # noqa: ANN001
-                 maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 0.01,
+        weight_decay: float = 0.0,  # noqa: ANN001
+        maximize: bool = False,
+    ) -> None:
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, maximize=maximize))
 
     @torch.no_grad()
@@ -82,8 +87,10 @@ class ExtraGradient(torch.optim.Optimizer):
             ValueError: no closure (the second gradient must be taken at the look-ahead point).
         """
         if closure is None:
-            raise ValueError("extragradient needs a closure: optimizer.step(closure) "
-                             "(it evaluates the gradient twice per step)")
+            raise ValueError(
+                "extragradient needs a closure: optimizer.step(closure) "
+                "(it evaluates the gradient twice per step)"
+            )
         with torch.enable_grad():
             loss = closure()
         origin = {}
@@ -116,10 +123,17 @@ class OptimisticGD(torch.optim.Optimizer):
         maximize: default for groups that do not say.
     """
 
-    def __init__(self, params, lr: float = 0.01, optimism: float = 1.0,  # noqa: ANN001
-                 weight_decay: float = 0.0, maximize: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, optimism=optimism, weight_decay=weight_decay,
-                                      maximize=maximize))
+    def __init__(
+        self,
+        params,
+        lr: float = 0.01,
+        optimism: float = 1.0,  # noqa: ANN001
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params, dict(lr=lr, optimism=optimism, weight_decay=weight_decay, maximize=maximize)
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None) -> torch.Tensor | None:  # type: ignore[override]
@@ -151,10 +165,19 @@ class OptimisticAdam(torch.optim.Optimizer):
         maximize: default for groups that do not say.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.0, 0.99),  # noqa: ANN001
-                 eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay, maximize=maximize))
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.0, 0.99),  # noqa: ANN001
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize),
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None) -> torch.Tensor | None:  # type: ignore[override]
@@ -170,14 +193,18 @@ class OptimisticAdam(torch.optim.Optimizer):
                 g = _direction(p, group)
                 state = self.state[p]
                 if not state:
-                    state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p),
-                                 prev_u=torch.zeros_like(p))
+                    state.update(
+                        t=0,
+                        m=torch.zeros_like(p),
+                        v=torch.zeros_like(p),
+                        prev_u=torch.zeros_like(p),
+                    )
                 state["t"] += 1
                 t = state["t"]
                 state["m"].mul_(b1).add_(g, alpha=1 - b1)
                 state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                m_hat = state["m"] / (1 - b1 ** t)
-                v_hat = state["v"] / (1 - b2 ** t)
+                m_hat = state["m"] / (1 - b1**t)
+                v_hat = state["v"] / (1 - b2**t)
                 u = m_hat / (v_hat.sqrt() + group["eps"])
                 # First step: no previous u, so a plain Adam step (2u - u).
                 prev = state["prev_u"] if t > 1 else u
@@ -186,9 +213,12 @@ class OptimisticAdam(torch.optim.Optimizer):
         return loss
 
 
-def game_optimizer(name: str, min_params: Iterable[torch.nn.Parameter],
-                   max_params: Iterable[torch.nn.Parameter],
-                   **hparams: Any) -> torch.optim.Optimizer:
+def game_optimizer(
+    name: str,
+    min_params: Iterable[torch.nn.Parameter],
+    max_params: Iterable[torch.nn.Parameter],
+    **hparams: Any,
+) -> torch.optim.Optimizer:
     """Build a registered optimizer over a two-player zero-sum game.
 
     The first player minimises the closure's loss, the second maximises it; both move
@@ -203,32 +233,60 @@ def game_optimizer(name: str, min_params: Iterable[torch.nn.Parameter],
     Returns:
         The optimizer, with the maximising player's group marked ``maximize=True``.
     """
-    groups = [{"params": list(min_params), "maximize": False},
-              {"params": list(max_params), "maximize": True}]
+    groups = [
+        {"params": list(min_params), "maximize": False},
+        {"params": list(max_params), "maximize": True},
+    ]
     return build_optimizer(name, groups, hparams)  # type: ignore[arg-type]  # param groups
 
 
 OPTIMISM = HParam(1.0, "weight of the correction g_t - g_(t-1)", float, 0.0, 2.0)
 
-OPTIMIZERS.add("extragradient", OptimizerEntry(
-    "extragradient", "extragradient (Korpelevich): look-ahead step, then update with the "
-    "look-ahead gradient; two gradients per step",
-    lambda params, lr, **kw: ExtraGradient(params, lr=lr, **kw),
-    {"weight_decay": WEIGHT_DECAY}, lr_default=0.01, needs_closure=True, min_max=True,
-))
-OPTIMIZERS.add("optimistic", OptimizerEntry(
+OPTIMIZERS.add(
+    "extragradient",
+    OptimizerEntry(
+        "extragradient",
+        "extragradient (Korpelevich): look-ahead step, then update with the "
+        "look-ahead gradient; two gradients per step",
+        lambda params, lr, **kw: ExtraGradient(params, lr=lr, **kw),
+        {"weight_decay": WEIGHT_DECAY},
+        lr_default=0.01,
+        needs_closure=True,
+        min_max=True,
+    ),
+)
+OPTIMIZERS.add(
     "optimistic",
-    "optimistic gradient descent(-ascent): a step corrected by the last gradient's change",
-    lambda params, lr, **kw: OptimisticGD(params, lr=lr, **kw),
-    {"optimism": OPTIMISM, "weight_decay": WEIGHT_DECAY}, lr_default=0.01, min_max=True,
-))
-OPTIMIZERS.add("optimistic_adam", OptimizerEntry(
-    "optimistic_adam", "optimistic Adam: Adam's normalised step with the optimistic correction",
-    lambda params, lr, **kw: OptimisticAdam(params, lr=lr, **kw),
-    {"betas": HParam((0.0, 0.99), "decay rates of the first and second moment estimates "
-                     "(beta1 = 0: momentum makes the optimistic correction lag)", tuple,
-                     0.0, 0.9999),
-     "eps": HParam(1e-8, "term added to the denominator for numerical stability", float, low=0.0),
-     "weight_decay": WEIGHT_DECAY},
-    lr_default=1e-3, min_max=True,
-))
+    OptimizerEntry(
+        "optimistic",
+        "optimistic gradient descent(-ascent): a step corrected by the last gradient's change",
+        lambda params, lr, **kw: OptimisticGD(params, lr=lr, **kw),
+        {"optimism": OPTIMISM, "weight_decay": WEIGHT_DECAY},
+        lr_default=0.01,
+        min_max=True,
+    ),
+)
+OPTIMIZERS.add(
+    "optimistic_adam",
+    OptimizerEntry(
+        "optimistic_adam",
+        "optimistic Adam: Adam's normalised step with the optimistic correction",
+        lambda params, lr, **kw: OptimisticAdam(params, lr=lr, **kw),
+        {
+            "betas": HParam(
+                (0.0, 0.99),
+                "decay rates of the first and second moment estimates "
+                "(beta1 = 0: momentum makes the optimistic correction lag)",
+                tuple,
+                0.0,
+                0.9999,
+            ),
+            "eps": HParam(
+                1e-8, "term added to the denominator for numerical stability", float, low=0.0
+            ),
+            "weight_decay": WEIGHT_DECAY,
+        },
+        lr_default=1e-3,
+        min_max=True,
+    ),
+)

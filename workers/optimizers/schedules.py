@@ -34,8 +34,9 @@ from workers.optimizers._base import HParam
 
 SCHEDULE_NAMES = ("none", "step", "cosine", "onecycle")
 
-WARMUP = HParam(0, "epochs of linear warm-up before the schedule (fractions allowed)", float,
-                low=0.0)
+WARMUP = HParam(
+    0, "epochs of linear warm-up before the schedule (fractions allowed)", float, low=0.0
+)
 # Keys each schedule takes (besides ``name``), with defaults, types and ranges; the one source for
 # validation, building and the docs.
 SCHEDULE_KEYS: dict[str, dict[str, HParam]] = {
@@ -50,8 +51,9 @@ SCHEDULE_KEYS: dict[str, dict[str, HParam]] = {
         "min_lr_ratio": HParam(0.0, "final lr as a fraction of lr", float, 0.0, 1.0),
     },
     "onecycle": {
-        "pct_start": HParam(0.3, "fraction of training spent rising to the peak lr", float,
-                            0.0, 1.0),
+        "pct_start": HParam(
+            0.3, "fraction of training spent rising to the peak lr", float, 0.0, 1.0
+        ),
         "div_factor": HParam(25.0, "start lr = lr / div_factor", float, 1.0, None),
         "final_div_factor": HParam(1e4, "final lr = start lr / final_div_factor", float, 1.0, None),
     },
@@ -100,8 +102,9 @@ def resolved(section: dict[str, Any] | None) -> dict[str, Any]:
     return {**{k: h.default for k, h in SCHEDULE_KEYS[name].items()}, **section}
 
 
-def lr_factor(section: dict[str, Any] | None, step: int, steps_per_epoch: int,
-              max_epochs: int) -> float:
+def lr_factor(
+    section: dict[str, Any] | None, step: int, steps_per_epoch: int, max_epochs: int
+) -> float:
     """The multiplier of the base lr at optimizer step ``step`` (0-based); see the module doc."""
     s = resolved(section)
     total = max(1, steps_per_epoch * max_epochs)
@@ -135,7 +138,9 @@ def _cos_anneal(a: float, b: float, progress: float) -> float:
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, section: dict[str, Any] | None, steps_per_epoch: int,
+    optimizer: torch.optim.Optimizer,
+    section: dict[str, Any] | None,
+    steps_per_epoch: int,
     max_epochs: int,
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A scheduler whose ``step()`` follows :func:`lr_factor`, or None for a constant lr.
@@ -156,4 +161,5 @@ def build_schedule(
     if s["name"] == "none" and not s["warmup_epochs"]:
         return None
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(s, step, steps_per_epoch, max_epochs))
+        optimizer, lambda step: lr_factor(s, step, steps_per_epoch, max_epochs)
+    )

@@ -10,7 +10,7 @@ import torch
 from workers.errors import WorkerError
 from workers.registry import Registry, is_plugin_ref, load_plugin
 
-TASKS: Registry[Callable[[int], "TaskData"]] = Registry("task")
+TASKS: Registry[Callable[[int], TaskData]] = Registry("task")
 
 
 @dataclass(frozen=True)
