@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,16 +99,25 @@ def run_experiment(
         os.environ.setdefault(k, v)
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri, workdir)
     _check_teachers(spec, uri)
-    try:
-        store = Store(uri)
-        experiment_id = store.ensure_experiment(spec.name, spec.tracking.artifact_location)
-        parent_id, ray_path, existing = _parent_run(store, experiment_id, spec, resume, workdir)
-    except TrackingError as e:
-        raise RunError(str(e)) from e
+    ray_address = address or spec.cluster.address
+    if resume:  # nothing to resume is an error before Ray starts
+        store, experiment_id, parent_id, ray_path, existing = _prepare_tracking(
+            spec, uri, resume, workdir
+        )
+        started_ray = _init_ray(ray_address, verbosity)
+    else:
+        # A new SQLite store migrates its schema (seconds) while Ray starts its processes.
+        with ThreadPoolExecutor(1, thread_name_prefix="podium-tracking") as pool:
+            prepared = pool.submit(_prepare_tracking, spec, uri, resume, workdir)
+            started_ray = _init_ray(ray_address, verbosity)
+            try:
+                store, experiment_id, parent_id, ray_path, existing = prepared.result()
+            except RunError:
+                _shutdown_ray(started_ray)
+                raise
     writer = RunWriter(store, experiment_id, parent_id, existing)
     template = template_of(spec)
     extras = {"teachers": _fetch_teachers(spec, uri, workdir)}
-    started_ray = _init_ray(address or spec.cluster.address, verbosity)
     if spec.promotion.enabled:
         threading.Thread(target=warm_up_export, name="podium-export-warm-up", daemon=True).start()
     try:
@@ -117,10 +127,7 @@ def run_experiment(
     finally:
         if not writer.close(timeout_s=300):
             log.error("some MLflow writes did not land within 300 s")
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        _shutdown_ray(started_ray)
     rows, checkpoints = _rows(grid, template, writer)
     policy = policy_from(asdict(spec.promotion))
     candidates = [Candidate(r.trial_id, r.metrics, r.status, r.run_id, r.params) for r in rows]
@@ -133,6 +140,30 @@ def run_experiment(
     _publish(store, parent_id, rows, candidates, policy, decision, promotion)
     store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
     return SweepResult(spec.name, uri, parent_id, rows, decision, promotion, writer.failures)
+
+
+def _prepare_tracking(
+    spec: ExperimentSpec, uri: str, resume: bool, workdir: str | os.PathLike
+) -> tuple[Store, str, str, str, dict[str, Any]]:
+    """The store, experiment and parent run, created in the driver before any trial starts.
+
+    Raises:
+        RunError: MLflow could not be reached, or there is nothing to resume.
+    """
+    try:
+        store = Store(uri)
+        experiment_id = store.ensure_experiment(spec.name, spec.tracking.artifact_location)
+        parent_id, ray_path, existing = _parent_run(store, experiment_id, spec, resume, workdir)
+    except TrackingError as e:
+        raise RunError(str(e)) from e
+    return store, experiment_id, parent_id, ray_path, existing
+
+
+def _shutdown_ray(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
 
 
 def _check_teachers(spec: ExperimentSpec, uri: str) -> None:
