@@ -60,6 +60,16 @@ def raw_spec(name: str, storage: Path, **over: object) -> dict:
 
 
 def trial_checkpoints(storage: Path) -> dict[str, dict[str, list[int]]]:
+    """Checkpoint indices by trial id, then trial folder (see :func:`_scan_checkpoints`)."""
+    for _ in range(50):
+        try:
+            return _scan_checkpoints(storage)
+        except FileNotFoundError:  # Tune removed an old checkpoint mid-scan (it keeps the last 2)
+            time.sleep(0.01)
+    return _scan_checkpoints(storage)
+
+
+def _scan_checkpoints(storage: Path) -> dict[str, dict[str, list[int]]]:
     """Checkpoint indices by trial id, then trial folder, as Tune wrote them to the storage path.
 
     Tune numbers a trial's checkpoints 0, 1, ... across restarts (and keeps the last 2), so the
