@@ -1,4 +1,7 @@
-"""Tune callbacks: the MLflow trial logger (driver side) and the live progress view."""
+"""Tune callbacks: the MLflow trial logger (driver side) and the live progress view.
+
+Importing this module imports Ray Tune (seconds); the runner imports it only when a sweep starts.
+"""
 
 from __future__ import annotations
 
@@ -9,53 +12,10 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from orchestrator.results import STRING_KEYS, result_metrics, trial_error_text, trial_status
 from orchestrator.space import flatten_params, resolve
 from tracking import keys
 from tracking.store import RunWriter
-
-# Result keys that travel as tags, not metrics.
-_STRING_KEYS = {
-    keys.NODE: keys.TAG_NODE,
-    keys.DEVICE: keys.TAG_DEVICE,
-    keys.CPU_MODEL: keys.TAG_CPU_MODEL,
-    keys.DEVICE_REASON: keys.TAG_DEVICE_REASON,
-}
-# Tune's own bookkeeping in every result: not metrics of the model.
-_TUNE_KEYS = {
-    "training_iteration",
-    "time_this_iter_s",
-    "time_total_s",
-    "timestamp",
-    "pid",
-    "iterations_since_restore",
-    "time_since_restore",
-    "timesteps_total",
-    "episodes_total",
-    "timesteps_since_restore",
-    "done",
-    "should_checkpoint",
-}
-
-
-def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:
-    """completed (reached the final evaluation), stopped (by the scheduler), or failed."""
-    if errored or (last_result or {}).get(keys.FAILED):
-        return "failed"
-    return "completed" if (last_result or {}).get(keys.DONE) else "stopped"
-
-
-def result_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The numeric metrics of a Tune result that MLflow records: everything the trial reported
-    except markers, tags and Tune's bookkeeping."""
-    skip = _TUNE_KEYS | set(_STRING_KEYS) | {keys.DONE, keys.FAILED, keys.EPOCH}
-    return {
-        k: float(v)
-        for k, v in result.items()
-        if k not in skip
-        and "/" not in k
-        and isinstance(v, (int, float))
-        and not isinstance(v, bool)
-    }
 
 
 class _DriverOnly:
@@ -87,10 +47,10 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         step = int(result.get(keys.EPOCH, result.get("training_iteration", 0)))
         self.writer.log_metrics(trial.trial_id, result_metrics(result), step)
         # Where the trial ran (first result) and the CPU its latency was measured on (last).
-        new = {(trial.trial_id, k) for k in _STRING_KEYS if k in result} - self._tagged
+        new = {(trial.trial_id, k) for k in STRING_KEYS if k in result} - self._tagged
         if new:
             self._tagged |= new
-            self.writer.set_tags(trial.trial_id, {_STRING_KEYS[k]: str(result[k]) for _, k in new})
+            self.writer.set_tags(trial.trial_id, {STRING_KEYS[k]: str(result[k]) for _, k in new})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         status = trial_status(trial.last_result, errored=False)
@@ -106,17 +66,6 @@ class MlflowTrialLogger(_DriverOnly, Callback):
             {keys.TAG_STATUS: "failed", keys.TAG_ERROR: trial_error_text(trial)[:5000]},
         )
         self.writer.trial_ended(trial.trial_id, "FAILED")
-
-
-def trial_error_text(trial: Any) -> str:
-    """The last line of a trial's error, which names the exception and its message."""
-    path = getattr(trial, "error_file", None)
-    try:
-        text = open(path).read().strip() if path else ""
-    except OSError:
-        text = ""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else "trial errored (no error file)"
 
 
 class ProgressView(_DriverOnly, Callback):

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.callbacks import MlflowTrialLogger, ProgressView, trial_error_text, trial_status
 from orchestrator.errors import Problem, RunError, SpecError
+from orchestrator.results import result_metrics, trial_error_text, trial_status
 from orchestrator.schedulers import build_param_space, build_scheduler, has_grid
 from orchestrator.space import flatten_params, resolve, template_of
 from orchestrator.spec import ExperimentSpec
@@ -100,6 +100,11 @@ def run_experiment(
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri, workdir)
     _check_teachers(spec, uri)
     ray_address = address or spec.cluster.address
+    # Imports that take seconds (Ray Tune; torch.export for the winner's model) happen while Ray
+    # starts its processes and MLflow migrates a new store.
+    threading.Thread(
+        target=_preload, args=(spec.promotion.enabled,), name="podium-preload", daemon=True
+    ).start()
     if resume:  # nothing to resume is an error before Ray starts
         store, experiment_id, parent_id, ray_path, existing = _prepare_tracking(
             spec, uri, resume, workdir
@@ -118,8 +123,6 @@ def run_experiment(
     writer = RunWriter(store, experiment_id, parent_id, existing)
     template = template_of(spec)
     extras = {"teachers": _fetch_teachers(spec, uri, workdir)}
-    if spec.promotion.enabled:
-        threading.Thread(target=warm_up_export, name="podium-export-warm-up", daemon=True).start()
     try:
         grid = _fit(spec, template, writer, ray_path, resume, verbosity, extras)
     except Exception as e:
@@ -157,6 +160,13 @@ def _prepare_tracking(
     except TrackingError as e:
         raise RunError(str(e)) from e
     return store, experiment_id, parent_id, ray_path, existing
+
+
+def _preload(promotion: bool) -> None:
+    import orchestrator.callbacks  # noqa: F401  (Ray Tune)
+
+    if promotion:
+        warm_up_export()
 
 
 def _shutdown_ray(started: bool) -> None:
@@ -256,6 +266,8 @@ def _fit(
 ) -> Any:
     from ray import tune
 
+    from orchestrator.callbacks import MlflowTrialLogger, ProgressView
+
     trainable = tune.with_resources(make_trainable(template, spec, extras), _resources(spec))
     callbacks: list[tune.Callback] = [
         MlflowTrialLogger(writer, template),
@@ -341,8 +353,6 @@ def _rows(
         error = str(last.get(keys.FAILED) or "") or (
             str(result.error).splitlines()[-1] if result.error else None
         )
-        from orchestrator.callbacks import result_metrics
-
         rows.append(
             TrialRow(
                 trial_id,
