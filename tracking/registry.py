@@ -323,8 +323,12 @@ def promotion_lock(
             )
             break
         except Exception as e:  # noqa: BLE001
-            if _code(e) != "RESOURCE_ALREADY_EXISTS" and not _transient(e):
+            # Under concurrent SQLite writers a create can also answer "not found" (the row it
+            # re-reads was gone, or its insert lost a race): both mean try again.
+            if _code(e) not in _LOCK_RETRY_CODES and not _transient(e):
                 raise RegistryError(f"cannot take the promotion lock {lock!r}: {e}") from e
+            if _lock_owner(client, lock) == token:
+                break  # the create landed although its answer failed
         _break_if_stale(client, lock, stale_s)
         if time.monotonic() > deadline:
             raise RegistryError(
@@ -338,6 +342,16 @@ def promotion_lock(
         yield
     finally:
         _release(client, lock, token)
+
+
+_LOCK_RETRY_CODES = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
+
+
+def _lock_owner(client: Any, lock: str) -> str | None:
+    try:
+        return client.get_registered_model(lock).tags.get("podium.lock_owner")
+    except Exception:  # noqa: BLE001 - no lock (or unreadable): nobody we know holds it
+        return None
 
 
 def _break_if_stale(client: Any, lock: str, stale_s: float) -> None:
