@@ -116,17 +116,21 @@ class ProgressView(_DriverOnly, Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.verbosity >= 1:
-            self._status(trials)
+            self._status(trials, ended=trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.verbosity >= 1:
             self._say(f"  trial {trial.trial_id} failed: {trial_error_text(trial)}")
-            self._status(trials)
+            self._status(trials, ended=trial, errored=True)
 
-    def _status(self, trials: list) -> None:
+    def _status(self, trials: list, ended: Any = None, errored: bool = False) -> None:
+        """One status line; ``ended`` is the trial whose end triggered it (Tune still shows it
+        as RUNNING while its callbacks run)."""
         counts = {"running": 0, "completed": 0, "stopped": 0, "failed": 0, "pending": 0}
         for t in trials:
-            if t.status == "RUNNING":
+            if t is ended:
+                counts[trial_status(t.last_result, errored=errored)] += 1
+            elif t.status == "RUNNING":
                 counts["running"] += 1
             elif t.status == "PENDING":
                 counts["pending"] += 1

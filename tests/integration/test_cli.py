@@ -85,7 +85,7 @@ def test_run_default_spec_reduced_then_leaderboard(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "champion: models:/cli-model@champion = version 1" in out.stdout
-    assert "done:" in out.stderr  # the progress view
+    assert "2/2 done: 2 completed" in out.stderr  # the progress view counts the last trial too
     assert (tmp_path / "podium-runs" / "mlflow.db").exists()  # the embedded default store
     board = podium("leaderboard", "digits-default", cwd=tmp_path)
     assert board.returncode == 0 and board.stdout.count("completed") == 2
