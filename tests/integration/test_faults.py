@@ -334,7 +334,13 @@ def test_killed_driver_resumes_with_the_same_trials_and_runs(cluster, tmp_path):
     after = trial_checkpoints(storage)
     assert set(before) <= set(after) and len(after) == 4  # the same four trials; none added
     for trial in finished_before:
-        assert after[trial] == before[trial], f"finished trial {trial} was rerun"
+        # Same folders and no newer checkpoint. Tune may still prune the one extra checkpoint
+        # the kill left (it keeps the last 2), so compare the newest index, not the whole list.
+        assert after[trial].keys() == before[trial].keys(), f"finished trial {trial} restarted"
+        newest = {f: max(ix) for f, ix in after[trial].items()}
+        assert newest == {f: max(ix) for f, ix in before[trial].items()}, (
+            f"finished trial {trial} was rerun"
+        )
     assert all(i == epochs - 1 for i in checkpoints(storage).values())  # all reached the end
     runs_after = trial_runs(uri, "driver-kill")
     assert len(runs_after) == 4
