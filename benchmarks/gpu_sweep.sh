@@ -27,10 +27,14 @@ timeout 180 "$PY" benchmarks/gpu_sweep.py --device cuda --task "$TASK" --trials 
 timeout 120 "$PY" benchmarks/gpu_sweep.py --device cuda --task "$TASK" --trials 6 --epochs 2 --amp \
   | tee "$OUT/cuda_amp.txt"
 
-echo "== CPU twin: 2 trials x 1 epoch on all $(nproc) cores (throughput is per trial-epoch)"
-timeout 180 "$PY" benchmarks/gpu_sweep.py --device cpu --task "$TASK" --trials 2 --epochs 1 \
+echo "== GPU at batch 1024: the per-step launch cost shrinks against the work"
+timeout 120 "$PY" benchmarks/gpu_sweep.py --device cuda --task "$TASK" --trials 6 --epochs 2 \
+  --batch-size 1024 | tee "$OUT/cuda_b1024.txt"
+
+echo "== CPU twin: 3 trials (one per config) x 1 epoch on all $(nproc) cores"
+timeout 240 "$PY" benchmarks/gpu_sweep.py --device cpu --task "$TASK" --trials 3 --epochs 1 \
   --threads "$(nproc)" | tee "$OUT/cpu.txt"
 
 echo "== the device picker on a real GPU"
-"$PY" -m pytest tests/workers/test_device.py -q --noconftest -p no:cacheprovider -m "not slow" \
+"$PY" -m pytest tests/workers/test_device.py -q -s --noconftest -p no:cacheprovider -m "not slow" \
   2>&1 | tee "$OUT/test_device.txt"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.device import choose_device, move, pick_device
+from workers.device import Device, choose_device, move, pick_device
 
 
 @pytest.mark.parametrize(
@@ -41,18 +41,78 @@ def test_pick_device_without_ray_is_cpu_and_names_the_host():
     assert not d.amp and "amp off" in d.reason
     x, y = move(d, torch.ones(2), torch.zeros(2, dtype=torch.long))
     assert x.device.type == "cpu" and y.dtype == torch.long
-    with d.autocast():  # a no-op context on CPU
-        assert (x * 2).dtype == torch.float32
+    model = torch.nn.Linear(2, 2)
+    with d.mixed_precision(model):  # a no-op on CPU: the model's own forward stays
+        assert "forward" not in vars(model)
+        assert model(torch.ones(3, 2)).dtype == torch.float32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_pick_device_on_a_real_gpu_uses_it_with_bf16_autocast():
+def test_pick_device_on_a_real_gpu_runs_the_forward_in_bf16_and_returns_float32():
     d = pick_device(amp=True, cudnn_benchmark=True, assigned={"GPU": 1.0})
-    assert d.kind == "cuda" and torch.backends.cudnn.benchmark
+    assert d.kind == "cuda" and d.amp and torch.backends.cudnn.benchmark
+    seen = []
     model = torch.nn.Linear(4, 2).to(d.torch_device)
-    with d.autocast():
+    model.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    with d.mixed_precision(model):
         out = model(torch.ones(3, 4, device=d.torch_device))
-    assert out.dtype == (torch.bfloat16 if d.amp else torch.float32)
+    assert seen == [torch.bfloat16] and out.dtype == torch.float32
+    assert model(torch.ones(3, 4, device=d.torch_device)).dtype == torch.float32  # restored
+
+
+def _bf16_on_cpu() -> Device:
+    # pick_device turns amp on for CUDA only; the mechanism itself is device-neutral, so the CPU
+    # build can test it through a Device made by hand.
+    return Device(torch.device("cpu"), "cpu", "test", None, "test", amp=True)
+
+
+def test_mixed_precision_sees_every_weight_update_inside_one_context():
+    # autocast caches bf16 weight copies per region: one region around many steps would train
+    # against stale weights. Each forward must get a fresh region.
+    model = torch.nn.Linear(4, 2)
+    x = torch.ones(1, 4)
+    with _bf16_on_cpu().mixed_precision(model):
+        before = model(x)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        after = model(x)
+    assert before.dtype == torch.float32
+    assert torch.allclose(after - before, torch.full_like(before, 4.0), atol=0.1)
+
+
+def test_bf16_forward_training_learns_as_well_as_float32():
+    fp32 = _digits_accuracy(pick_device(assigned={}))
+    bf16 = _digits_accuracy(_bf16_on_cpu())
+    assert fp32 > 0.9
+    assert bf16 > fp32 - 0.03
+
+
+def _digits_accuracy(d: Device) -> float:
+    from workers.loop import evaluate, train_epoch
+    from workers.models import build_model
+    from workers.optimizers import build_optimizer
+    from workers.tasks import load_task
+
+    data = load_task("digits", 0)
+    torch.manual_seed(0)
+    spec = {"arch": "mlp", "hidden": [128, 64], "batch_norm": True}
+    model = build_model(spec, data.input_shape, data.num_classes).to(d.torch_device)
+    opt = build_optimizer("adam", model.parameters(), {"lr": 0.003})
+    x, y = data.x_train.to(d.torch_device), data.y_train.to(d.torch_device)
+    gen = torch.Generator().manual_seed(0)
+    with d.mixed_precision(model):
+        for _ in range(8):
+            train_epoch(model, opt, x, y, 64, gen)
+    return evaluate(model, data.x_val.to(d.torch_device), data.y_val.to(d.torch_device))[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_training_on_a_real_gpu_learns_as_well_as_float32():
+    fp32 = _digits_accuracy(pick_device(amp=False, assigned={"GPU": 1.0}))
+    bf16 = _digits_accuracy(pick_device(amp=True, assigned={"GPU": 1.0}))
+    print(f"digits val accuracy: fp32 {fp32:.3f}, bf16 forward {bf16:.3f}")
+    assert fp32 > 0.9
+    assert bf16 > fp32 - 0.03
 
 
 @pytest.fixture(scope="module")
