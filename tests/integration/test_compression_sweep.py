@@ -1,6 +1,7 @@
 """A tiny real sweep whose recipe is a search space: local Ray, SQLite MLflow, digits. Each trial
-compresses its model; MLflow shows per-step and final compression metrics; the champion's
-registered ONNX file is the compressed artifact that was measured."""
+compresses its model (structured pruning then quantization-aware int8, or static int8); MLflow
+shows per-step and final compression metrics; the champion's registered ONNX file is the
+compressed artifact that was measured."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from tracking import keys
 
 pytestmark = pytest.mark.slow
 
-PRUNE_INT8 = [
+PRUNE_QAT = [
     {"step": "prune", "method": "structured", "sparsity": 0.5, "finetune_epochs": 1},
-    {"step": "quantize", "mode": "dynamic"},
+    {"step": "quantize", "mode": "qat", "qat_epochs": 1, "calibration_batches": 2},
 ]
 INT8_STATIC = [
     {"step": "quantize", "mode": "static", "calibration_batches": 2},
@@ -29,7 +30,7 @@ SPEC = {
     "model": {"arch": "mlp", "hidden": [64, 32]},
     "optimizer": {"name": "adam", "lr": 0.005},
     "training": {"max_epochs": 2, "batch_size": 64, "seed": 0},
-    "recipe": {"grid": [PRUNE_INT8, INT8_STATIC]},
+    "recipe": {"grid": [PRUNE_QAT, INT8_STATIC]},
     "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
     "promotion": {"model_name": "it-compressed"},
 }

@@ -1,6 +1,7 @@
 """A whole recipe (structured prune → static int8 → export) on digits: per-step metrics show where
-each gain came from, the final metrics are the last step's, artifacts are written; invalid recipes
-fail spec validation before anything starts."""
+each gain came from, the final metrics are the last step's, artifacts are written; quantization-
+aware training after pruning folds BatchNorm and still rebuilds; invalid recipes fail spec
+validation before anything starts."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ STEPS = [
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
+def trained():
+    """The MLP (with BatchNorm) trained 10 epochs on digits."""
     data = load_task("digits", 0)
     with torch_threads(1):
         torch.manual_seed(0)
@@ -37,9 +39,16 @@ def result(tmp_path_factory):
         opt, gen = make_optimizer(model, 2e-3), torch.Generator().manual_seed(0)
         for _ in range(10):
             train_epoch(model, data, opt=opt, batch_size=64, generator=gen)
+    return model.eval(), data
+
+
+@pytest.fixture(scope="module")
+def result(trained, tmp_path_factory):
+    model, data = trained
+    with torch_threads(1):
         out = tmp_path_factory.mktemp("recipe")
         ctx = {"workdir": out, "model_section": MLP, "latency_iters": 50}
-        return run_recipe(STEPS, model.eval(), data, ctx), data
+        return run_recipe(STEPS, model, data, ctx), data
 
 
 def test_every_step_is_measured_and_chained(result):
@@ -98,6 +107,44 @@ def test_artifacts_describe_and_rebuild_the_compressed_model(result):
         torch.testing.assert_close(rebuilt(data.x_test), res.model(data.x_test))
 
 
+def test_qat_after_pruning_folds_batch_norm_and_still_rebuilds(trained, tmp_path):
+    model, data = trained
+    steps = [
+        {"step": "prune", "method": "structured", "sparsity": 0.5, "finetune_epochs": 2},
+        {"step": "quantize", "mode": "qat", "qat_epochs": 2, "calibration_batches": 4},
+    ]
+    ctx = {"workdir": tmp_path, "model_section": MLP, "latency_iters": 20}
+    with torch_threads(1):
+        res = run_recipe(steps, model, data, ctx)
+    m = res.metrics
+    assert [label for label, _ in res.steps] == ["0_prune", "1_quantize"]
+    assert m["recipe.1_quantize.test_accuracy_before"] == m["recipe.0_prune.test_accuracy"]
+    assert m[keys.TEST_ACCURACY] >= m["recipe.baseline_eager.test_accuracy"] - 0.03
+    assert m["recipe.1_quantize.model_size_bytes"] < 0.5 * m["recipe.0_prune.model_size_bytes"]
+    # BatchNorm now lives in the weights of the Linear before it; the card and the fp32 file
+    # describe that model, and the learned activation ranges travel in the card.
+    assert not any(isinstance(layer, torch.nn.BatchNorm1d) for layer in res.model)
+    card = json.loads(res.artifacts[keys.RECIPE_ARTIFACT].read_text())
+    assert card["model"]["batch_norm"] is False and card["model"]["hidden"] == [64, 32]
+    assert {"0", "output"} <= set(card["quantize"]["activation_qparams"])
+    rebuilt = load_torch_teacher(res.artifacts["model_fp32.pt"])
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(data.x_test), res.model(data.x_test))
+
+
+def test_qat_must_come_after_every_step_that_replaces_the_model(trained, tmp_path):
+    qat = {"step": "quantize", "mode": "qat"}
+    problems = check_recipe([qat, {"step": "export"}, {"step": "prune", "sparsity": 0.3}])
+    assert [(p, v) for p, v, _ in problems] == [("[2].step", "prune")]
+    assert "after quantize mode 'qat' (recipe[0])" in problems[0][2]
+    assert check_recipe([{"step": "distill"}, qat]) == []
+    assert check_recipe([qat, {"step": "quantize", "mode": "static"}, {"step": "prune"}]) == []
+    model, data = trained
+    with pytest.raises(WorkerError, match="recipe\\[1\\].step: 'distill' after quantize"):
+        run_recipe([qat, {"step": "distill"}], model, data, {"workdir": tmp_path})
+    assert list(tmp_path.iterdir()) == []  # refused before anything ran
+
+
 def test_no_steps_returns_none_and_bad_steps_raise(tmp_path):
     data = load_task("digits", 0)
     model = build_model(MLP, data.input_shape, data.num_classes)
@@ -123,6 +170,7 @@ def _spec(recipe):
         ),
         ([{"step": "prune", "method": "l2"}], "recipe[0].method", "l2"),
         ([{"step": "quantize", "mode": "int4"}], "recipe[0].mode", "int4"),
+        ([{"step": "quantize", "mode": "qat", "qat_epochs": 0}], "recipe[0].qat_epochs", 0),
         ([{"step": "distill", "teacher": "champion"}], "recipe[0].teacher", "champion"),
         ([{"step": "distill", "hidden": {"choice": [[16], [0]]}}], "recipe[0].hidden", [0]),
         (
@@ -166,6 +214,7 @@ def test_good_recipes_with_search_spaces_validate():
     assert spec.recipe["choice"][1][0]["teacher"] == "models:/m@champion"
     assert registry_teachers(spec.recipe["choice"][1]) == ["models:/m@champion"]
     assert check_recipe([{"step": "quantize", "per_channel": True}]) == []
+    assert check_recipe([{"step": "quantize", "mode": "qat", "qat_epochs": 3, "lr": 1e-3}]) == []
 
 
 def test_registry_teachers_are_found_inside_search_spaces():

@@ -1,9 +1,9 @@
 """Compression recipes (spec ``recipe``): an ordered list of steps, each ``{step: NAME, ...}``.
 
 Steps: ``prune`` (l1_unstructured, global_magnitude, structured), ``distill`` (a student trained on
-a teacher's softened outputs), ``quantize`` (int8 with ONNX Runtime: dynamic or static), ``export``
-(ONNX always; TorchScript on request). After each step the model is exported and measured, so a
-user sees where each gain came from.
+a teacher's softened outputs), ``quantize`` (int8 with ONNX Runtime: dynamic, static, or ``qat``:
+static after quantization-aware fine-tuning), ``export`` (ONNX always; TorchScript on request).
+After each step the model is exported and measured, so a user sees where each gain came from.
 
 Contract used by the spec and the trial:
     check_recipe(steps: list) -> list[tuple[str, object, str]]   # (path under recipe, value, msg)
@@ -13,7 +13,7 @@ Example spec::
 
     recipe:
       - {step: prune, method: structured, sparsity: {choice: [0.5, 0.75]}, finetune_epochs: 2}
-      - {step: quantize, mode: static, calibration_batches: 8}
+      - {step: quantize, mode: qat, qat_epochs: 2, calibration_batches: 8}
 """
 
 from __future__ import annotations

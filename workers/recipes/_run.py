@@ -34,7 +34,7 @@ from workers.recipes._base import (
     step_label,
 )
 from workers.recipes._export import export_onnx, export_torchscript
-from workers.recipes._quantize import quantize_onnx
+from workers.recipes._quantize import check_qat_order, quantize_onnx
 from workers.recipes._train import accuracy
 from workers.tasks import TaskData
 
@@ -67,14 +67,15 @@ class RecipeResult:
 
 
 def check_recipe(steps: list[Any] | None) -> list[tuple[str, Any, str]]:
-    """Problems in a list of concrete steps, as ``("[i].key", value, message)``."""
+    """Problems in a list of concrete steps, as ``("[i].key", value, message)``: each step's
+    own, then their order (quantize mode ``qat`` after every step that replaces the model)."""
     problems: list[tuple[str, Any, str]] = []
     for i, step in enumerate(steps or []):
         if not isinstance(step, dict):
             problems.append((f"[{i}]", step, "each recipe step must be a mapping with 'step'"))
             continue
         problems += [(f"[{i}].{key}", value, msg) for key, value, msg in check_step(step)]
-    return problems
+    return problems + check_qat_order(steps or [])
 
 
 def run_recipe(
