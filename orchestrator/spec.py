@@ -38,7 +38,7 @@ from workers.adversarial import check_adversarial
 from workers.models import MODELS
 from workers.optimizers import OPTIMIZERS, check_hparams
 from workers.optimizers.schedules import check_schedule
-from workers.recipes import check_recipe
+from workers.recipes import check_qat_order, check_recipe
 from workers.registry import is_plugin_ref
 from workers.tasks import TASKS
 
@@ -65,8 +65,9 @@ def space_kind(value: dict) -> str:
 
 def space_candidates(value: dict) -> list[Any]:
     """The values a space can produce that validation can check: all of a choice or grid, the
-    bounds of a range."""
-    return list(value[space_kind(value)])
+    bounds of a range; none for a malformed space (reported by its form check)."""
+    candidates = value[space_kind(value)]
+    return list(candidates) if isinstance(candidates, list | tuple) else []
 
 
 def _check_space_form(path: str, value: dict) -> list[Problem]:
@@ -609,13 +610,18 @@ def _check_training(path: str, t: dict[str, Any]) -> list[Problem]:
 def _check_nested(section: dict, check: Callable) -> list[tuple[str, Any, str]]:
     """Run a plug-in check on each concrete variant of a section's leaf spaces (bounds included)."""
     out: list[tuple[str, Any, str]] = []
+    malformed = False
     for key, value in section.items():
         if is_space(value):
             form = _check_space_form(key, value)
             out += [(key, pr.value, pr.message) for pr in form]
+            malformed = malformed or bool(form)
             for candidate in [] if form else space_candidates(value):
                 out += check({**section, key: candidate})
-    out += check({k: (space_candidates(v)[0] if is_space(v) else v) for k, v in section.items()})
+    if not malformed:  # a malformed space has no candidates to try
+        out += check(
+            {k: (space_candidates(v)[0] if is_space(v) else v) for k, v in section.items()}
+        )
     return _dedupe_tuples(out)
 
 
@@ -631,7 +637,18 @@ def _check_recipe(path: str, steps: list[Any]) -> list[Problem]:
             out.append(
                 Problem(_join(f"{path}[{i}]", sub.removeprefix("[0]").lstrip(".")), value, msg)
             )
+    order = check_qat_order([_qat_if_possible(s) for s in steps])
+    out += [Problem(f"{path}{sub}", value, msg) for sub, value, msg in order]
     return _dedupe(out)
+
+
+def _qat_if_possible(step: Any) -> Any:
+    """A step as the order check must see it: quantize mode ``qat`` if any sample can be."""
+    mode = step.get("mode") if isinstance(step, dict) else None
+    if not isinstance(mode, dict) or not is_space(mode):
+        return step
+    can_be_qat = not _check_space_form("mode", mode) and "qat" in space_candidates(mode)
+    return {**step, "mode": "qat" if can_be_qat else None}
 
 
 def _check_search(s: SearchSpec, spec: ExperimentSpec) -> list[Problem]:

@@ -186,3 +186,22 @@ def test_spec_hash_is_stable_and_sensitive():
     a, b = load_spec(), load_spec()
     assert a.spec_hash() == b.spec_hash()
     assert load_spec(overrides=["training.seed=1"]).spec_hash() != a.spec_hash()
+
+
+def test_recipe_order_and_malformed_step_spaces_are_reported_not_crashed_on():
+    prune = {"step": "prune", "method": "structured", "sparsity": 0.5}
+    found = problems_of(
+        {
+            "name": "x",
+            "recipe": [{"step": "quantize", "mode": {"choice": ["static", "qat"]}}, prune],
+        }
+    )
+    assert "after quantize mode 'qat' (recipe[0])" in found["recipe[1].step"]
+    found = problems_of({"name": "x", "recipe": [{"step": "quantize", "mode": {"choice": 3}}]})
+    assert "non-empty list, got 3" in found["recipe[0].mode"]
+    # qat last is the right order; static before prune is fine too
+    for first, second in [
+        (prune, {"step": "quantize", "mode": "qat"}),
+        ({"step": "quantize"}, prune),
+    ]:
+        parse_spec({"name": "x", "recipe": [first, second]})

@@ -21,6 +21,7 @@ from __future__ import annotations
 from workers.recipes import _distill, _export, _prune, _quantize  # noqa: F401  (register steps)
 from workers.recipes._base import STEPS, RecipeContext, RecipeState, StepEntry
 from workers.recipes._distill import is_registry_teacher
+from workers.recipes._quantize import check_qat_order
 from workers.recipes._run import RecipeResult, check_recipe, coerce_context, run_recipe
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "RecipeState",
     "StepEntry",
     "check_recipe",
+    "check_qat_order",
     "coerce_context",
     "is_registry_teacher",
     "registry_teachers",
