@@ -1,21 +1,33 @@
 """Tune callbacks: the MLflow trial logger (driver side) and the live progress view.
 
+Under Ray Client (``--address ray://...``) Tune's own driver runs as an actor on the head node,
+not in ``podium run``: :class:`CallbackRelay` keeps these callbacks here and forwards Tune's
+events to them from the head, so MLflow is still written only from the machine running
+``podium run`` and the progress view still prints on its terminal.
+
 Importing this module imports Ray Tune (seconds); the runner imports it only when a sweep starts.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from orchestrator.errors import RunError
 from orchestrator.results import STRING_KEYS, result_metrics, trial_error_text, trial_status
 from orchestrator.space import flatten_params, resolve
 from tracking import keys
 from tracking.store import RunWriter
+
+log = logging.getLogger(__name__)
 
 
 class _DriverOnly:
@@ -63,7 +75,7 @@ class MlflowTrialLogger(_DriverOnly, Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.writer.set_tags(
             trial.trial_id,
-            {keys.TAG_STATUS: "failed", keys.TAG_ERROR: trial_error_text(trial)[:5000]},
+            {keys.TAG_STATUS: "failed", keys.TAG_ERROR: _error_text(trial)[:5000]},
         )
         self.writer.trial_ended(trial.trial_id, "FAILED")
 
@@ -120,7 +132,7 @@ class ProgressView(_DriverOnly, Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.verbosity >= 1:
-            self._say(f"  trial {trial.trial_id} failed: {trial_error_text(trial)}")
+            self._say(f"  trial {trial.trial_id} failed: {_error_text(trial)}")
             self._status(trials, ended=trial, errored=True)
 
     def _status(self, trials: list, ended: Any = None, errored: bool = False) -> None:
@@ -150,3 +162,185 @@ class ProgressView(_DriverOnly, Callback):
     def _say(self, line: str) -> None:
         self._last_print = time.monotonic()
         print(line, file=self.out, flush=True)
+
+
+# ------------------------------------------------------------------------------ Ray Client relay
+
+
+@dataclass
+class TrialView:
+    """What Podium's callbacks read of a Tune trial, as plain data that travels from the head.
+
+    ``error_text`` is read on the head, where the trial's error file is.
+    """
+
+    trial_id: str
+    name: str
+    status: str
+    last_result: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    error_text: str | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _error_text(trial: Any) -> str:
+    if isinstance(trial, TrialView) and trial.error_text:
+        return trial.error_text
+    return trial_error_text(trial)
+
+
+def _view(trial: Any, full: bool = False, errored: bool = False) -> TrialView:
+    """A trial as plain data: everything for the trial an event is about (``full``); for the
+    others only what a status count needs, so an event's size does not grow with the results."""
+    last = trial.last_result or {}
+    return TrialView(
+        trial.trial_id,
+        str(trial),
+        trial.status,
+        dict(last) if full else {k: last[k] for k in (keys.DONE, keys.FAILED) if k in last},
+        dict(trial.config) if full else {},
+        trial_error_text(trial) if errored else None,
+    )
+
+
+_TUNE_ENV = ("TUNE_", "RAY_AIR_")
+
+
+class _Mailbox:
+    """Relayed events waiting for the client. A plain (one-call-at-a-time) actor, so the events
+    one caller puts arrive in the order it put them."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple] = []
+
+    def put(self, events: list[tuple]) -> None:
+        self._events.extend(events)
+
+    def take(self) -> list[tuple]:
+        events, self._events = self._events, []
+        return events
+
+
+class _Relay(Callback):
+    """Runs inside Tune's driver on the head: turns each event into plain data for the client.
+
+    It also carries the client's Tune settings (``TUNE_*`` and ``RAY_AIR_*`` variables, which
+    Tune reads when a sweep starts) into that process: only Tune's driver reads them, while a
+    job-wide ``runtime_env`` would make Ray build an environment for the client and every worker.
+    """
+
+    def __init__(self, mailbox: Any) -> None:
+        self.mailbox = mailbox
+        self.tune_env = {k: v for k, v in os.environ.items() if k.startswith(_TUNE_ENV)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for k, v in self.tune_env.items():  # the head's own settings win
+            os.environ.setdefault(k, v)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._send("on_trial_start", trials, trial)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        self._send("on_trial_result", trials, trial, result=dict(result))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._send("on_trial_complete", trials, trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._send("on_trial_error", trials, trial, errored=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        import ray
+
+        # Calls from one caller run in order: once this returns, every event has arrived.
+        ray.get(self.mailbox.put.remote([]))
+
+    def _send(
+        self, method: str, trials: list, trial: Any, errored: bool = False, **kw: Any
+    ) -> None:
+        views = [_view(t, full=t is trial, errored=errored and t is trial) for t in trials]
+        index = next(i for i, t in enumerate(trials) if t is trial)
+        self.mailbox.put.remote([(method, index, views, kw)])  # not waited for: Tune goes on
+
+
+class CallbackRelay:
+    """The callbacks to hand Tune, and the context to run ``Tuner.fit()`` in.
+
+    Without Ray Client: ``callbacks`` as they are, run by Tune in this process. Under Ray Client,
+    ``Tuner`` runs Tune's driver as an actor on the head and pickles its callbacks there; ours
+    hold the MLflow writer thread and this terminal, so Tune gets a relay instead, which sends
+    each event through a mailbox actor, and a thread here replays the events on ``callbacks``.
+
+    Example:
+        >>> relay = CallbackRelay([ProgressView("val_accuracy", "max", 4)])  # doctest: +SKIP
+        >>> config = tune.RunConfig(callbacks=relay.callbacks)  # doctest: +SKIP
+        >>> tuner = tune.Tuner(train_fn, run_config=config)  # doctest: +SKIP
+        >>> with relay:  # doctest: +SKIP
+        ...     grid = tuner.fit()
+    """
+
+    def __init__(self, callbacks: list[Callback], poll_s: float = 0.2) -> None:
+        import ray
+
+        self.local = callbacks
+        self.poll_s = poll_s
+        self.remote = ray.util.client.ray.is_connected()
+        self.mailbox: Any = None
+        self.callbacks: list[Callback] = callbacks
+        if self.remote:
+            self.mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()
+            self.callbacks = [_Relay(self.mailbox)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="podium-relay", daemon=True)
+
+    def install(self, tuner: Any) -> None:
+        """Put the callbacks on a restored tuner: they are not part of Tune's saved state (ours
+        pickle as empty shells). ``Tuner.restore`` takes no run_config, hence the private API.
+
+        Raises:
+            RunError: under Ray Client, where the runner refuses ``--resume`` before this.
+        """
+        if self.remote:
+            raise RunError("resuming a sweep over Ray Client is not supported")
+        assert tuner._local_tuner is not None
+        tuner._local_tuner._run_config.callbacks = self.callbacks
+
+    def __enter__(self) -> CallbackRelay:
+        if self.remote:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.remote:
+            return
+        self._stop.set()
+        self._thread.join()
+        import ray
+
+        try:
+            self._deliver()  # what arrived after the thread's last look
+            ray.kill(self.mailbox)
+        except Exception as e:  # noqa: BLE001 - the sweep's result matters more than its log
+            log.error("lost the last trial events from the Ray Client head: %s", e)
+
+    def _pump(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self._deliver()
+            except Exception as e:  # noqa: BLE001 - keep relaying; the run reports its outcome
+                log.warning("could not fetch trial events from the Ray Client head: %s", e)
+
+    def _deliver(self) -> None:
+        import ray
+
+        for method, index, views, kw in ray.get(self.mailbox.take.remote()):
+            for callback in self.local:
+                try:
+                    getattr(callback, method)(0, views, views[index], **kw)
+                except Exception:  # noqa: BLE001 - one bad event must not stop the others
+                    log.exception("%s.%s failed", type(callback).__name__, method)

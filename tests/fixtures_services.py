@@ -145,12 +145,17 @@ class RayNodes:
     Each node is its own process group (``ray start --block`` and everything it spawns), so
     :meth:`stop` ends exactly the processes this object started, never another Ray on the host.
     ``env()`` is what a driver needs to join: ``RAY_ADDRESS``-free, the token in the environment.
+    With ``ray[client]`` installed the head also serves Ray Client at ``client_address``, on a
+    port of its own: ``ray start``'s default (10001) would make two test clusters collide, and a
+    head whose client server cannot bind its port shuts itself down.
     """
 
     def __init__(self, token: str | None = None) -> None:
         self.token = token or secrets.token_hex(16)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.client_port = free_port()
+        self.client_address = f"ray://127.0.0.1:{self.client_port}"
         self.temp_dir = Path(tempfile.mkdtemp(prefix="podium-ray-"))
         self.procs: list[subprocess.Popen] = []
 
@@ -180,6 +185,8 @@ class RayNodes:
         ]
         if head:
             cmd += ["--head", f"--port={self.port}", "--include-dashboard=false"]
+            if has_ray_client():
+                cmd.append(f"--ray-client-server-port={self.client_port}")
         else:
             cmd += [f"--address={self.address}"]
         if resources:
@@ -233,6 +240,13 @@ class RayNodes:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def has_ray_client() -> bool:
+    """Whether ``ray[client]`` (grpcio) is installed, so ``ray start --head`` serves Ray Client."""
+    import importlib.util
+
+    return importlib.util.find_spec("grpc") is not None
 
 
 def _need_postgres() -> None:
