@@ -110,7 +110,9 @@ def test_sweep_over_ray_client_logs_from_the_driver_and_runs_trials_on_the_head(
     assert champion.run_id in {c.info.run_id for c in children}
     # The head wrote its address file into its own temp dir, not the machine-wide one that a
     # later local ray.init() would read.
-    shared_file = Path("/tmp/ray/ray_current_cluster")
+    from ray._common.utils import get_ray_address_file
+
+    shared_file = Path(get_ray_address_file(None))
     assert not shared_file.exists() or client_head.address not in shared_file.read_text()
 
 
