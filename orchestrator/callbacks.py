@@ -284,17 +284,24 @@ class CallbackRelay:
         ...     grid = tuner.fit()
     """
 
-    def __init__(self, callbacks: list[Callback], poll_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        callbacks: list[Callback],
+        poll_s: float = 0.2,
+        with_tune: list[Callback] | None = None,
+    ) -> None:
+        """``with_tune``: callbacks that act on Tune's own state, so they always run wherever
+        Tune's driver runs (they must pickle)."""
         import ray
 
         self.local = callbacks
         self.poll_s = poll_s
         self.remote = ray.util.client.ray.is_connected()
         self.mailbox: Any = None
-        self.callbacks: list[Callback] = callbacks
+        self.callbacks: list[Callback] = [*callbacks, *(with_tune or [])]
         if self.remote:
             self.mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()
-            self.callbacks = [_Relay(self.mailbox)]
+            self.callbacks = [_Relay(self.mailbox), *(with_tune or [])]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="podium-relay", daemon=True)
 

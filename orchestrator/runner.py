@@ -12,7 +12,9 @@ import csv
 import io
 import logging
 import os
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,14 +99,14 @@ def run_experiment(
     """
     for k, v in _QUIET_TUNE.items():
         os.environ.setdefault(k, v)
+    clock = _Phases()
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri, workdir)
     _check_teachers(spec, uri)
     ray_address = address or spec.cluster.address
-    # Imports that take seconds (Ray Tune; torch.export for the winner's model) happen while Ray
-    # starts its processes and MLflow migrates a new store.
-    threading.Thread(
-        target=_preload, args=(spec.promotion.enabled,), name="podium-preload", daemon=True
-    ).start()
+    _check_address(ray_address or os.environ.get("RAY_ADDRESS"), resume)
+    # Ray Tune's import (seconds) happens while Ray starts its processes and MLflow migrates a
+    # new store.
+    threading.Thread(target=_preload, name="podium-preload", daemon=True).start()
     if resume:  # nothing to resume is an error before Ray starts
         store, experiment_id, parent_id, ray_path, existing = _prepare_tracking(
             spec, uri, resume, workdir
@@ -114,23 +116,64 @@ def run_experiment(
         # A new SQLite store migrates its schema (seconds) while Ray starts its processes.
         with ThreadPoolExecutor(1, thread_name_prefix="podium-tracking") as pool:
             prepared = pool.submit(_prepare_tracking, spec, uri, resume, workdir)
-            started_ray = _init_ray(ray_address, verbosity)
+            try:
+                started_ray = _init_ray(ray_address, verbosity)
+            except RunError:
+                _discard_parent(prepared)
+                raise
             try:
                 store, experiment_id, parent_id, ray_path, existing = prepared.result()
             except RunError:
                 _shutdown_ray(started_ray)
                 raise
+    clock.mark("start")  # Ray up, store and parent run ready
     writer = RunWriter(store, experiment_id, parent_id, existing)
     template = template_of(spec)
     extras = {"teachers": _fetch_teachers(spec, uri, workdir)}
+    # What the end of the run needs (torch.export's first use, the ONNX exporter, matplotlib)
+    # is made ready while trials train: start-up is bound by this process's one interpreter
+    # lock, while a sweep mostly waits on its trials.
+    warming = threading.Thread(
+        target=_warm_up_conclusion,
+        args=(spec.promotion.enabled,),
+        name="podium-warm-up",
+        daemon=True,
+    )
+    warming.start()
     try:
         grid = _fit(spec, template, writer, ray_path, resume, verbosity, extras)
-    except Exception as e:
-        raise RunError(f"the sweep failed: {e}") from e
+    except BaseException as e:  # Ctrl-C too: Ray's processes must not outlive the driver
+        _shutdown_ray(started_ray)
+        if isinstance(e, Exception):
+            raise RunError(f"the sweep failed: {e}") from e
+        raise
     finally:
+        clock.mark("sweep")
         if not writer.close(timeout_s=300):
             log.error("some MLflow writes did not land within 300 s")
-        _shutdown_ray(started_ray)
+        clock.mark("flush")
+    # Ray's processes take a second or two to stop; selection, promotion and the reports need
+    # nothing from Ray (checkpoints are files), so they go on meanwhile.
+    stopping = threading.Thread(target=_shutdown_ray, args=(started_ray,), name="podium-ray-stop")
+    stopping.start()
+    warming.join()  # matplotlib and torch.export are not to be used from two threads at once
+    try:
+        return _conclude(spec, uri, store, parent_id, grid, template, writer, clock)
+    finally:
+        stopping.join()
+
+
+def _conclude(
+    spec: ExperimentSpec,
+    uri: str,
+    store: Store,
+    parent_id: str,
+    grid: Any,
+    template: dict[str, Any],
+    writer: RunWriter,
+    clock: _Phases,
+) -> SweepResult:
+    """After the sweep: select, promote, publish the reports, end the parent run."""
     rows, checkpoints = _rows(grid, template, writer)
     policy = policy_from(asdict(spec.promotion))
     candidates = [Candidate(r.trial_id, r.metrics, r.status, r.run_id, r.params) for r in rows]
@@ -140,9 +183,25 @@ def run_experiment(
         promotion = promote_trial(
             spec, uri, decision, checkpoints[decision.winner.trial_id], policy
         )
+    clock.mark("promote")
     _publish(store, parent_id, rows, candidates, policy, decision, promotion)
     store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
-    return SweepResult(spec.name, uri, parent_id, rows, decision, promotion, writer.failures)
+    clock.mark("publish")
+    extra = {"timings_s": clock.seconds}
+    return SweepResult(spec.name, uri, parent_id, rows, decision, promotion, writer.failures, extra)
+
+
+class _Phases:
+    """Wall seconds per phase of a run, for ``--verbose`` and the overhead benchmark."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
 
 
 def _prepare_tracking(
@@ -162,11 +221,22 @@ def _prepare_tracking(
     return store, experiment_id, parent_id, ray_path, existing
 
 
-def _preload(promotion: bool) -> None:
+def _preload() -> None:
     import orchestrator.callbacks  # noqa: F401  (Ray Tune)
 
-    if promotion:
-        warm_up_export()
+
+def _warm_up_conclusion(promotion: bool) -> None:
+    try:
+        import tracking.report
+
+        tracking.report.warm_up()
+        if promotion:
+            import mlflow.pytorch  # noqa: F401
+            import torch.onnx  # noqa: F401
+
+            warm_up_export()
+    except Exception:  # noqa: BLE001 - a warm-up only; the real work reports its own errors
+        log.debug("warm-up failed", exc_info=True)
 
 
 def _shutdown_ray(started: bool) -> None:
@@ -238,20 +308,67 @@ def _parent_run(
     return parent, path, {}
 
 
+def _check_address(address: str | None, resume: bool, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any MLflow run exists, when nothing listens at a ``host:port`` or
+    ``ray://host[:port]`` address: Ray itself retries for ~35 s (Ray Client) or for minutes.
+
+    Raises:
+        RunError: no TCP connection to that address within ``timeout_s``, or ``resume`` over
+            Ray Client (a restored Tune driver on the head reran no trial, Ray 2.58).
+    """
+    if not address or "://" in address.removeprefix("ray://"):
+        return  # local Ray, or a scheme ray.init judges itself
+    client = address.startswith("ray://")
+    if client and resume:
+        raise RunError(
+            f"--resume does not work over Ray Client ({address!r}): resume from the head, or "
+            "join the cluster with --address HOST:PORT (the head's GCS port)"
+        )
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon and client:
+        host, port = port, "10001"  # Ray Client's default port
+    if not host or not port.isdigit():
+        return  # "auto", "local": Ray finds the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        server = "Ray Client server (ray start --ray-client-server-port)" if client else "Ray head"
+        raise RunError(
+            f"cannot reach the Ray cluster at {address!r}: no {server} there ({e})"
+        ) from e
+
+
+def _discard_parent(prepared: Any) -> None:
+    """Delete the parent run a sweep that never started created (it would stay RUNNING)."""
+    try:
+        store, _, parent_id, _, _ = prepared.result()
+    except RunError:
+        return  # tracking failed too; nothing was created
+    store.client.delete_run(parent_id)
+
+
 def _init_ray(address: str | None, verbosity: int) -> bool:
-    """Join ``address`` or start a private local Ray; True if this call started it."""
+    """Join ``address`` or start a private local Ray; True if this call started it.
+
+    Raises:
+        RunError: Ray could not join ``address`` (unreachable, refused, wrong token).
+    """
     import ray
 
     if ray.is_initialized():
         return False
     # "local" always starts a fresh Ray: a stale /tmp/ray/ray_current_cluster would otherwise make
     # ray.init() try to join a dead cluster.
-    ray.init(
-        address=address or os.environ.get("RAY_ADDRESS") or "local",
-        include_dashboard=False,
-        log_to_driver=verbosity >= 2,
-        logging_level=logging.INFO if verbosity >= 2 else logging.ERROR,
-    )
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        ray.init(
+            address=target,
+            include_dashboard=False,
+            log_to_driver=verbosity >= 2,
+            logging_level=logging.INFO if verbosity >= 2 else logging.ERROR,
+        )
+    except (ConnectionError, TimeoutError) as e:
+        raise RunError(f"cannot join the Ray cluster at {target!r}: {e}") from e
     return True
 
 
@@ -266,27 +383,30 @@ def _fit(
 ) -> Any:
     from ray import tune
 
-    from orchestrator.callbacks import MlflowTrialLogger, ProgressView
+    from orchestrator.callbacks import CallbackRelay, MlflowTrialLogger, ProgressView
+    from orchestrator.tune_memory import ForgetFinishedTrials
 
     trainable = tune.with_resources(make_trainable(template, spec, extras), _resources(spec))
-    callbacks: list[tune.Callback] = [
-        MlflowTrialLogger(writer, template),
-        ProgressView(
-            spec.search.metric,
-            spec.search.mode,
-            None if has_grid(spec) else spec.search.num_samples,
-            verbosity,
-        ),
-    ]
+    # Under Ray Client, Tune's driver runs on the head; the relay keeps these callbacks here.
+    relay = CallbackRelay(
+        [
+            MlflowTrialLogger(writer, template),
+            ProgressView(
+                spec.search.metric,
+                spec.search.mode,
+                None if has_grid(spec) else spec.search.num_samples,
+                verbosity,
+            ),
+        ],
+        with_tune=[ForgetFinishedTrials()],
+    )
     if resume:
         tuner = tune.Tuner.restore(
             ray_path, trainable=trainable, resume_errored=True, param_space=None
         )
-        # Callbacks are not part of Tune's saved state (ours pickle as empty shells); put ours
-        # back. Tuner.restore takes no run_config, hence the private attribute.
-        assert tuner._local_tuner is not None
-        tuner._local_tuner._run_config.callbacks = callbacks
-        return tuner.fit()
+        relay.install(tuner)
+        with relay:
+            return tuner.fit()
     param_space, search_alg = build_param_space(spec)
     s = spec.search
     tuner = tune.Tuner(
@@ -305,13 +425,14 @@ def _fit(
         run_config=tune.RunConfig(
             name=Path(ray_path).name,
             storage_path=str(Path(ray_path).parent),
-            callbacks=callbacks,
+            callbacks=relay.callbacks,
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.cluster.max_failures),
         ),
     )
-    return tuner.fit()
+    with relay:
+        return tuner.fit()
 
 
 def make_trainable(

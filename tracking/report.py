@@ -86,6 +86,17 @@ def write_leaderboard_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -
     return path
 
 
+def warm_up() -> None:
+    """Import matplotlib and draw one empty figure (fonts, Agg): a second or two, paid while a
+    sweep runs instead of after it."""
+    import io
+
+    _pyplot()
+    from matplotlib.figure import Figure
+
+    Figure(figsize=(1, 1)).savefig(io.BytesIO(), format="png")
+
+
 def _pyplot():
     try:
         import matplotlib

@@ -150,9 +150,11 @@ class RunWriter:
         parent_run_id: str,
         existing: dict[str, Any] | None = None,
         retry_s: float = 1.0,
+        linger_s: float = 0.25,
     ) -> None:
         self.store, self.experiment_id, self.parent_run_id = store, experiment_id, parent_run_id
         self.retry_s = retry_s
+        self.linger_s = linger_s
         self.runs: dict[str, _TrialRun] = {}
         for trial_id, run in (existing or {}).items():
             steps = {}
@@ -216,10 +218,12 @@ class RunWriter:
             if item is None:
                 return
             batch = [item]
-            # Drain what is already queued so consecutive metric reports share one log_batch.
-            while len(batch) < 200:
+            # Wait a moment for more: trials report one epoch at a time, and each store write is
+            # a transaction (tens of ms on SQLite) taken from the driver that runs Tune.
+            deadline = time.monotonic() + self.linger_s
+            while len(batch) < 1000:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -227,7 +231,7 @@ class RunWriter:
                     break
                 batch.append(nxt)
             count = len(batch)  # _apply_with_retry consumes the list
-            self._apply_with_retry(batch)
+            self._apply_with_retry(_by_trial(batch))
             with self._lock:
                 self._pending -= count
                 self._lock.notify_all()
@@ -307,6 +311,15 @@ class RunWriter:
         for chunk in _chunks([Param(k, _param_value(v)) for k, v in params.items()], 100):
             self.store.client.log_batch(created.info.run_id, params=chunk)
         run.run_id = created.info.run_id
+
+
+def _by_trial(batch: list[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
+    """Each trial's ops together, in their own order (trials are independent), so its metric
+    reports merge into one ``log_batch``."""
+    first: dict[str, int] = {}
+    for i, (trial_id, _, _) in enumerate(batch):
+        first.setdefault(trial_id, i)
+    return sorted(batch, key=lambda op: first[op[0]])
 
 
 def _permanent(e: Exception) -> bool:

@@ -93,7 +93,7 @@ def test_sweep_over_ray_client_logs_from_the_driver_and_runs_trials_on_the_head(
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # another test may have set a global one
     exp = client.get_experiment_by_name("over-client")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == keys.ROLE_SWEEP]
@@ -132,7 +132,7 @@ def test_an_absent_cluster_fails_fast_naming_the_address_and_logs_no_run(scheme,
     from mlflow.tracking import MlflowClient
 
     if (tmp_path / "mlflow.db").exists():
-        client = MlflowClient(uri)
+        client = MlflowClient(uri, registry_uri=uri)  # another test may have set a global one
         ids = [e.experiment_id for e in client.search_experiments()]
         assert client.search_runs(ids) == []
 

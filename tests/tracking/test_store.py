@@ -72,3 +72,31 @@ def test_resumed_writer_continues_the_same_runs(store):
     again.close()
     history = store.client.get_metric_history(first.run_id("t1"), keys.VAL_LOSS)
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
+
+
+def test_interleaved_trials_land_in_few_writes_each_in_its_own_order(store):
+    exp = store.ensure_experiment("exp")
+    parent = store.start_parent(exp, "sweep", {})
+    writes = []
+    log_batch = store.client.log_batch
+
+    def counting_log_batch(run_id, **kw):  # the real store call, counted
+        writes.append(run_id)
+        return log_batch(run_id, **kw)
+
+    store.client.log_batch = counting_log_batch
+    writer = RunWriter(store, exp, parent, linger_s=1.0)
+    for trial in ("a", "b"):
+        writer.trial_started(trial, trial, {}, {})
+    for step in range(1, 11):  # two trials reporting alternately, as two Tune slots do
+        for trial in ("a", "b"):
+            writer.log_metrics(trial, {keys.VAL_ACCURACY: step / 10}, step)
+    writer.trial_ended("a", "FINISHED")
+    assert writer.close(timeout_s=60)
+    client = MlflowClient(store.uri)
+    for trial in ("a", "b"):
+        history = client.get_metric_history(writer.run_id(trial), keys.VAL_ACCURACY)
+        assert sorted(m.step for m in history) == list(range(1, 11))
+    assert client.get_run(writer.run_id("a")).info.status == "FINISHED"
+    metric_writes = [w for w in writes if w in (writer.run_id("a"), writer.run_id("b"))]
+    assert len(metric_writes) <= 4  # 20 reports, merged per trial (not one write per report)
