@@ -80,6 +80,18 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         self.writer.trial_ended(trial.trial_id, "FAILED")
 
 
+class FirstResult(_DriverOnly, Callback):
+    """Sets ``event`` at the sweep's first trial result: the trial processes are up by then."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        self.event.set()
+
+
 class ProgressView(_DriverOnly, Callback):
     """A live, one-line view of the sweep instead of Ray's log stream.
 

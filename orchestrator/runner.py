@@ -131,23 +131,26 @@ def run_experiment(
     template = template_of(spec)
     extras = {"teachers": _fetch_teachers(spec, uri, workdir)}
     # What the end of the run needs (torch.export's first use, the ONNX exporter, matplotlib)
-    # is made ready while trials train: start-up is bound by this process's one interpreter
-    # lock, while a sweep mostly waits on its trials.
+    # is made ready while trials train, once the first result shows the trial processes are up:
+    # start-up is bound by this process's one interpreter lock, and the first trials' imports
+    # by the CPUs; a running sweep mostly waits on its trials.
+    first_result = threading.Event()
     warming = threading.Thread(
         target=_warm_up_conclusion,
-        args=(spec.promotion.enabled,),
+        args=(spec.promotion.enabled, first_result),
         name="podium-warm-up",
         daemon=True,
     )
     warming.start()
     try:
-        grid = _fit(spec, template, writer, ray_path, resume, verbosity, extras)
+        grid = _fit(spec, template, writer, ray_path, resume, verbosity, extras, first_result)
     except BaseException as e:  # Ctrl-C too: Ray's processes must not outlive the driver
         _shutdown_ray(started_ray)
         if isinstance(e, Exception):
             raise RunError(f"the sweep failed: {e}") from e
         raise
     finally:
+        first_result.set()  # a sweep that reported nothing still ends the warm-up's wait
         clock.mark("sweep")
         if not writer.close(timeout_s=300):
             log.error("some MLflow writes did not land within 300 s")
@@ -225,7 +228,8 @@ def _preload() -> None:
     import orchestrator.callbacks  # noqa: F401  (Ray Tune)
 
 
-def _warm_up_conclusion(promotion: bool) -> None:
+def _warm_up_conclusion(promotion: bool, first_result: threading.Event) -> None:
+    first_result.wait()
     try:
         import tracking.report
 
@@ -380,10 +384,11 @@ def _fit(
     resume: bool,
     verbosity: int,
     extras: dict[str, Any],
+    first_result: threading.Event,
 ) -> Any:
     from ray import tune
 
-    from orchestrator.callbacks import CallbackRelay, MlflowTrialLogger, ProgressView
+    from orchestrator.callbacks import CallbackRelay, FirstResult, MlflowTrialLogger, ProgressView
     from orchestrator.tune_memory import ForgetFinishedTrials
 
     trainable = tune.with_resources(make_trainable(template, spec, extras), _resources(spec))
@@ -397,6 +402,7 @@ def _fit(
                 None if has_grid(spec) else spec.search.num_samples,
                 verbosity,
             ),
+            FirstResult(first_result),
         ],
         with_tune=[ForgetFinishedTrials()],
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Iterable
@@ -64,6 +65,8 @@ class Store:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        if uri.startswith("sqlite:///"):
+            seed_sqlite_store(Path(uri.removeprefix("sqlite:///")))
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def ensure_experiment(self, name: str, artifact_location: str | None = None) -> str:
@@ -124,6 +127,59 @@ class Store:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+
+def seed_sqlite_store(path: Path, cache_dir: Path | None = None) -> bool:
+    """Start a new SQLite store as a copy of an empty, fully migrated schema; True if it did.
+
+    MLflow builds a new SQLite store by running its whole chain of schema migrations, 2-3 s of
+    every first ``podium run`` in a new folder. The result depends only on the MLflow version, so
+    it is built once per version in Podium's cache (``$XDG_CACHE_HOME/podium``, else
+    ``~/.cache/podium``) and copied. The copy holds tables only: MLflow adds its ``Default``
+    experiment, with this store's own artifact root, when the store is first opened. Anything
+    unexpected (an MLflow without that migration helper, an unwritable cache) leaves the store to
+    MLflow, as before.
+    """
+    if path.exists():
+        return False
+    try:
+        template = _schema_template(cache_dir or _cache_dir())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{path.name}.{os.getpid()}.seed")
+        shutil.copyfile(template, staged)
+        try:
+            os.link(staged, path)  # atomic, and never over a store another process just made
+        except FileExistsError:
+            return False
+        finally:
+            staged.unlink(missing_ok=True)
+        return True
+    except Exception:  # noqa: BLE001 - an optimisation only; MLflow creates the store itself
+        log.debug("no schema template for %s", path, exc_info=True)
+        return False
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base, "podium")
+
+
+def _schema_template(cache_dir: Path) -> Path:
+    import mlflow
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    template = cache_dir / f"mlflow-{mlflow.__version__}-schema.db"
+    if not template.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staged = cache_dir / f".{template.name}.{os.getpid()}"
+        engine = sqlalchemy.create_engine(f"sqlite:///{staged}")
+        try:
+            _initialize_tables(engine)  # what MLflow runs for an empty database
+        finally:
+            engine.dispose()
+        os.replace(staged, template)
+    return template
 
 
 # --------------------------------------------------------------------------- buffered writer

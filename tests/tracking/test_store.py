@@ -100,3 +100,24 @@ def test_interleaved_trials_land_in_few_writes_each_in_its_own_order(store):
     assert client.get_run(writer.run_id("a")).info.status == "FINISHED"
     metric_writes = [w for w in writes if w in (writer.run_id("a"), writer.run_id("b"))]
     assert len(metric_writes) <= 4  # 20 reports, merged per trial (not one write per report)
+
+
+def test_a_new_sqlite_store_is_seeded_from_the_cached_schema_and_works(tmp_path, monkeypatch):
+    from tracking.store import seed_sqlite_store
+
+    cache = tmp_path / "cache"
+    first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
+    assert seed_sqlite_store(first, cache)  # builds the template, then copies it
+    assert len(list(cache.glob("mlflow-*-schema.db"))) == 1
+    assert seed_sqlite_store(second, cache)  # copies the cached template
+    assert not seed_sqlite_store(second, cache)  # an existing store is never replaced
+    monkeypatch.chdir(tmp_path / "b")
+    store = Store(f"sqlite:///{second}")
+    # MLflow added its Default experiment for *this* store when it opened the copy.
+    default = store.client.get_experiment("0")
+    assert default.name == "Default" and str(tmp_path / "b") in default.artifact_location
+    exp = store.ensure_experiment("seeded")
+    run = store.start_parent(exp, "sweep", {})
+    store.client.log_metric(run, "m", 1.0)
+    assert MlflowClient(f"sqlite:///{second}").get_run(run).data.metrics == {"m": 1.0}
+    assert MlflowClient(f"sqlite:///{first}").search_experiments()[0].name == "Default"

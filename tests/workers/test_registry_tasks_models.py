@@ -43,6 +43,31 @@ def test_digits_splits_are_deterministic_and_disjoint():
     assert not torch.equal(a.y_test, c.y_test)
 
 
+def test_digits_read_from_the_shipped_file_equal_scikit_learns_loader():
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from workers.tasks._digits import digits_arrays
+
+    x, y = digits_arrays()
+    want_x, want_y = load_digits(return_X_y=True)
+    assert np.array_equal(x, want_x) and np.array_equal(y, want_y) and y.dtype == want_y.dtype
+
+
+def test_stratified_split_holds_out_each_class_in_proportion():
+    import numpy as np
+
+    from workers.tasks._base import stratified_split
+
+    y = np.repeat(np.arange(3), [100, 50, 10])
+    rest, held = stratified_split(y, 0.2, np.random.default_rng(0))
+    assert sorted(np.concatenate([rest, held]).tolist()) == list(range(160))  # a partition
+    assert np.bincount(y[held]).tolist() == [20, 10, 2]
+    again, _ = stratified_split(y, 0.2, np.random.default_rng(0))
+    other, _ = stratified_split(y, 0.2, np.random.default_rng(1))
+    assert np.array_equal(rest, again) and not np.array_equal(rest, other)
+
+
 def test_builtin_tasks_are_registered():
     assert {"digits", "fashion-mnist", "breast_cancer", "wine"} <= set(task_names())
 
