@@ -251,15 +251,16 @@ class RunWriter:
         with self._lock:
             while self._pending:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or not self._thread.is_alive():
                     return False
                 self._lock.wait(min(left, 0.5))
         return True
 
     def close(self, timeout_s: float = 120.0) -> bool:
-        ok = self.flush(timeout_s)
+        """Write what is queued, then stop the writer; False if not all of it landed in time."""
+        # The end marker also cuts short the writer's wait for more reports.
         self._queue.put(None)
-        return ok
+        return self.flush(timeout_s)
 
     # -- the writer thread
 
