@@ -177,18 +177,19 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="podium-bench-serve-") as tmp:
         onnx_path, rows = train_and_export(Path(tmp), args.epochs)
-        port = free_port()
-        proc = run_server(
-            [sys.executable, "-m", "tracking.serve", str(onnx_path.parent), "--port", str(port)],
-            port,
-            env,
+
+        def serve_and_drive(command: list[str]) -> dict:
+            """Start a server (the ``{port}`` argument becomes a free port), load it, stop it."""
+            port = free_port()
+            proc = run_server([str(port) if c == "{port}" else c for c in command], port, env)
+            try:
+                return drive(port, rows, args.clients, args.duration, args.max_requests)
+            finally:
+                stop(proc)
+
+        results["podium serve (ONNX Runtime, ThreadingHTTPServer)"] = serve_and_drive(
+            [sys.executable, "-m", "tracking.serve", str(onnx_path.parent), "--port", "{port}"]
         )
-        try:
-            results["podium serve (ONNX Runtime, ThreadingHTTPServer)"] = drive(
-                port, rows, args.clients, args.duration, args.max_requests
-            )
-        finally:
-            stop(proc)
         if args.compare_mlflow:
             import mlflow.onnx
             import numpy as np
@@ -200,30 +201,11 @@ def main() -> None:
             x = np.asarray(rows[:2], dtype=np.float32)
             sig = infer_signature(x, np.zeros((2, 10), dtype=np.float32))
             mlflow.onnx.save_model(onnx.load(str(onnx_path)), str(model_dir), signature=sig)
-            port = free_port()
-            proc = run_server(
-                [
-                    str(Path(sys.executable).parent / "mlflow"),
-                    "models",
-                    "serve",
-                    "-m",
-                    str(model_dir),
-                    "--env-manager",
-                    "local",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                ],
-                port,
-                env,
+            mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+            results["mlflow models serve (same ONNX)"] = serve_and_drive(
+                [mlflow_cli, "models", "serve", "-m", str(model_dir), "--env-manager", "local"]
+                + ["-h", "127.0.0.1", "-p", "{port}"]
             )
-            try:
-                results["mlflow models serve (same ONNX)"] = drive(
-                    port, rows, args.clients, args.duration, args.max_requests
-                )
-            finally:
-                stop(proc)
     print(f"{'server':<52} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>6}")
     for name, r in results.items():
         print(

@@ -242,6 +242,27 @@ class RayNodes:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+def write_cluster_spec(folder: Path, name: str, model_name: str | None = None) -> Path:
+    """A two-trial digits sweep whose checkpoints go to ``folder/shared`` (what every node of a
+    test cluster reads), written as ``folder/spec.yaml`` for ``podium run``."""
+    import yaml
+
+    spec = {
+        "name": name,
+        "task": "digits",
+        "model": {"arch": "mlp", "hidden": [16]},
+        "optimizer": {"name": "adam", "lr": {"grid": [0.003, 0.02]}},
+        "training": {"max_epochs": 2, "batch_size": 128},
+        "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
+        "resources": {"cpu": 1},
+        "cluster": {"storage_path": str(folder / "shared")},
+        "promotion": {"model_name": model_name or f"{name}-model", "alias": "champion"},
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
 def has_ray_client() -> bool:
     """Whether ``ray[client]`` (grpcio) is installed, so ``ray start --head`` serves Ray Client."""
     import importlib.util

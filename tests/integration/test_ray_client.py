@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.fixtures_services import RayNodes, has_ray_client
+from tests.fixtures_services import RayNodes, has_ray_client, write_cluster_spec
 from tests.pg import free_port
 from tracking import keys
 
@@ -46,23 +45,6 @@ def client_head(monkeypatch: pytest.MonkeyPatch) -> Iterator[RayNodes]:
         nodes.cleanup()
 
 
-def write_spec(folder: Path, name: str) -> Path:
-    spec = {
-        "name": name,
-        "task": "digits",
-        "model": {"arch": "mlp", "hidden": [16]},
-        "optimizer": {"name": "adam", "lr": {"grid": [0.003, 0.02]}},
-        "training": {"max_epochs": 2, "batch_size": 128},
-        "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
-        "resources": {"cpu": 1},
-        "cluster": {"storage_path": str(folder / "shared")},
-        "promotion": {"model_name": f"{name}-model", "alias": "champion"},
-    }
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def podium_run(spec: Path, address: str, uri: str, env: dict[str, str], timeout: float):
     return subprocess.run(
         [PODIUM, "run", str(spec), "--address", address, "--tracking-uri", uri],
@@ -81,7 +63,7 @@ def test_sweep_over_ray_client_logs_from_the_driver_and_runs_trials_on_the_head(
 ):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = podium_run(
-        write_spec(tmp_path, "over-client"),
+        write_cluster_spec(tmp_path, "over-client"),
         client_head.client_address,
         uri,
         client_head.env(),
@@ -121,7 +103,7 @@ def test_an_absent_cluster_fails_fast_naming_the_address_and_logs_no_run(scheme,
     address = f"{scheme}127.0.0.1:{free_port()}"  # nothing listens there
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     started = time.monotonic()
-    proc = podium_run(write_spec(tmp_path, "no-server"), address, uri, {}, timeout=120)
+    proc = podium_run(write_cluster_spec(tmp_path, "no-server"), address, uri, {}, timeout=120)
     elapsed = time.monotonic() - started
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"podium: error: cannot reach the Ray cluster at {address!r}" in proc.stderr
@@ -140,7 +122,7 @@ def test_an_absent_cluster_fails_fast_naming_the_address_and_logs_no_run(scheme,
 def test_resume_over_ray_client_is_refused_before_anything_starts(tmp_path):
     address = f"ray://127.0.0.1:{free_port()}"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = write_spec(tmp_path, "no-resume")
+    spec = write_cluster_spec(tmp_path, "no-resume")
     proc = subprocess.run(
         [PODIUM, "run", str(spec), "--address", address, "--tracking-uri", uri, "--resume"],
         cwd=tmp_path,

@@ -17,9 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.fixtures_services import RayNodes
+from tests.fixtures_services import RayNodes, write_cluster_spec
 from tests.pg import PostgresServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,18 +126,7 @@ def test_sweep_through_the_team_stack_lands_in_postgres(team_stack, tmp_path):
         urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
     assert denied.value.code == 401
 
-    spec = {
-        "name": "team-stack",
-        "task": "digits",
-        "model": {"arch": "mlp", "hidden": [16]},
-        "optimizer": {"name": "adam", "lr": {"grid": [0.003, 0.02]}},
-        "training": {"max_epochs": 2, "batch_size": 128},
-        "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
-        "resources": {"cpu": 1},
-        "cluster": {"storage_path": str(tmp_path / "shared")},
-        "promotion": {"model_name": "team-model", "alias": "champion"},
-    }
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    spec = write_cluster_spec(tmp_path, "team-stack", model_name="team-model")
     # The driver has the Ray token and the MLflow credentials; nothing else is shared.
     env = {**os.environ, **client_env, **ray_nodes.env()}
     env.pop("MLFLOW_TRACKING_URI")  # the flag must be what routes the runs
@@ -146,7 +134,7 @@ def test_sweep_through_the_team_stack_lands_in_postgres(team_stack, tmp_path):
         [
             str(Path(sys.executable).parent / "podium"),
             "run",
-            str(tmp_path / "spec.yaml"),
+            str(spec),
             "--address",
             ray_nodes.address,
             "--tracking-uri",
