@@ -46,8 +46,10 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         self.writer = writer
         self.template = template
         self._tagged: set[tuple[str, str]] = set()
+        self.heard: set[str] = set()  # trials that reported or ended while this driver ran
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.heard.add(trial.trial_id)
         if self.writer.run_id(trial.trial_id) is not None:
             return  # resumed into its existing run
         params = flatten_params(resolve(self.template, trial.config))
@@ -56,6 +58,11 @@ class MlflowTrialLogger(_DriverOnly, Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        self.heard.add(trial.trial_id)
+        # Epochs a killed driver lost between the trial's checkpoint and MLflow, first and in
+        # order; the writer skips the steps the run already has.
+        for epoch in result.get(keys.REPLAY) or ():
+            self.writer.log_metrics(trial.trial_id, result_metrics(epoch), int(epoch[keys.EPOCH]))
         step = int(result.get(keys.EPOCH, result.get("training_iteration", 0)))
         self.writer.log_metrics(trial.trial_id, result_metrics(result), step)
         # Where the trial ran (first result) and the CPU its latency was measured on (last).
@@ -65,19 +72,42 @@ class MlflowTrialLogger(_DriverOnly, Callback):
             self.writer.set_tags(trial.trial_id, {STRING_KEYS[k]: str(result[k]) for _, k in new})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        status = trial_status(trial.last_result, errored=False)
-        tags = {keys.TAG_STATUS: status}
-        if status == "failed":
-            tags[keys.TAG_ERROR] = str(trial.last_result.get(keys.FAILED))[:5000]
-        self.writer.set_tags(trial.trial_id, tags)
-        self.writer.trial_ended(trial.trial_id, "FAILED" if status == "failed" else "FINISHED")
+        self.heard.add(trial.trial_id)
+        self._end(trial.trial_id, trial.last_result, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.writer.set_tags(
-            trial.trial_id,
-            {keys.TAG_STATUS: "failed", keys.TAG_ERROR: _error_text(trial)[:5000]},
-        )
-        self.writer.trial_ended(trial.trial_id, "FAILED")
+        self.heard.add(trial.trial_id)
+        self._end(trial.trial_id, trial.last_result, _error_text(trial))
+
+    def settle(
+        self,
+        trial_id: str,
+        last: dict[str, Any],
+        error: str | None,
+        history: list[dict[str, Any]],
+    ) -> None:
+        """Write the end of a trial that ended before a driver was killed, if MLflow lacks it.
+
+        Tune restores such a trial as ended and reports nothing for it, so a run whose last
+        epochs and end were still queued in the killed driver is completed from the trial's
+        last checkpoint (``history``: its per-epoch metrics) and last result.
+        """
+        if trial_id in self.heard or not self.writer.left_open(trial_id):
+            return
+        for epoch in history:
+            self.writer.log_metrics(trial_id, result_metrics(epoch), int(epoch[keys.EPOCH]))
+        if last:
+            step = int(last.get(keys.EPOCH, last.get("training_iteration", 0)))
+            self.writer.log_metrics(trial_id, result_metrics(last), step)
+        self._end(trial_id, last, error)
+
+    def _end(self, trial_id: str, last: dict[str, Any] | None, error: str | None) -> None:
+        status = trial_status(last, errored=error is not None)
+        tags = {keys.TAG_STATUS: status}
+        if status == "failed":
+            tags[keys.TAG_ERROR] = (error or str((last or {}).get(keys.FAILED)))[:5000]
+        self.writer.set_tags(trial_id, tags)
+        self.writer.trial_ended(trial_id, "FAILED" if status == "failed" else "FINISHED")
 
 
 class FirstResult(_DriverOnly, Callback):

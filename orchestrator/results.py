@@ -40,7 +40,7 @@ def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:
 def result_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The numeric metrics of a Tune result that MLflow records: everything the trial reported
     except markers, tags and Tune's bookkeeping."""
-    skip = _TUNE_KEYS | set(STRING_KEYS) | {keys.DONE, keys.FAILED, keys.EPOCH}
+    skip = _TUNE_KEYS | set(STRING_KEYS) | {keys.DONE, keys.FAILED, keys.EPOCH, keys.REPLAY}
     return {
         k: float(v)
         for k, v in result.items()

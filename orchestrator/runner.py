@@ -393,9 +393,10 @@ def _fit(
 
     trainable = tune.with_resources(make_trainable(template, spec, extras), _resources(spec))
     # Under Ray Client, Tune's driver runs on the head; the relay keeps these callbacks here.
+    logger = MlflowTrialLogger(writer, template)
     relay = CallbackRelay(
         [
-            MlflowTrialLogger(writer, template),
+            logger,
             ProgressView(
                 spec.search.metric,
                 spec.search.mode,
@@ -412,7 +413,9 @@ def _fit(
         )
         relay.install(tuner)
         with relay:
-            return tuner.fit()
+            grid = tuner.fit()
+        _settle_ended_trials(grid, logger)
+        return grid
     param_space, search_alg = build_param_space(spec)
     s = spec.search
     tuner = tune.Tuner(
@@ -439,6 +442,19 @@ def _fit(
     )
     with relay:
         return tuner.fit()
+
+
+def _settle_ended_trials(grid: Any, logger: Any) -> None:
+    """Complete the runs of trials that ended before the driver was killed but whose last
+    epochs and end had not reached MLflow (Tune restores them as ended and reports nothing)."""
+    from workers.trainable import checkpoint_history
+
+    for result in grid:
+        trial_id = _result_trial_id(result)
+        if trial_id in logger.heard or not logger.writer.left_open(trial_id):
+            continue  # the common case, decided without reading the checkpoint
+        error = str(result.error).splitlines()[-1] if result.error else None
+        logger.settle(trial_id, result.metrics or {}, error, checkpoint_history(result.checkpoint))
 
 
 def make_trainable(
@@ -475,7 +491,7 @@ def _rows(
     rows, checkpoints = [], {}
     for result in grid:
         last = result.metrics or {}
-        trial_id = last.get("trial_id") or _trial_id_from_path(result.path)
+        trial_id = _result_trial_id(result)
         status = trial_status(last, errored=result.error is not None)
         error = str(last.get(keys.FAILED) or "") or (
             str(result.error).splitlines()[-1] if result.error else None
@@ -492,6 +508,10 @@ def _rows(
         )
         checkpoints[trial_id] = result.checkpoint
     return rows, checkpoints
+
+
+def _result_trial_id(result: Any) -> str:
+    return (result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path)
 
 
 def _trial_id_from_path(path: str) -> str:

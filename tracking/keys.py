@@ -30,6 +30,11 @@ FINAL_METRICS = (TEST_ACCURACY, PARAM_COUNT, MODEL_SIZE_BYTES, TRAIN_TIME_S)
 DONE = "podium_done"
 # A result key holding why the trial failed (loss became NaN/inf): it ends, marked failed.
 FAILED = "podium_failed"
+# A result key (not a metric) on a trial's first report after it restored its own checkpoint:
+# the per-epoch metrics of every epoch that checkpoint covers. A driver killed between a
+# checkpoint and MLflow receiving that epoch's metrics lost them; the driver logs the steps its
+# runs lack from here (steps already logged are never logged twice).
+REPLAY = "podium_replay"
 # Result keys that carry where the trial ran; logged as tags, not metrics.
 NODE = "podium_node"
 DEVICE = "podium_device"

@@ -189,6 +189,7 @@ def _schema_template(cache_dir: Path) -> Path:
 class _TrialRun:
     run_id: str | None = None
     steps: dict[str, int] = field(default_factory=dict)  # metric -> highest step logged
+    left_open: bool = False  # an existing run a killed driver never ended
 
 
 class RunWriter:
@@ -217,7 +218,9 @@ class RunWriter:
             for metric in run.data.metrics:
                 history = store.client.get_metric_history(run.info.run_id, metric)
                 steps[metric] = max((m.step for m in history), default=-1)
-            self.runs[trial_id] = _TrialRun(run.info.run_id, steps)
+            self.runs[trial_id] = _TrialRun(
+                run.info.run_id, steps, left_open=run.info.status == "RUNNING"
+            )
         self._queue: queue.Queue[tuple[str, str, Any] | None] = queue.Queue()
         self._pending = 0
         self._lock = threading.Condition()
@@ -244,6 +247,11 @@ class RunWriter:
     def run_id(self, trial_id: str) -> str | None:
         run = self.runs.get(trial_id)
         return run.run_id if run else None
+
+    def left_open(self, trial_id: str) -> bool:
+        """True for a run this writer found unfinished (its driver died before ending it)."""
+        run = self.runs.get(trial_id)
+        return bool(run and run.left_open)
 
     def flush(self, timeout_s: float = 120.0) -> bool:
         """Wait until everything queued has landed; False if ``timeout_s`` passed first."""
@@ -329,17 +337,18 @@ class RunWriter:
                 now = int(time.time() * 1000)
                 # Merge this trial's consecutive metric reports into one log_batch call.
                 rows: list[Metric] = []
+                steps = dict(run.steps)  # committed once the rows landed; a retry starts over
                 n = 0
                 while n < len(batch) and batch[n][0] == trial_id and batch[n][1] == "metrics":
                     metrics, step = batch[n][2]
                     for k, v in metrics.items():
-                        if step > run.steps.get(k, -1):
+                        if step > steps.get(k, -1):
                             rows.append(Metric(k, float(v), now, step))
+                            steps[k] = step
                     n += 1
                 for chunk in _chunks(rows, 900):
                     self.store.client.log_batch(run_id, metrics=chunk)
-                for m in rows:
-                    run.steps[m.key] = max(run.steps.get(m.key, -1), m.step)
+                run.steps = steps
                 del batch[:n]
                 continue
             elif op == "tags":

@@ -38,6 +38,8 @@ TRIAL_FILE = "trial.json"  # the concrete spec plus the model's input shape and 
 ROBUST_VAL_SAMPLES = 1000  # val examples attacked each epoch (the test split is attacked whole)
 ARTIFACTS_DIR = "artifacts"  # files a recipe produced (e.g. model.onnx), logged by the driver
 FINAL_FILE = "final.json"  # the last report, kept with the last checkpoint (see run_trial)
+# The per-epoch metrics up to the checkpoint and the trial that reported them (see keys.REPLAY).
+HISTORY_FILE = "history.json"
 
 
 @dataclass
@@ -62,6 +64,8 @@ class _State:
     epoch: int = 0
     train_time_s: float = 0.0
     final: dict[str, Any] | None = None  # the finished trial's last report, from its checkpoint
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics so far
+    replay: list[dict[str, float]] | None = None  # restored history, sent with the next report
 
 
 def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
@@ -87,7 +91,8 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
     ctx.device = device.torch_device
     data = task_on(device.torch_device, load_task(trial["task"], training["seed"]))
     state = _setup(trial, data, device.torch_device)
-    _restore(state, tune.get_checkpoint())
+    trial_id = tune.get_context().get_trial_id()
+    _restore(state, tune.get_checkpoint(), trial_id)
     where = {keys.NODE: device.node, keys.DEVICE: device.label, keys.DEVICE_REASON: device.reason}
     entry = OPTIMIZERS.get(trial["optimizer"]["name"])
     batch_size = batch_size_for(entry.batch_mode, training["batch_size"], len(data.x_train))
@@ -96,7 +101,7 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
     if state.final is not None and state.epoch >= max_epochs:
         # Finished before a driver restart, but Tune's state was saved before the last report:
         # report it again (no new checkpoint, no training) so the trial ends completed.
-        tune.report(state.final)
+        tune.report(_with_replay(state, state.final))
         return
     while state.epoch < max_epochs:
         started = time.perf_counter()
@@ -118,26 +123,24 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
             # End the trial, marked failed with the reason. Raising would make Tune retry it
             # (max_failures), and a diverging config diverges again.
             val_loss, val_acc = evaluate(state.model, data.x_val, data.y_val)
-            tune.report(
-                {
-                    keys.EPOCH: state.epoch + 1,
-                    keys.TRAIN_LOSS: float("nan"),
-                    keys.VAL_LOSS: val_loss,
-                    keys.VAL_ACCURACY: val_acc,
-                    keys.FAILED: str(e),
-                    **where,
-                }
-            )
+            failed = {
+                keys.EPOCH: state.epoch + 1,
+                keys.TRAIN_LOSS: float("nan"),
+                keys.VAL_LOSS: val_loss,
+                keys.VAL_ACCURACY: val_acc,
+                keys.FAILED: str(e),
+                **where,
+            }
+            tune.report(_with_replay(state, failed))
             return
         val_loss, val_acc = evaluate(state.model, data.x_val, data.y_val)
         state.train_time_s += time.perf_counter() - started
         state.epoch += 1
-        metrics = {
+        scores: dict[str, float] = {
             keys.EPOCH: state.epoch,
             keys.TRAIN_LOSS: result.train_loss,
             keys.VAL_LOSS: val_loss,
             keys.VAL_ACCURACY: val_acc,
-            **where,
         }
         # Per epoch on a fixed slice of val: PGD on a whole 5k split costs minutes per epoch.
         n = ROBUST_VAL_SAMPLES
@@ -145,13 +148,15 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
             state.model, data.x_val[:n], data.y_val[:n], training.get("adversarial")
         )
         if robust is not None:
-            metrics[keys.ROBUST_ACCURACY] = robust
+            scores[keys.ROBUST_ACCURACY] = robust
+        state.history.append(scores)
+        metrics = _with_replay(state, {**scores, **where})
         last = state.epoch == max_epochs
         with tempfile.TemporaryDirectory(prefix="podium-ckpt-") as folder:
             if last:
                 metrics.update(_finish(trial, data, state, ctx, Path(folder)))
             if last or state.epoch % training.get("checkpoint_every", 1) == 0:
-                _save(state, trial, data, Path(folder), final=metrics if last else None)
+                _save(state, trial, data, Path(folder), trial_id, final=metrics if last else None)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
             else:
                 tune.report(metrics)
@@ -188,6 +193,7 @@ def _save(
     trial: dict[str, Any],
     data: TaskData,
     folder: Path,
+    trial_id: str,
     final: dict[str, Any] | None = None,
 ) -> None:
     blob = {
@@ -202,11 +208,12 @@ def _save(
     torch.save(blob, folder / STATE_FILE)
     meta = {"trial": trial, "input_shape": list(data.input_shape), "num_classes": data.num_classes}
     (folder / TRIAL_FILE).write_text(json.dumps(meta))
+    (folder / HISTORY_FILE).write_text(json.dumps({"trial_id": trial_id, "epochs": state.history}))
     if final is not None:
-        (folder / FINAL_FILE).write_text(json.dumps(final))
+        (folder / FINAL_FILE).write_text(json.dumps(_without_replay(final)))
 
 
-def _restore(state: _State, checkpoint: Any) -> None:
+def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
     """Continue from the last checkpoint after a worker failure or a driver restart."""
     if checkpoint is None:
         return
@@ -214,6 +221,13 @@ def _restore(state: _State, checkpoint: Any) -> None:
         blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
         final = Path(folder, FINAL_FILE)
         state.final = json.loads(final.read_text()) if final.exists() else None
+        history = Path(folder, HISTORY_FILE)
+        owned = json.loads(history.read_text()) if history.exists() else {}
+    if owned.get("trial_id") == trial_id:
+        # Its own checkpoint. A PBT exploit restores another trial's: that trial's epochs are
+        # not this run's history, so this trial's history starts again from here.
+        state.history = list(owned["epochs"])
+        state.replay = list(owned["epochs"])
     state.model.load_state_dict(blob["model"])
     configured = [dict(g) for g in state.optimizer.param_groups]
     state.optimizer.load_state_dict(blob["optimizer"])
@@ -227,6 +241,27 @@ def _restore(state: _State, checkpoint: Any) -> None:
     state.generator.set_state(blob["generator"])
     state.epoch = int(blob["epoch"])
     state.train_time_s = float(blob["train_time_s"])
+
+
+def checkpoint_history(checkpoint: Any) -> list[dict[str, float]]:
+    """The per-epoch metrics a trial's checkpoint covers, in epoch order ([] if it has none)."""
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as folder:
+        history = Path(folder, HISTORY_FILE)
+        return list(json.loads(history.read_text())["epochs"]) if history.exists() else []
+
+
+def _with_replay(state: _State, report: dict[str, Any]) -> dict[str, Any]:
+    """The report, carrying the restored history once (the first report after a restore)."""
+    if state.replay is None:
+        return report
+    replay, state.replay = state.replay, None
+    return {**report, keys.REPLAY: replay}
+
+
+def _without_replay(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k != keys.REPLAY}
 
 
 def _finish(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,18 @@ def descendants_named(title: str) -> list[int]:
         frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - mine
         mine |= frontier
     return [pid for pid in mine if titles.get(pid, "").startswith(title)]
+
+
+@contextmanager
+def sqlite_locked(db: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a SQLite store: the driver's writes wait, fail and are retried
+    (MLflow reports it as temporarily unavailable), so what trials report piles up in the driver."""
+    con = sqlite3.connect(db, timeout=60, isolation_level=None)
+    try:
+        con.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        con.close()  # ends the transaction: the lock goes with it
 
 
 def histories(uri: str, run_id: str) -> dict[str, list[int]]:
@@ -321,11 +335,28 @@ def test_killed_driver_resumes_with_the_same_trials_and_runs(cluster, tmp_path):
         return len(done) >= 1 and len(running) >= 1 and len(c) >= 3
 
     wait_for(one_done_one_running, 240, "a finished trial and a running one", period=0.02)
-    os.killpg(first.pid, signal.SIGKILL)  # the driver's own process group: nothing else
-    first.wait(timeout=30)
+    # Kill the driver while epochs that trials checkpointed are still queued in it, not yet in
+    # MLflow: the store is locked until a running trial checkpoints one more epoch.
+    with sqlite_locked(tmp_path / "mlflow.db"):
+        at_lock = checkpoints(storage)
+
+        def one_more_epoch_unlogged() -> bool:
+            now = checkpoints(storage)
+            return any(now[t] > i for t, i in at_lock.items() if i < epochs - 1)
+
+        wait_for(one_more_epoch_unlogged, 240, "an epoch checkpointed during the lock")
+        os.killpg(first.pid, signal.SIGKILL)  # the driver's own process group: nothing else
+        first.wait(timeout=30)
     before = trial_checkpoints(storage)
     finished_before = {t for t, i in checkpoints(storage).items() if i == epochs - 1}
     runs_before = {t: r.info.run_id for t, r in trial_runs(uri, "driver-kill").items()}
+    logged = {
+        t: max(histories(uri, run_id).get(keys.VAL_ACCURACY) or [0])
+        for t, run_id in runs_before.items()
+    }
+    saved = checkpoints(storage)
+    # The fault happened: some trial checkpointed an epoch its run does not have.
+    assert any(saved.get(t, -1) + 1 > logged[t] for t in logged), (logged, saved)
 
     second = podium("run", *args, "--resume", env={}, cwd=tmp_path)
     out, _ = second.communicate(timeout=300)

@@ -1,0 +1,61 @@
+"""A trial's checkpoint carries its per-epoch metrics: a restart replays what MLflow missed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from tracking import keys
+from workers.tasks import load_task
+from workers.trainable import _restore, _save, _setup, _with_replay, checkpoint_history
+
+TRIAL = {
+    "task": {"name": "digits"},
+    "model": {"arch": "mlp", "hidden": [16]},
+    "optimizer": {"name": "sgd", "lr": 0.1},
+    "training": {"seed": 0, "batch_size": 32, "max_epochs": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_task("digits", 0)
+
+
+def checkpointed(data, folder: Path, owner: str, epochs: int) -> tune.Checkpoint:
+    state = _setup(TRIAL, data)
+    for epoch in range(1, epochs + 1):
+        state.epoch = epoch
+        state.history.append({keys.EPOCH: epoch, keys.VAL_ACCURACY: epoch / 10})
+    _save(state, TRIAL, data, folder, owner)
+    return tune.Checkpoint.from_directory(folder)
+
+
+def test_restoring_its_own_checkpoint_replays_the_epochs_once(digits, tmp_path):
+    ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=3)
+    state = _setup(TRIAL, digits)
+    _restore(state, ckpt, "trial_a")
+    assert state.epoch == 3
+    first = _with_replay(state, {keys.EPOCH: 4})
+    assert [e[keys.EPOCH] for e in first[keys.REPLAY]] == [1, 2, 3]
+    assert keys.REPLAY not in _with_replay(state, {keys.EPOCH: 5})  # only the first report
+    # Later checkpoints keep the whole history, so a second restart replays it all again.
+    assert [e[keys.EPOCH] for e in state.history] == [1, 2, 3]
+    assert checkpoint_history(ckpt) == state.history
+
+
+def test_another_trials_checkpoint_is_not_replayed(digits, tmp_path):
+    # PBT restores a donor's checkpoint into a trial: the donor's epochs are not its history.
+    ckpt = checkpointed(digits, tmp_path, "donor", epochs=2)
+    state = _setup(TRIAL, digits)
+    _restore(state, ckpt, "recipient")
+    assert state.epoch == 2  # the weights and the epoch count do carry over
+    assert state.history == [] and keys.REPLAY not in _with_replay(state, {keys.EPOCH: 3})
+
+
+def test_a_checkpoint_without_history_reads_as_empty(tmp_path):
+    (tmp_path / "state.pt").write_bytes(b"")
+    assert checkpoint_history(tune.Checkpoint.from_directory(tmp_path)) == []
+    assert checkpoint_history(None) == []
