@@ -92,17 +92,27 @@ def _pip_requirements() -> list[str]:
 
 
 def warm_up_export() -> None:
-    """Pay torch.export's first-use cost (imports, dynamo set-up: seconds) ahead of time.
+    """Pay the first-use costs of logging a model ahead of time: torch.export's (imports, dynamo
+    set-up) and MLflow's (its map of installed packages, read to check the requirements): seconds.
 
     The runner calls this in a background thread while trials train, so the winner's
-    ``log_model`` at the end of a sweep does not start cold.
+    ``log_model`` at the end of a sweep does not start cold. It saves a tiny model to a
+    temporary folder: nothing reaches the tracking store.
     """
+    import mlflow.pytorch
     import torch
 
+    model = torch.nn.Linear(2, 2).eval()
     try:
-        torch.export.export(torch.nn.Linear(2, 2).eval(), (torch.zeros(2, 2),))
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.pytorch.save_model(
+                model,
+                str(Path(tmp) / "model"),
+                input_example=torch.zeros(2, 2).numpy(),
+                pip_requirements=_pip_requirements(),
+            )
     except Exception:  # noqa: BLE001 - a warm-up only; the real export reports its own errors
-        log.debug("torch.export warm-up failed", exc_info=True)
+        log.debug("model-logging warm-up failed", exc_info=True)
 
 
 def _export_onnx(model: Any, example: Any, folder: Path) -> Path | None:
