@@ -221,8 +221,7 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
         blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
         final = Path(folder, FINAL_FILE)
         state.final = json.loads(final.read_text()) if final.exists() else None
-        history = Path(folder, HISTORY_FILE)
-        owned = json.loads(history.read_text()) if history.exists() else {}
+        owned = _read_history(folder)
     if owned.get("trial_id") == trial_id:
         # Its own checkpoint. A PBT exploit restores another trial's: that trial's epochs are
         # not this run's history, so this trial's history starts again from here.
@@ -248,8 +247,13 @@ def checkpoint_history(checkpoint: Any) -> list[dict[str, float]]:
     if checkpoint is None:
         return []
     with checkpoint.as_directory() as folder:
-        history = Path(folder, HISTORY_FILE)
-        return list(json.loads(history.read_text())["epochs"]) if history.exists() else []
+        return list(_read_history(folder).get("epochs", []))
+
+
+def _read_history(folder: str | os.PathLike) -> dict[str, Any]:
+    """``{"trial_id": ..., "epochs": [...]}``, or {} for a checkpoint written without one."""
+    path = Path(folder, HISTORY_FILE)
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _with_replay(state: _State, report: dict[str, Any]) -> dict[str, Any]:
