@@ -79,6 +79,10 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         self.heard.add(trial.trial_id)
         self._end(trial.trial_id, trial.last_result, _error_text(trial))
 
+    def needs_settling(self, trial_id: str) -> bool:
+        """True for a trial Tune did not report on in this driver whose run was left open."""
+        return trial_id not in self.heard and self.writer.left_open(trial_id)
+
     def settle(
         self,
         trial_id: str,
@@ -92,7 +96,7 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         epochs and end were still queued in the killed driver is completed from the trial's
         last checkpoint (``history``: its per-epoch metrics) and last result.
         """
-        if trial_id in self.heard or not self.writer.left_open(trial_id):
+        if not self.needs_settling(trial_id):
             return
         for epoch in history:
             self.writer.log_metrics(trial_id, result_metrics(epoch), int(epoch[keys.EPOCH]))

@@ -451,7 +451,7 @@ def _settle_ended_trials(grid: Any, logger: Any) -> None:
 
     for result in grid:
         trial_id = _result_trial_id(result)
-        if trial_id in logger.heard or not logger.writer.left_open(trial_id):
+        if not logger.needs_settling(trial_id):
             continue  # the common case, decided without reading the checkpoint
         error = str(result.error).splitlines()[-1] if result.error else None
         logger.settle(trial_id, result.metrics or {}, error, checkpoint_history(result.checkpoint))
