@@ -235,8 +235,7 @@ def _warm_up_conclusion(promotion: bool, first_result: threading.Event) -> None:
 
         tracking.report.warm_up()
         if promotion:
-            import mlflow.pytorch  # noqa: F401
-            import torch.onnx  # noqa: F401
+            import torch.onnx  # noqa: F401  (warm_up_export does not export to ONNX)
 
             warm_up_export()
     except Exception:  # noqa: BLE001 - a warm-up only; the real work reports its own errors
