@@ -26,7 +26,12 @@ from orchestrator.schedulers import build_param_space, build_scheduler, has_grid
 from orchestrator.space import flatten_params, resolve, template_of
 from orchestrator.spec import ExperimentSpec
 from tracking import keys
-from tracking.registry import Promotion, log_torch_model, register_and_alias, warm_up_export
+from tracking.registry import (
+    Promotion,
+    log_torch_model,
+    register_and_alias,
+    warm_up_model_logging,
+)
 from tracking.selection import Candidate, Decision, policy_from, select_best
 from tracking.store import RunWriter, Store, TrackingError, resolve_tracking_uri
 
@@ -130,7 +135,7 @@ def run_experiment(
     writer = RunWriter(store, experiment_id, parent_id, existing)
     template = template_of(spec)
     extras = {"teachers": _fetch_teachers(spec, uri, workdir)}
-    # What the end of the run needs (torch.export's first use, the ONNX exporter, matplotlib)
+    # What the end of the run needs (MLflow's PyTorch flavor, the ONNX exporter, matplotlib)
     # is made ready while trials train, once the first result shows the trial processes are up:
     # start-up is bound by this process's one interpreter lock, and the first trials' imports
     # by the CPUs; a running sweep mostly waits on its trials.
@@ -159,7 +164,7 @@ def run_experiment(
     # nothing from Ray (checkpoints are files), so they go on meanwhile.
     stopping = threading.Thread(target=_shutdown_ray, args=(started_ray,), name="podium-ray-stop")
     stopping.start()
-    warming.join()  # matplotlib and torch.export are not to be used from two threads at once
+    warming.join()  # matplotlib and model logging are not to be used from two threads at once
     try:
         return _conclude(spec, uri, store, parent_id, grid, template, writer, clock)
     finally:
@@ -235,9 +240,9 @@ def _warm_up_conclusion(promotion: bool, first_result: threading.Event) -> None:
 
         tracking.report.warm_up()
         if promotion:
-            import torch.onnx  # noqa: F401  (warm_up_export does not export to ONNX)
+            import torch.onnx  # noqa: F401  (the warm-up does not export to ONNX)
 
-            warm_up_export()
+            warm_up_model_logging()
     except Exception:  # noqa: BLE001 - a warm-up only; the real work reports its own errors
         log.debug("warm-up failed", exc_info=True)
 
@@ -557,7 +562,7 @@ def promote_trial(
     with checkpoint.as_directory() as folder:
         model, meta = load_trial_model(folder)
         data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
-        example = data.x_test[:4].numpy()  # batch > 1: torch.export must not freeze the batch size
+        example = data.x_test[:4].numpy()  # batch > 1: the ONNX export keeps the batch dynamic
         # A recipe's compressed, measured ONNX file is what serving uses; without one the
         # registry exports the fp32 model itself.
         onnx = Path(folder, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)

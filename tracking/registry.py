@@ -39,6 +39,9 @@ from tracking.selection import (
 
 log = logging.getLogger(__name__)
 
+# MLflow's PyTorch serialization for the logged model (see log_torch_model).
+TORCH_FORMAT = "pickle"
+
 
 @dataclass(frozen=True)
 class Promotion:
@@ -60,10 +63,15 @@ def log_torch_model(
 ) -> str:
     """Log a PyTorch model to ``run_id`` as artifact ``model``; returns the logged model's URI.
 
-    ``input_example`` must have batch > 1: MLflow 3 traces the model with ``torch.export`` and a
-    batch of 1 would freeze the batch dimension. The logged model also carries ``model.onnx`` --
-    ``onnx_file`` when a recipe exported (and compressed) one, else an fp32 export made here -- so
-    ``podium serve`` never has to unpickle: a ``pt2`` archive's loader can run code.
+    The PyTorch flavor is MLflow's ``pickle`` format (``torch.save`` of the module), not its
+    default ``pt2``: a ``pt2`` archive is made by ``torch.export``, whose first use imports and
+    sets up TorchDynamo in the driver, ~2 s of CPU in every sweep on the interpreter lock that
+    also runs Tune's loop (the sweep of the overhead benchmark ran 1.5 s longer with it). The
+    pickle is Podium's own (only Podium writes these versions) and loads where Podium is
+    installed. The logged model also carries ``model.onnx`` -- ``onnx_file`` when a recipe
+    exported (and compressed) one, else an fp32 export made here (batch dimension dynamic; give
+    ``input_example`` a batch > 1) -- the portable copy that ``podium serve`` loads, so serving
+    never unpickles anything.
     """
     import mlflow
     import mlflow.pytorch
@@ -79,6 +87,7 @@ def log_torch_model(
                 input_example=input_example,
                 extra_files=extra,
                 pip_requirements=_pip_requirements(),
+                serialization_format=TORCH_FORMAT,
             )
     return info.model_uri
 
@@ -91,13 +100,15 @@ def _pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
 
 
-def warm_up_export() -> None:
-    """Pay the first-use costs of logging a model ahead of time: torch.export's (imports, dynamo
-    set-up) and MLflow's (its map of installed packages, read to check the requirements): seconds.
+def warm_up_model_logging() -> None:
+    """Pay the first-use costs of logging a model ahead of time: importing MLflow's PyTorch
+    flavor and building MLflow's map of installed packages (read to check the requirements,
+    0.6-1.3 s).
 
     The runner calls this in a background thread while trials train, so the winner's
     ``log_model`` at the end of a sweep does not start cold. It saves a tiny model to a
-    temporary folder: nothing reaches the tracking store.
+    temporary folder, in the format :func:`log_torch_model` uses: nothing reaches the tracking
+    store, and TorchDynamo is not imported.
     """
     import mlflow.pytorch
     import torch
@@ -110,8 +121,9 @@ def warm_up_export() -> None:
                 str(Path(tmp) / "model"),
                 input_example=torch.zeros(2, 2).numpy(),
                 pip_requirements=_pip_requirements(),
+                serialization_format=TORCH_FORMAT,
             )
-    except Exception:  # noqa: BLE001 - a warm-up only; the real export reports its own errors
+    except Exception:  # noqa: BLE001 - a warm-up only; the real logging reports its own errors
         log.debug("model-logging warm-up failed", exc_info=True)
 
 

@@ -173,7 +173,7 @@ def _served_champion_matches_its_model(client, uri: str, folder: Path) -> None:
     try:
         line = proc.stdout.readline()
         assert line, proc.stderr.read()
-        assert "ONNX" in line  # the champion is served from its ONNX copy, not its pt2 archive
+        assert "ONNX" in line  # the champion is served from its ONNX copy, not its pickle
         url = line.strip().rsplit(" at ", 1)[1]
         x = load_task("digits", 0).x_test[:20]
         req = urllib.request.Request(
@@ -183,7 +183,7 @@ def _served_champion_matches_its_model(client, uri: str, folder: Path) -> None:
         )
         with urllib.request.urlopen(req, timeout=30) as r:
             got = np.asarray(json.loads(r.read())["predictions"])
-        # Our own pt2 archive: trusted here. A client, not set_tracking_uri (it exports env vars).
+        # Our own pickle: trusted here. A client, not set_tracking_uri (it exports env vars).
         local = MlflowClient(uri, uri).get_model_version_download_uri(MODEL, champion_version(uri))
         model = mlflow.pytorch.load_model(local)
         with torch.no_grad():

@@ -82,8 +82,8 @@ def test_champion_is_registered_and_reloads_with_the_logged_accuracy(sweep):
     assert result.decision.winner.metrics[keys.TEST_ACCURACY] == best
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    # MLflow 3 stores the model as a torch.export program, traced in eval mode (dropout off,
-    # batch-norm running statistics); it runs as loaded.
+    # Podium logs the module in eval mode (dropout off, batch-norm running statistics), in
+    # MLflow's pickle format; it runs as loaded.
     model = mlflow.pytorch.load_model("models:/it-model@champion")
     data = load_task("digits", 0)
     with torch.no_grad():
