@@ -303,13 +303,18 @@ class RunWriter:
 
     def _apply_with_retry(self, batch: list[tuple[str, str, Any]]) -> None:
         delay = self.retry_s
+        merged = True
         while batch:
             try:
-                self._apply(batch)
+                self._apply(batch, merged)
                 return
             except Exception as e:  # noqa: BLE001 - a store failure: keep the data, retry
                 self.failures += 1
                 if _permanent(e):
+                    if merged:
+                        # One value in a merged write was refused: write op by op to find it.
+                        merged = False
+                        continue
                     # The store refused this write itself (bad value): retrying cannot help.
                     log.error("MLflow refused %s for trial %s: %s", batch[0][1], batch[0][0], e)
                     del batch[0]
@@ -318,65 +323,88 @@ class RunWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    def _apply(self, batch: list[tuple[str, str, Any]]) -> None:
-        """Apply ops in order; ops already applied are removed so a retry does not repeat them."""
-        from mlflow.entities import Metric, RunTag
+    def _apply(self, batch: list[tuple[str, str, Any]], merged: bool = True) -> None:
+        """Apply ops in order, each trial's consecutive ops together; ops already applied are
+        removed so a retry does not repeat them.
 
+        ``merged``: a trial's ops become one ``log_batch`` (params, metrics and tags together)
+        plus its end: on a SQLite store each write is a transaction of several ms of this
+        process's CPU, taken from the driver that runs Tune, and a short trial's start, reports,
+        tags and end usually arrive within one batch. Otherwise (to isolate a refused value) the
+        ops go one by one, consecutive metric reports still merged.
+        """
         while batch:
-            trial_id, op, arg = batch[0]
+            trial_id = batch[0][0]
             run = self.runs.setdefault(trial_id, _TrialRun())
-            if op == "start":
-                if run.run_id is None:
-                    self._create(run, trial_id, *arg)
-            elif run.run_id is None:
-                # A trial can fail before Tune reports its start: give it a run all the same.
-                self._create(run, trial_id, trial_id, {}, {})
-            run_id = run.run_id
-            assert run_id is not None  # created just above
-            if op == "metrics":
-                now = int(time.time() * 1000)
-                # Merge this trial's consecutive metric reports into one log_batch call.
-                rows: list[Metric] = []
-                steps = dict(run.steps)  # committed once the rows landed; a retry starts over
-                n = 0
-                while n < len(batch) and batch[n][0] == trial_id and batch[n][1] == "metrics":
-                    metrics, step = batch[n][2]
-                    for k, v in metrics.items():
-                        if step > steps.get(k, -1):
-                            rows.append(Metric(k, float(v), now, step))
-                            steps[k] = step
-                    n += 1
-                for chunk in _chunks(rows, 900):
-                    self.store.client.log_batch(run_id, metrics=chunk)
-                run.steps = steps
-                del batch[:n]
-                continue
-            elif op == "tags":
-                self.store.client.log_batch(
-                    run_id, tags=[RunTag(k, str(v)) for k, v in arg.items()]
-                )
-            elif op == "end":
-                self.store.client.set_terminated(run_id, arg)
-            del batch[0]
+            n = 1
+            while n < len(batch) and batch[n][0] == trial_id and batch[n - 1][1] != "end":
+                n += 1
+            if not merged:
+                n = _leading_ops(batch[:n])
+            self._write(run, trial_id, batch[:n])
+            del batch[:n]
 
-    def _create(
-        self, run: _TrialRun, trial_id: str, name: str, params: dict[str, Any], tags: dict[str, str]
-    ) -> None:
-        from mlflow.entities import Param
+    def _write(self, run: _TrialRun, trial_id: str, ops: list[tuple[str, str, Any]]) -> None:
+        """One trial's ops (an "end" only last): its run, one merged write, then its end."""
+        from mlflow.entities import Metric, Param, RunTag
 
-        created = self.store.client.create_run(
-            self.experiment_id,
-            run_name=name,
-            tags={
-                keys.TAG_PARENT_RUN: self.parent_run_id,
-                keys.TAG_ROLE: keys.ROLE_TRIAL,
-                keys.TAG_TRIAL_ID: trial_id,
-                **tags,
-            },
+        start: tuple[str, dict[str, Any], dict[str, str]] | None = next(
+            (arg for _, op, arg in ops if op == "start"), None
         )
-        for chunk in _chunks([Param(k, _param_value(v)) for k, v in params.items()], 100):
-            self.store.client.log_batch(created.info.run_id, params=chunk)
-        run.run_id = created.info.run_id
+        name, params, tags = start or (trial_id, {}, {})
+        if run.run_id is None:
+            # A trial can fail before Tune reports its start: give it a run all the same.
+            created = self.store.client.create_run(
+                self.experiment_id,
+                run_name=name,
+                tags={
+                    keys.TAG_PARENT_RUN: self.parent_run_id,
+                    keys.TAG_ROLE: keys.ROLE_TRIAL,
+                    keys.TAG_TRIAL_ID: trial_id,
+                    **tags,
+                },
+            )
+            run.run_id = created.info.run_id
+        now = int(time.time() * 1000)
+        rows: list[Metric] = []
+        new_tags: dict[str, str] = {}
+        steps = dict(run.steps)  # committed once the rows landed; a retry starts over
+        for _, op, arg in ops:
+            if op == "metrics":
+                metrics, step = arg
+                for k, v in metrics.items():
+                    if step > steps.get(k, -1):  # a step already logged is never logged again
+                        rows.append(Metric(k, float(v), now, step))
+                        steps[k] = step
+            elif op == "tags":
+                new_tags.update({k: str(v) for k, v in arg.items()})
+        param_rows = [Param(k, _param_value(v)) for k, v in params.items()]
+        tag_rows = [RunTag(k, v) for k, v in new_tags.items()]
+        for m, p, t in _log_batches(rows, param_rows, tag_rows):
+            self.store.client.log_batch(run.run_id, metrics=m, params=p, tags=t)
+        run.steps = steps
+        if ops[-1][1] == "end":
+            self.store.client.set_terminated(run.run_id, ops[-1][2])
+
+
+def _leading_ops(ops: list[tuple[str, str, Any]]) -> int:
+    """How many of ``ops`` to write together when writing op by op: a run of metric reports, or
+    one op."""
+    n = 1
+    while n < len(ops) and ops[0][1] == "metrics" and ops[n][1] == "metrics":
+        n += 1
+    return n
+
+
+def _log_batches(metrics: list, params: list, tags: list) -> Iterable[tuple[list, list, list]]:
+    """Split one trial's rows into ``log_batch`` calls within MLflow's limits (1,000 metrics,
+    100 params, 100 tags, 1,000 rows in all per call); nothing to write, no call."""
+    while metrics or params or tags:
+        p, params = params[:100], params[100:]
+        t, tags = tags[:100], tags[100:]
+        room = 1000 - len(p) - len(t)
+        m, metrics = metrics[:room], metrics[room:]
+        yield m, p, t
 
 
 def _by_trial(batch: list[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
@@ -404,8 +432,3 @@ def _permanent(e: Exception) -> bool:
 def _param_value(v: Any) -> str:
     text = str(v)
     return text if len(text) <= MAX_PARAM_LEN else text[: MAX_PARAM_LEN - 3] + "..."
-
-
-def _chunks(rows: list, size: int) -> Iterable[list]:
-    for i in range(0, len(rows), size):
-        yield rows[i : i + size]

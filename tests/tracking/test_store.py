@@ -121,3 +121,57 @@ def test_a_new_sqlite_store_is_seeded_from_the_cached_schema_and_works(tmp_path,
     store.client.log_metric(run, "m", 1.0)
     assert MlflowClient(f"sqlite:///{second}").get_run(run).data.metrics == {"m": 1.0}
     assert MlflowClient(f"sqlite:///{first}").search_experiments()[0].name == "Default"
+
+
+def _counting(store, calls):
+    """Count the writer's store calls by name (the real calls still run)."""
+    for name in ("create_run", "log_batch", "set_terminated"):
+        real = getattr(store.client, name)
+
+        def counted(*a, _real=real, _name=name, **kw):
+            calls.append(_name)
+            return _real(*a, **kw)
+
+        setattr(store.client, name, counted)
+
+
+def test_a_short_trial_lands_in_three_writes(store):
+    """Start, reports, tags and end that arrive together: one run, one merged write, its end."""
+    exp = store.ensure_experiment("exp")
+    parent = store.start_parent(exp, "sweep", {})
+    calls: list[str] = []
+    _counting(store, calls)
+    writer = RunWriter(store, exp, parent, linger_s=1.0)
+    writer.trial_started("t", "t", {"optimizer.lr": 0.01}, {})
+    writer.log_metrics("t", {keys.VAL_ACCURACY: 0.5, keys.EPOCH: 1}, 1)
+    writer.set_tags("t", {keys.TAG_NODE: "n1"})
+    writer.log_metrics("t", {keys.VAL_ACCURACY: 0.7, keys.TEST_ACCURACY: 0.6}, 2)
+    writer.set_tags("t", {keys.TAG_STATUS: "completed"})
+    writer.trial_ended("t", "FINISHED")
+    assert writer.close(timeout_s=60)
+    assert calls == ["create_run", "log_batch", "set_terminated"]
+    run = MlflowClient(store.uri).get_run(writer.run_id("t"))
+    assert run.data.params == {"optimizer.lr": "0.01"}
+    assert run.data.metrics == {keys.VAL_ACCURACY: 0.7, keys.EPOCH: 1, keys.TEST_ACCURACY: 0.6}
+    assert run.data.tags[keys.TAG_NODE] == "n1" and run.data.tags[keys.TAG_STATUS] == "completed"
+    assert run.info.status == "FINISHED"
+
+
+def test_a_refused_value_costs_only_its_own_op(store):
+    """A merged write the store refuses is written again op by op: only the bad op is lost."""
+    exp = store.ensure_experiment("exp")
+    parent = store.start_parent(exp, "sweep", {})
+    writer = RunWriter(store, exp, parent, linger_s=1.0)
+    writer.trial_started("t", "t", {"optimizer.lr": 0.01}, {})
+    writer.log_metrics("t", {keys.VAL_ACCURACY: 0.5}, 1)
+    writer.set_tags("t", {"a/../b": "x"})  # MLflow refuses this tag name
+    writer.log_metrics("t", {keys.VAL_ACCURACY: 0.7}, 2)
+    writer.trial_ended("t", "FINISHED")
+    assert writer.close(timeout_s=60)
+    client = MlflowClient(store.uri)
+    run = client.get_run(writer.run_id("t"))
+    assert run.data.params == {"optimizer.lr": "0.01"} and run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, keys.VAL_ACCURACY)
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.7)]
+    assert "a/../b" not in run.data.tags
+    assert writer.failures >= 2  # the merged write, then the bad op alone
