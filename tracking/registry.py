@@ -43,6 +43,17 @@ log = logging.getLogger(__name__)
 TORCH_FORMAT = "pickle"
 
 
+class _OwnPickleNotice(logging.Filter):
+    """Drops MLflow's caution about saving a pickle: it is meant for loading pickles from
+    elsewhere, while these are Podium's own, and serving loads the ONNX copy."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Saving pytorch model by Pickle")
+
+
+logging.getLogger("mlflow.pytorch").addFilter(_OwnPickleNotice())
+
+
 @dataclass(frozen=True)
 class Promotion:
     """The registry after a sweep's promotion: the version registered for the winner, and whether
