@@ -1,0 +1,45 @@
+"""The local Ray a sweep started stops without waiting out its autoscaler monitor."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A fresh interpreter: other tests keep a Ray of their own in this process.
+_SCRIPT = """
+import json
+from ray._private import worker
+from orchestrator.runner import _init_ray, _shutdown_ray, stop_autoscaler_monitor
+
+assert _init_ray(None, 0)  # a private local Ray, as podium run starts
+started = worker._global_node.all_processes.items()
+procs = {kind: [i.process for i in infos] for kind, infos in started}
+stopped = stop_autoscaler_monitor()
+after_stop = {kind: [p.poll() for p in ps] for kind, ps in procs.items()}
+_shutdown_ray(True)
+after_shutdown = {kind: [p.poll() for p in ps] for kind, ps in procs.items()}
+print(json.dumps({"stopped": stopped, "after_stop": after_stop, "after_shutdown": after_shutdown}))
+"""
+
+
+def test_the_monitor_goes_first_and_every_ray_process_ends(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["stopped"] is True
+    assert all(code is not None for code in got["after_stop"]["monitor"])  # gone at once
+    assert all(code is None for code in got["after_stop"]["gcs_server"])  # the rest still up
+    assert all(code is None for code in got["after_stop"]["raylet"])
+    assert all(code is not None for codes in got["after_shutdown"].values() for code in codes)
