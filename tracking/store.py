@@ -138,7 +138,7 @@ def seed_sqlite_store(path: Path, cache_dir: Path | None = None) -> bool:
     ``~/.cache/podium``) and copied. The copy holds tables only: MLflow adds its ``Default``
     experiment, with this store's own artifact root, when the store is first opened. Anything
     unexpected (an MLflow without that migration helper, an unwritable cache) leaves the store to
-    MLflow, as before.
+    MLflow, as before. The copy is put in write-ahead-log mode (:func:`_use_wal`).
     """
     if path.exists():
         return False
@@ -148,6 +148,7 @@ def seed_sqlite_store(path: Path, cache_dir: Path | None = None) -> bool:
         staged = path.with_name(f".{path.name}.{os.getpid()}.seed")
         shutil.copyfile(template, staged)
         try:
+            _use_wal(staged)
             os.link(staged, path)  # atomic, and never over a store another process just made
         except FileExistsError:
             return False
@@ -157,6 +158,29 @@ def seed_sqlite_store(path: Path, cache_dir: Path | None = None) -> bool:
     except Exception:  # noqa: BLE001 - an optimisation only; MLflow creates the store itself
         log.debug("no schema template for %s", path, exc_info=True)
         return False
+
+
+def _use_wal(path: Path) -> None:
+    """Put a SQLite file in write-ahead-log mode (kept in the file, so every later connection,
+    MLflow's and ``mlflow ui``'s, uses it).
+
+    In SQLite's default rollback-journal mode a reader's open transaction blocks every commit:
+    ``mlflow ui`` or a notebook reading the store mid-sweep stalls the sweep's writes until they
+    fail with "database is locked". With a log, readers see a snapshot and the writer goes on; a
+    commit is also one append and one sync instead of a journal file created, synced and deleted
+    (MLflow commits several times per trial run). Each commit stays durable (``synchronous`` is
+    left at its default, FULL). The log lives beside the store (``mlflow.db-wal``, ``-shm``) while
+    a connection is open: copy a live store with SQLite's ``.backup``, not ``cp``.
+    """
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    finally:
+        db.close()  # the last connection checkpoints the log and removes it
+    if mode != "wal":  # e.g. a file system without shared memory: the store works as before
+        log.debug("SQLite kept journal mode %r for %s", mode, path)
 
 
 def _cache_dir() -> Path:

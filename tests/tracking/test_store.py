@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -121,6 +123,30 @@ def test_a_new_sqlite_store_is_seeded_from_the_cached_schema_and_works(tmp_path,
     store.client.log_metric(run, "m", 1.0)
     assert MlflowClient(f"sqlite:///{second}").get_run(run).data.metrics == {"m": 1.0}
     assert MlflowClient(f"sqlite:///{first}").search_experiments()[0].name == "Default"
+
+
+def test_a_seeded_store_logs_ahead_so_a_reader_does_not_block_the_writer(tmp_path):
+    """``mlflow ui`` reading mid-sweep must not stall the sweep's writes; in SQLite's default
+    rollback-journal mode an open read transaction blocks every commit."""
+    import sqlite3
+
+    from tracking.store import seed_sqlite_store
+
+    path = tmp_path / "mlflow.db"
+    assert seed_sqlite_store(path, tmp_path / "cache")
+    assert not Path(f"{path}-wal").exists()  # the seeding connection checkpointed its log
+    reader = sqlite3.connect(path, timeout=0.1)
+    assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store = Store(f"sqlite:///{path}")
+    exp = store.ensure_experiment("exp")
+    run = store.start_parent(exp, "sweep", {})
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM runs").fetchone() == (1,)  # holds a snapshot
+    store.client.log_metric(run, "m", 1.0)  # commits while the read transaction is open
+    assert reader.execute("SELECT count(*) FROM metrics").fetchone() == (0,)  # its snapshot
+    reader.execute("COMMIT")
+    assert reader.execute("SELECT value FROM metrics").fetchall() == [(1.0,)]
+    reader.close()
 
 
 def _counting(store, calls):
