@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -106,6 +107,7 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         self._end(trial_id, last, error)
 
     def _end(self, trial_id: str, last: dict[str, Any] | None, error: str | None) -> None:
+        self._tagged.difference_update((trial_id, k) for k in STRING_KEYS)
         status = trial_status(last, errored=error is not None)
         tags = {keys.TAG_STATUS: status}
         if status == "failed":
@@ -130,7 +132,8 @@ class ProgressView(_DriverOnly, Callback):
     """A live, one-line view of the sweep instead of Ray's log stream.
 
     ``verbosity`` 0 prints nothing, 1 a status line when a trial ends (and at most every 10 s),
-    2 also one line per result.
+    2 also one line per result. ``forgotten`` counts, by status, the ended trials that Tune no
+    longer lists (the sweep's ledger, :mod:`orchestrator.tune_memory`).
     """
 
     def __init__(
@@ -140,9 +143,11 @@ class ProgressView(_DriverOnly, Callback):
         total: int | None,
         verbosity: int = 1,
         out: TextIO = sys.stderr,
+        forgotten: Mapping[str, int] | None = None,
     ) -> None:
         self.metric, self.mode, self.total = metric, mode, total
         self.verbosity, self.out = verbosity, out
+        self.forgotten = forgotten if forgotten is not None else {}
         self.best: tuple[float, str] | None = None
         self.started = time.monotonic()
         self._last_print = 0.0
@@ -184,7 +189,9 @@ class ProgressView(_DriverOnly, Callback):
     def _status(self, trials: list, ended: Any = None, errored: bool = False) -> None:
         """One status line; ``ended`` is the trial whose end triggered it (Tune still shows it
         as RUNNING while its callbacks run)."""
-        counts = {"running": 0, "completed": 0, "stopped": 0, "failed": 0, "pending": 0}
+        counts = {"running": 0, "pending": 0, "completed": 0, "stopped": 0, "failed": 0}
+        for status in ("completed", "stopped", "failed"):
+            counts[status] += self.forgotten.get(status, 0)
         for t in trials:
             if t is ended:
                 counts[trial_status(t.last_result, errored=errored)] += 1

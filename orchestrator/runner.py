@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Problem, RunError, SpecError
-from orchestrator.results import result_metrics, trial_error_text, trial_status
+from orchestrator.ledger import LEDGER_FILE, FinishedTrial, TrialLedger, last_result
+from orchestrator.results import result_metrics, trial_error_text
 from orchestrator.schedulers import build_param_space, build_scheduler, has_grid
 from orchestrator.space import flatten_params, resolve, template_of
 from orchestrator.spec import ExperimentSpec
@@ -82,6 +83,7 @@ def run_experiment(
     resume: bool = False,
     verbosity: int = 1,
     workdir: str | os.PathLike = ".",
+    keep_finished: bool = False,
 ) -> SweepResult:
     """Run ``spec`` as one sweep and promote its best model.
 
@@ -92,6 +94,11 @@ def run_experiment(
         resume: continue the newest interrupted sweep of this experiment (same trials, same runs).
         verbosity: 0 quiet, 1 progress lines, 2 one line per result plus worker logs.
         workdir: where the embedded store (``podium-runs/``) lives when no URI is given.
+        keep_finished: let Ray Tune keep every ended trial in the driver's memory and in its
+            experiment state, as plain Tune does (tens of KB per trial). By default Podium takes
+            a terminated trial out of Tune once the sweep's ledger has it
+            (:mod:`orchestrator.tune_memory`), so the driver's memory stays flat; the ledger is
+            written either way.
 
     Raises:
         RunError: Ray or MLflow failed, or there is no sweep to resume.
@@ -148,7 +155,9 @@ def run_experiment(
     )
     warming.start()
     try:
-        grid = _fit(spec, template, writer, ray_path, resume, verbosity, extras, first_result)
+        finished = _fit(
+            spec, template, writer, ray_path, resume, verbosity, extras, first_result, keep_finished
+        )
     except BaseException as e:  # Ctrl-C too: Ray's processes must not outlive the driver
         _shutdown_ray(started_ray)
         if isinstance(e, Exception):
@@ -166,7 +175,7 @@ def run_experiment(
     stopping.start()
     warming.join()  # matplotlib and model logging are not to be used from two threads at once
     try:
-        return _conclude(spec, uri, store, parent_id, grid, template, writer, clock)
+        return _conclude(spec, uri, store, parent_id, finished, template, writer, clock)
     finally:
         stopping.join()
 
@@ -176,21 +185,22 @@ def _conclude(
     uri: str,
     store: Store,
     parent_id: str,
-    grid: Any,
+    finished: dict[str, FinishedTrial],
     template: dict[str, Any],
     writer: RunWriter,
     clock: _Phases,
 ) -> SweepResult:
     """After the sweep: select, promote, publish the reports, end the parent run."""
-    rows, checkpoints = _rows(grid, template, writer)
+    rows = _rows(finished, template, writer)
     policy = policy_from(asdict(spec.promotion))
     candidates = [Candidate(r.trial_id, r.metrics, r.status, r.run_id, r.params) for r in rows]
     decision = select_best(candidates, policy)
     promotion = None
     if spec.promotion.enabled and decision.winner is not None:
-        promotion = promote_trial(
-            spec, uri, decision, checkpoints[decision.winner.trial_id], policy
-        )
+        checkpoint = finished[decision.winner.trial_id].checkpoint
+        if checkpoint is None:
+            raise RunError(f"the winner {decision.winner.trial_id} left no checkpoint to promote")
+        promotion = promote_trial(spec, uri, decision, checkpoint, policy)
     clock.mark("promote")
     _publish(store, parent_id, rows, candidates, policy, decision, promotion)
     store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
@@ -414,14 +424,22 @@ def _fit(
     verbosity: int,
     extras: dict[str, Any],
     first_result: threading.Event,
-) -> Any:
+    keep_finished: bool = False,
+) -> dict[str, FinishedTrial]:
+    """Run (or resume) the Tune sweep; every trial that ended, by id."""
+    import ray
     from ray import tune
 
     from orchestrator.callbacks import CallbackRelay, FirstResult, MlflowTrialLogger, ProgressView
-    from orchestrator.tune_memory import ForgetFinishedTrials
+    from orchestrator.tune_memory import ForgetFinishedTrials, SilentTrialProgress
 
     trainable = tune.with_resources(make_trainable(template, spec, extras), _resources(spec))
-    # Under Ray Client, Tune's driver runs on the head; the relay keeps these callbacks here.
+    ledger = TrialLedger(Path(ray_path, LEDGER_FILE))
+    # Under Ray Client, Tune's driver runs on the head: the relay keeps the MLflow logger and the
+    # progress view here, and finished trials there only lose their statistics (the ledger is
+    # here).
+    remote = ray.util.client.ray.is_connected()
+    forget = ForgetFinishedTrials(None if remote else ledger, keep=keep_finished)
     logger = MlflowTrialLogger(writer, template)
     relay = CallbackRelay(
         [
@@ -431,10 +449,11 @@ def _fit(
                 spec.search.mode,
                 None if has_grid(spec) else spec.search.num_samples,
                 verbosity,
+                forgotten=ledger.counts,
             ),
             FirstResult(first_result),
         ],
-        with_tune=[ForgetFinishedTrials()],
+        with_tune=[forget] if keep_finished else [forget, SilentTrialProgress()],
     )
     if resume:
         tuner = tune.Tuner.restore(
@@ -442,9 +461,9 @@ def _fit(
         )
         relay.install(tuner)
         with relay:
-            grid = tuner.fit()
-        _settle_ended_trials(grid, logger)
-        return grid
+            finished = _finished_trials(tuner.fit(), ledger)
+        _settle_ended_trials(finished, logger)
+        return finished
     param_space, search_alg = build_param_space(spec)
     s = spec.search
     tuner = tune.Tuner(
@@ -470,20 +489,41 @@ def _fit(
         ),
     )
     with relay:
-        return tuner.fit()
+        return _finished_trials(tuner.fit(), ledger)
 
 
-def _settle_ended_trials(grid: Any, logger: Any) -> None:
+def _finished_trials(grid: Any, ledger: TrialLedger) -> dict[str, FinishedTrial]:
+    """The trials Tune let go of during the sweep (the ledger) and those it still held."""
+    finished = ledger.entries()
+    for result in grid:
+        trial = _from_result(result)
+        finished[trial.trial_id] = trial
+    return finished
+
+
+def _from_result(result: Any) -> FinishedTrial:
+    error = None
+    if result.error is not None:
+        error = (str(result.error).splitlines() or [repr(result.error)])[-1]
+    return FinishedTrial(
+        _result_trial_id(result),
+        last_result(result.metrics),
+        dict(result.config or {}),
+        result.checkpoint.path if result.checkpoint is not None else None,
+        error,
+    )
+
+
+def _settle_ended_trials(finished: dict[str, FinishedTrial], logger: Any) -> None:
     """Complete the runs of trials that ended before the driver was killed but whose last
     epochs and end had not reached MLflow (Tune restores them as ended and reports nothing)."""
     from workers.trainable import checkpoint_history
 
-    for result in grid:
-        trial_id = _result_trial_id(result)
-        if not logger.needs_settling(trial_id):
+    for trial in finished.values():
+        if not logger.needs_settling(trial.trial_id):
             continue  # the common case, decided without reading the checkpoint
-        error = str(result.error).splitlines()[-1] if result.error else None
-        logger.settle(trial_id, result.metrics or {}, error, checkpoint_history(result.checkpoint))
+        history = checkpoint_history(trial.checkpoint)
+        logger.settle(trial.trial_id, trial.last, trial.error, history)
 
 
 def make_trainable(
@@ -515,28 +555,24 @@ def _resources(spec: ExperimentSpec) -> dict[str, float]:
 
 
 def _rows(
-    grid: Any, template: dict[str, Any], writer: RunWriter
-) -> tuple[list[TrialRow], dict[str, Any]]:
-    rows, checkpoints = [], {}
-    for result in grid:
-        last = result.metrics or {}
-        trial_id = _result_trial_id(result)
-        status = trial_status(last, errored=result.error is not None)
-        error = str(last.get(keys.FAILED) or "") or (
-            str(result.error).splitlines()[-1] if result.error else None
-        )
+    finished: dict[str, FinishedTrial], template: dict[str, Any], writer: RunWriter
+) -> list[TrialRow]:
+    """One row per ended trial, in the order Tune created them (trial ids count up)."""
+    rows = []
+    for trial_id in sorted(finished):
+        trial = finished[trial_id]
+        error = str(trial.last.get(keys.FAILED) or "") or trial.error
         rows.append(
             TrialRow(
                 trial_id,
                 writer.run_id(trial_id),
-                status,
-                result_metrics(last),
-                flatten_params(resolve(template, result.config)) if result.config else {},
+                trial.status,
+                result_metrics(trial.last),
+                flatten_params(resolve(template, trial.config)) if trial.config else {},
                 error or None,
             )
         )
-        checkpoints[trial_id] = result.checkpoint
-    return rows, checkpoints
+    return rows
 
 
 def _result_trial_id(result: Any) -> str:
@@ -576,24 +612,24 @@ def _publish(
 
 
 def promote_trial(
-    spec: ExperimentSpec, uri: str, decision: Decision, checkpoint: Any, policy: Any = None
+    spec: ExperimentSpec, uri: str, decision: Decision, checkpoint: str, policy: Any = None
 ) -> Promotion:
-    """Log the winner's model to its run and register it under the spec's model name and alias."""
+    """Log the winner's model to its run and register it under the spec's model name and alias.
+
+    ``checkpoint`` is the folder of the winner's newest checkpoint.
+    """
     from workers.tasks import load_task
     from workers.trainable import ARTIFACTS_DIR, load_trial_model
 
     winner = decision.winner
     assert winner is not None and winner.run_id is not None
-    with checkpoint.as_directory() as folder:
-        model, meta = load_trial_model(folder)
-        data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
-        example = data.x_test[:4].numpy()  # batch > 1: the ONNX export keeps the batch dynamic
-        # A recipe's compressed, measured ONNX file is what serving uses; without one the
-        # registry exports the fp32 model itself.
-        onnx = Path(folder, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)
-        model_uri = log_torch_model(
-            winner.run_id, model, example, uri, onnx if onnx.exists() else None
-        )
+    model, meta = load_trial_model(checkpoint)
+    data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
+    example = data.x_test[:4].numpy()  # batch > 1: the ONNX export keeps the batch dynamic
+    # A recipe's compressed, measured ONNX file is what serving uses; without one the registry
+    # exports the fp32 model itself.
+    onnx = Path(checkpoint, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)
+    model_uri = log_torch_model(winner.run_id, model, example, uri, onnx if onnx.exists() else None)
     tags = {
         keys.TAG_SPEC_HASH: spec.spec_hash(),
         keys.TAG_EXPERIMENT: spec.name,

@@ -243,9 +243,12 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
 
 
 def checkpoint_history(checkpoint: Any) -> list[dict[str, float]]:
-    """The per-epoch metrics a trial's checkpoint covers, in epoch order ([] if it has none)."""
+    """The per-epoch metrics a trial's checkpoint (a Tune checkpoint or its folder) covers, in
+    epoch order ([] if it has none)."""
     if checkpoint is None:
         return []
+    if isinstance(checkpoint, (str, os.PathLike)):
+        return list(_read_history(checkpoint).get("epochs", []))
     with checkpoint.as_directory() as folder:
         return list(_read_history(folder).get("epochs", []))
 

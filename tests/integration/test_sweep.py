@@ -103,3 +103,24 @@ def test_sweep_publishes_its_plots_on_the_parent_run(sweep):
     result, client, _ = sweep
     names = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {keys.PARETO_PLOT_ARTIFACT, keys.CURVES_PLOT_ARTIFACT} <= names
+
+
+def test_tune_let_go_of_every_trial_and_the_ledger_has_them(sweep):
+    """Tune's saved state ends with no finished trial in it (the driver's memory stays flat);
+    the sweep's ledger, beside it, has each one, as the rows show them."""
+    import json
+    from pathlib import Path
+
+    from orchestrator.ledger import LEDGER_FILE, TrialLedger
+
+    result, client, _ = sweep
+    experiment = Path(client.get_run(result.parent_run_id).data.tags[keys.TAG_RAY_PATH])
+    state = json.loads(max(experiment.glob("experiment_state-*.json")).read_text())
+    assert state["trial_data"] == []
+    entries = TrialLedger(experiment / LEDGER_FILE).entries()
+    assert set(entries) == {r.trial_id for r in result.rows}
+    for row in result.rows:
+        entry = entries[row.trial_id]
+        assert entry.status == row.status == "completed"
+        assert entry.last[keys.TEST_ACCURACY] == row.metrics[keys.TEST_ACCURACY]
+        assert Path(entry.checkpoint).is_dir()

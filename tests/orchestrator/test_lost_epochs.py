@@ -93,3 +93,27 @@ def test_a_trial_that_failed_unrecorded_is_ended_failed_with_its_error(killed_af
     assert run.info.status == "FAILED"
     assert run.data.tags[keys.TAG_STATUS] == "failed"
     assert run.data.tags[keys.TAG_ERROR] == "RuntimeError: worker died"
+
+
+def test_a_trial_an_earlier_driver_put_in_the_ledger_is_settled_from_it(
+    killed_after_three_epochs, tmp_path
+):
+    """The killed driver had recorded the trial's end in the sweep's ledger (and Tune had let go
+    of it) before MLflow got its last epochs: the resumed driver settles it from the ledger."""
+    import json
+
+    from orchestrator.ledger import FinishedTrial
+    from orchestrator.runner import _settle_ended_trials
+    from workers.trainable import HISTORY_FILE
+
+    store, exp, parent, run_id = killed_after_three_epochs
+    ckpt = tmp_path / "checkpoint_000004"
+    ckpt.mkdir()
+    history = {"trial_id": "t1", "epochs": [epoch(n) for n in range(1, 6)]}
+    (ckpt / HISTORY_FILE).write_text(json.dumps(history))
+    last = {**epoch(5), keys.TEST_ACCURACY: 0.9, keys.DONE: True}
+    logger, writer = resumed(store, exp, parent)
+    _settle_ended_trials({"t1": FinishedTrial("t1", last, {}, str(ckpt))}, logger)
+    assert writer.close(timeout_s=60)
+    assert steps(store, run_id) == [(n, n / 10) for n in range(1, 6)]
+    assert store.client.get_run(run_id).data.tags[keys.TAG_STATUS] == "completed"

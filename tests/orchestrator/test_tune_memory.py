@@ -1,10 +1,33 @@
-"""A finished trial's running statistics are dropped; what selection reads stays."""
+"""Ray Tune lets go of every terminated trial; the ledger has what the end of the sweep needs.
+
+The sweep tests run a real Tune on a local Ray with a tiny function trainable (no MLflow): what
+is checked is what Tune itself still holds, in memory and in its saved experiment state.
+"""
 
 from __future__ import annotations
 
+import gc
+import json
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from ray import tune
 from ray.tune.experiment import Trial
 
-from orchestrator.tune_memory import ForgetFinishedTrials, forget_statistics
+from orchestrator.ledger import LEDGER_FILE, TrialLedger
+from orchestrator.runner import _QUIET_TUNE
+from orchestrator.tune_memory import (
+    ForgetFinishedTrials,
+    SilentTrialProgress,
+    forget_statistics,
+    return_freed_heap,
+)
+
+TRIALS = 12
 
 
 def _trial_with_history(epochs: int) -> Trial:
@@ -16,7 +39,7 @@ def _trial_with_history(epochs: int) -> Trial:
     return trial
 
 
-def test_forgetting_keeps_the_last_result_and_shrinks_the_saved_state():
+def test_forgetting_statistics_keeps_the_last_result_and_shrinks_the_saved_state():
     trial = _trial_with_history(10)
     before = len(trial.run_metadata.get_json_state())
     assert "val_accuracy" in trial.metric_analysis
@@ -27,9 +50,165 @@ def test_forgetting_keeps_the_last_result_and_shrinks_the_saved_state():
     assert after < before / 2
 
 
-def test_the_callback_forgets_completed_and_errored_trials():
+def test_without_a_ledger_ended_trials_only_lose_their_statistics():
     done, failed = _trial_with_history(3), _trial_with_history(3)
     callback = ForgetFinishedTrials()
     callback.on_trial_complete(iteration=1, trials=[done, failed], trial=done)
     callback.on_trial_error(iteration=1, trials=[done, failed], trial=failed)
     assert done.metric_analysis == {} and failed.metric_analysis == {}
+    assert callback.forgotten == 0
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmRSS:"))
+
+
+def test_freed_c_heap_goes_back_to_the_os():
+    """Memory a thread freed between blocks still in use stays resident until trimmed."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    kept: list[int] = []
+
+    def churn() -> None:  # 512 x 64 KiB in this thread's arena, each followed by a kept block
+        blocks = []
+        for _ in range(512):
+            blocks.append(libc.malloc(64 * 1024))
+            kept.append(libc.malloc(64))
+        for b in blocks:
+            ctypes.memset(b, 1, 64 * 1024)
+        for b in blocks:
+            libc.free(b)
+
+    before = _rss_mib()
+    worker = threading.Thread(target=churn)
+    worker.start()
+    worker.join()
+    freed_but_resident = _rss_mib() - before
+    assert freed_but_resident > 24  # of the 32 MiB freed
+    assert return_freed_heap()
+    assert _rss_mib() - before < freed_but_resident - 24
+    for b in kept:
+        libc.free(b)
+
+
+# ------------------------------------------------------------------------------ a real Tune sweep
+
+
+def _train(config: dict[str, Any]) -> None:
+    for epoch in range(1, 4):
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "state.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report(
+                {"epoch": epoch, "score": config["x"] * epoch, "done_marker": epoch == 3},
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
+
+
+class _Watch(tune.Callback):
+    """Records how many terminated trials Tune's trial list holds at each step's end, and how
+    many completed trials are still alive anywhere in the driver when the experiment ends."""
+
+    def __init__(self) -> None:
+        self.terminated_held: list[int] = []
+        self.ended: list[weakref.ref] = []
+        self.alive_at_end: int | None = None
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.append(weakref.ref(trial))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.terminated_held.append(sum(t.status == Trial.TERMINATED for t in trials))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        gc.collect()
+        self.alive_at_end = sum(ref() is not None for ref in self.ended)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    with pytest.MonkeyPatch.context() as env:
+        for k, v in _QUIET_TUNE.items():  # as `podium run` sets them (no CSV/JSON loggers)
+            env.setenv(k, v)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
+
+
+def _sweep(path: Path, callbacks: list) -> tuple[Any, _Watch]:
+    watch = _Watch()
+    tuner = tune.Tuner(
+        _train,
+        param_space={"x": tune.grid_search([float(i) for i in range(TRIALS)])},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name="exp",
+            storage_path=str(path),
+            callbacks=[*callbacks, watch],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return tuner.fit(), watch
+
+
+def _saved_statuses(experiment: Path) -> list[str]:
+    state = max(experiment.glob("experiment_state-*.json"))  # the newest session's
+    trials = json.loads(state.read_text())["trial_data"]
+    return [json.loads(trial_json)["status"] for trial_json, _ in trials]
+
+
+def test_tune_lets_go_of_terminated_trials_and_the_ledger_has_them(local_ray, tmp_path):
+    ledger = TrialLedger(tmp_path / "exp" / LEDGER_FILE)
+    forget = ForgetFinishedTrials(ledger)
+    grid, watch = _sweep(tmp_path, [forget, SilentTrialProgress()])
+
+    assert forget.forgotten == TRIALS
+    assert max(watch.terminated_held) == 0  # gone by the end of the step each one ended in
+    assert len(grid) == 0 and _saved_statuses(tmp_path / "exp") == []
+    assert watch.alive_at_end == 0  # nothing else in the driver keeps them
+    entries = ledger.entries()
+    assert sorted(e.config["x"] for e in entries.values()) == [float(i) for i in range(TRIALS)]
+    for entry in entries.values():
+        assert entry.last["epoch"] == 3 and entry.last["score"] == 3 * entry.config["x"]
+        assert entry.status == "stopped"  # no Podium "done" marker in this trainable
+        assert entry.error is None and "config" not in entry.last
+        # The newest checkpoint is the last epoch's, and it is still there.
+        assert json.loads(Path(entry.checkpoint, "state.json").read_text()) == {"epoch": 3}
+    assert ledger.counts == {"stopped": TRIALS}
+
+
+def test_with_keep_tune_holds_every_trial_until_the_end_and_the_ledger_has_them(
+    local_ray, tmp_path
+):
+    """The same sweep as plain Tune runs it: what the test above proves gone, Tune holds."""
+    ledger = TrialLedger(tmp_path / "exp" / LEDGER_FILE)
+    grid, watch = _sweep(tmp_path, [ForgetFinishedTrials(ledger, keep=True)])
+    assert len(ledger.entries()) == TRIALS
+    assert max(watch.terminated_held) == TRIALS
+    assert len(grid) == TRIALS and _saved_statuses(tmp_path / "exp") == ["TERMINATED"] * TRIALS
+    assert watch.alive_at_end == TRIALS
+
+
+def test_tunes_own_progress_printer_would_keep_forgotten_trials(local_ray, tmp_path):
+    """Without SilentTrialProgress, Tune adds its printer, which holds every trial it saw."""
+    forget = ForgetFinishedTrials(TrialLedger(tmp_path / "exp" / LEDGER_FILE))
+    _, watch = _sweep(tmp_path, [forget])
+    assert forget.forgotten == TRIALS and max(watch.terminated_held) == 0
+    assert watch.alive_at_end == TRIALS
+
+
+def test_a_resumed_controller_hands_its_ended_trials_to_the_ledger(local_ray, tmp_path):
+    """Trials Tune restores as ended go to the ledger at set-up, once each."""
+    _sweep(tmp_path, [ForgetFinishedTrials(None)])  # an earlier driver kept them all
+    ledger = TrialLedger(tmp_path / "exp" / LEDGER_FILE)
+    forget = ForgetFinishedTrials(ledger)
+    tuner = tune.Tuner.restore(str(tmp_path / "exp"), trainable=_train)
+    tuner._local_tuner._run_config.callbacks = [forget, SilentTrialProgress()]
+    assert len(tuner.fit()) == 0
+    assert forget.forgotten == TRIALS and len(ledger.entries()) == TRIALS
+    assert _saved_statuses(tmp_path / "exp") == []

@@ -1,0 +1,70 @@
+"""The ledger of finished trials: what goes in comes back, a torn line costs only itself."""
+
+from __future__ import annotations
+
+import math
+
+from orchestrator.ledger import FinishedTrial, TrialLedger, last_result
+from tracking import keys
+
+
+def trial(trial_id: str, **last: object) -> FinishedTrial:
+    return FinishedTrial(trial_id, dict(last), {"optimizer.lr": 0.01, "hidden": [32, 16]}, None)
+
+
+def test_entries_come_back_as_written_with_nan_and_lists(tmp_path):
+    ledger = TrialLedger(tmp_path / "exp" / "ledger.jsonl")  # the folder is made on first write
+    ledger.append(trial("t1", **{keys.DONE: True, keys.TEST_ACCURACY: 0.93}))
+    diverged = FinishedTrial("t2", {keys.FAILED: "loss is nan", "train_loss": math.nan}, {}, "/c")
+    ledger.append(diverged)
+    got = TrialLedger(ledger.path).entries()
+    assert got["t1"] == trial("t1", **{keys.DONE: True, keys.TEST_ACCURACY: 0.93})
+    assert math.isnan(got["t2"].last["train_loss"]) and got["t2"].checkpoint == "/c"
+    assert got["t1"].status == "completed" and got["t2"].status == "failed"
+
+
+def test_a_trial_recorded_twice_is_its_newest_line(tmp_path):
+    ledger = TrialLedger(tmp_path / "ledger.jsonl")
+    ledger.append(trial("t1", epoch=3))
+    ledger.append(trial("t1", epoch=6, **{keys.DONE: True}))
+    assert ledger.entries()["t1"].last == {"epoch": 6, keys.DONE: True}
+
+
+def test_a_torn_last_line_is_skipped_and_the_rest_read(tmp_path, caplog):
+    ledger = TrialLedger(tmp_path / "ledger.jsonl")
+    ledger.append(trial("t1"))
+    with open(ledger.path, "a") as f:
+        f.write('{"trial_id": "t2", "last": {"epo')  # a driver killed mid-write
+    assert list(TrialLedger(ledger.path).entries()) == ["t1"]
+    assert "ledger.jsonl:2: skipping an unreadable line" in caplog.text
+
+
+def test_counts_include_an_earlier_drivers_trials_once(tmp_path):
+    first = TrialLedger(tmp_path / "ledger.jsonl")
+    first.append(trial("t1", **{keys.DONE: True}))
+    first.append(trial("t2"))
+    assert first.counts == {"completed": 1, "stopped": 1}
+    resumed = TrialLedger(first.path)
+    assert resumed.counts == {"completed": 1, "stopped": 1}
+    resumed.append(trial("t2"))  # Tune restored it as ended too: recorded again, counted once
+    resumed.append(FinishedTrial("t3", {}, {}, None, error="RuntimeError: boom"))
+    assert resumed.counts == {"completed": 1, "stopped": 1, "failed": 1}
+
+
+def test_last_result_keeps_plain_values_only():
+    result = {
+        "val_accuracy": 0.9,
+        keys.DONE: True,
+        keys.NODE: "worker-1",
+        "nothing": None,
+        "config": {"optimizer": {"lr": 0.1}},  # kept once, as the entry's config
+        keys.REPLAY: [{"epoch": 1}],  # a restored history: in MLflow already
+        "hist": [1, 2, 3],
+    }
+    assert last_result(result) == {
+        "val_accuracy": 0.9,
+        keys.DONE: True,
+        keys.NODE: "worker-1",
+        "nothing": None,
+    }
+    assert last_result(None) == {}
