@@ -222,6 +222,10 @@ class RunWriter:
     Every call only enqueues. Child runs are created lazily, so a trial can report before the
     tracking server is back. A metric step already logged is never logged again (a trial resumed
     from a checkpoint re-reports nothing twice).
+
+    The queue is bounded: once ``max_backlog`` ops wait (the store has been down, or slower than
+    the sweep, for that long), a call waits for room instead of growing the driver's memory
+    without end. Trials then wait at their next report; none fails, and nothing is lost.
     """
 
     def __init__(
@@ -232,10 +236,14 @@ class RunWriter:
         existing: dict[str, Any] | None = None,
         retry_s: float = 1.0,
         linger_s: float = 0.25,
+        max_backlog: int = 20_000,
     ) -> None:
         self.store, self.experiment_id, self.parent_run_id = store, experiment_id, parent_run_id
         self.retry_s = retry_s
         self.linger_s = linger_s
+        # ~2 KB an op (a report's metrics, a trial's params): ~40 MB at most; a 30 s outage of
+        # a 25-trials/s sweep of one-epoch trials queues ~4,000.
+        self.max_backlog = max_backlog
         self.runs: dict[str, _TrialRun] = {}
         for trial_id, run in (existing or {}).items():
             steps = {}
@@ -298,8 +306,23 @@ class RunWriter:
 
     def _put(self, trial_id: str, op: str, arg: Any) -> None:
         with self._lock:
+            if self._pending >= self.max_backlog:
+                self._wait_for_room()
             self._pending += 1
         self._queue.put((trial_id, op, arg))
+
+    def _wait_for_room(self) -> None:
+        """Wait until the writer has worked the queue down to half the limit (not just below
+        it: a sweep faster than its store then waits now and then, not at every report)."""
+        log.warning(
+            "%d MLflow writes are waiting (the tracking store is down or slower than the "
+            "sweep); the sweep waits for it",
+            self._pending,
+        )
+        started = time.monotonic()
+        while self._pending > self.max_backlog // 2 and self._thread.is_alive():
+            self._lock.wait(0.5)
+        log.info("MLflow writes caught up after %.0f s", time.monotonic() - started)
 
     def _loop(self) -> None:
         while True:

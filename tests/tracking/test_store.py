@@ -201,3 +201,34 @@ def test_a_refused_value_costs_only_its_own_op(store):
     assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.7)]
     assert "a/../b" not in run.data.tags
     assert writer.failures >= 2  # the merged write, then the bad op alone
+
+
+def test_a_full_queue_makes_callers_wait_until_the_store_catches_up(store, tmp_path, caplog):
+    """The writer's queue is bounded: with the store locked, reports past the limit wait (the
+    sweep's memory stays bounded); once the store is back, every one of them lands."""
+    import sqlite3
+    import threading
+
+    exp = store.ensure_experiment("exp")
+    parent = store.start_parent(exp, "sweep", {})
+    writer = RunWriter(store, exp, parent, retry_s=0.1, linger_s=0.0, max_backlog=4)
+    reported = threading.Event()
+
+    def report() -> None:
+        for step in range(1, 11):
+            writer.log_metrics("t", {keys.VAL_ACCURACY: step / 10}, step)
+        reported.set()
+
+    lock = sqlite3.connect(tmp_path / "mlflow.db", timeout=60, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # the store is unavailable: writes fail and are retried
+    threading.Thread(target=report, daemon=True).start()
+    try:
+        assert not reported.wait(3), "the reports did not wait for a full queue"
+        assert writer._pending <= 4
+        assert "MLflow writes are waiting" in caplog.text
+    finally:
+        lock.close()
+    assert reported.wait(60)
+    assert writer.close(timeout_s=60)
+    history = store.client.get_metric_history(writer.run_id("t"), keys.VAL_ACCURACY)
+    assert sorted(m.step for m in history) == list(range(1, 11))
