@@ -132,18 +132,25 @@ class ForgetFinishedTrials(Callback):
         if self._ended:
             self._let_go()
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # The controller holds this callback: holding the controller back would make a cycle
+        # that the garbage collector may free after ray.shutdown(), and Ray's core worker ends
+        # the process when a handle is released after shutdown.
+        self._controller = None
+        self._ended = []
+
     def _let_go(self) -> None:
         assert self.ledger is not None
-        still_ending = []
+        waiting = []
         for trial in self._ended:
-            if trial.status != Trial.TERMINATED:
-                still_ending.append(trial)
+            if trial.status != Trial.TERMINATED or self._one_listed():
+                waiting.append(trial)  # Tune is still ending it, or it must stay for now
                 continue
             self.ledger.append(finished_trial(trial))  # first on disk, then out of memory
             if not self.keep:
                 _drop(self._controller, trial)
                 self.forgotten += 1
-        self._ended = still_ending
+        self._ended = waiting
         if self.keep:
             return
         _forget_encoder_log_once()
@@ -151,6 +158,15 @@ class ForgetFinishedTrials(Callback):
         if self.forgotten >= self._trimmed_at + TRIM_EVERY:
             self._trimmed_at = self.forgotten
             return_freed_heap()
+
+    def _one_listed(self) -> bool:
+        """Whether Tune lists one trial only: the last one stays until another comes.
+
+        Ray 2.58 cannot resume from a saved state that lists no trial (it takes its staging
+        folder from the first one, fails, and starts the whole experiment over), and a sweep
+        whose trials have all ended, its driver killed before the end, must resume as done.
+        """
+        return not self.keep and len(self._controller._trials) == 1
 
 
 class SilentTrialProgress(TrialProgressCallback):

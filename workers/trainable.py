@@ -247,7 +247,7 @@ def checkpoint_history(checkpoint: Any) -> list[dict[str, float]]:
     epoch order ([] if it has none)."""
     if checkpoint is None:
         return []
-    if isinstance(checkpoint, (str, os.PathLike)):
+    if not hasattr(checkpoint, "as_directory"):  # a folder (a Tune checkpoint is path-like too)
         return list(_read_history(checkpoint).get("epochs", []))
     with checkpoint.as_directory() as folder:
         return list(_read_history(folder).get("epochs", []))

@@ -105,9 +105,10 @@ def test_sweep_publishes_its_plots_on_the_parent_run(sweep):
     assert {keys.PARETO_PLOT_ARTIFACT, keys.CURVES_PLOT_ARTIFACT} <= names
 
 
-def test_tune_let_go_of_every_trial_and_the_ledger_has_them(sweep):
-    """Tune's saved state ends with no finished trial in it (the driver's memory stays flat);
-    the sweep's ledger, beside it, has each one, as the rows show them."""
+def test_tune_let_go_of_the_trials_and_the_ledger_has_them(sweep):
+    """Tune's saved state ends with only the last trial in it (the driver's memory stays flat;
+    Tune cannot resume from a state with none); the sweep's ledger, beside it, has the others,
+    as the rows show them."""
     import json
     from pathlib import Path
 
@@ -116,10 +117,13 @@ def test_tune_let_go_of_every_trial_and_the_ledger_has_them(sweep):
     result, client, _ = sweep
     experiment = Path(client.get_run(result.parent_run_id).data.tags[keys.TAG_RAY_PATH])
     state = json.loads(max(experiment.glob("experiment_state-*.json")).read_text())
-    assert state["trial_data"] == []
+    [(kept, _)] = state["trial_data"]
     entries = TrialLedger(experiment / LEDGER_FILE).entries()
-    assert set(entries) == {r.trial_id for r in result.rows}
+    assert set(entries) | {json.loads(kept)["trial_id"]} == {r.trial_id for r in result.rows}
+    assert len(entries) == len(result.rows) - 1
     for row in result.rows:
+        if row.trial_id not in entries:
+            continue
         entry = entries[row.trial_id]
         assert entry.status == row.status == "completed"
         assert entry.last[keys.TEST_ACCURACY] == row.metrics[keys.TEST_ACCURACY]

@@ -43,3 +43,26 @@ def test_the_monitor_goes_first_and_every_ray_process_ends(tmp_path):
     assert all(code is None for code in got["after_stop"]["gcs_server"])  # the rest still up
     assert all(code is None for code in got["after_stop"]["raylet"])
     assert all(code is not None for codes in got["after_shutdown"].values() for code in codes)
+
+
+def test_garbage_goes_while_ray_is_up_and_none_is_collected_while_it_stops():
+    """Tune's controller is cyclic garbage whose __del__ calls Ray; collected mid-shutdown, it
+    ends the process. The runner collects it first and pauses the collector while Ray stops."""
+    import gc
+    import weakref
+
+    from orchestrator.runner import _collector_paused
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle: only the collector frees it
+    ref = weakref.ref(a)
+    del a, b
+    with _collector_paused(True):
+        assert ref() is None
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with _collector_paused(False):  # Ray does not stop in there: the collector is left alone
+        assert gc.isenabled()

@@ -24,7 +24,6 @@ from orchestrator.tune_memory import (
     ForgetFinishedTrials,
     SilentTrialProgress,
     forget_statistics,
-    return_freed_heap,
 )
 
 TRIALS = 12
@@ -59,41 +58,60 @@ def test_without_a_ledger_ended_trials_only_lose_their_statistics():
     assert callback.forgotten == 0
 
 
-def _rss_mib() -> float:
+# A fresh interpreter: in a long test process, earlier tests' heaps decide where a thread's
+# allocations land.
+_TRIM_SCRIPT = """
+import ctypes, threading
+from orchestrator.tune_memory import return_freed_heap
+
+def rss_mib():
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmRSS:"))
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+kept = []
+
+def churn():  # 512 x 64 KiB in this thread's arena, each followed by a block that stays
+    blocks = []
+    for _ in range(512):
+        blocks.append(libc.malloc(64 * 1024))
+        kept.append(libc.malloc(64))
+    for b in blocks:
+        ctypes.memset(b, 1, 64 * 1024)
+    for b in blocks:
+        libc.free(b)
+
+before = rss_mib()
+worker = threading.Thread(target=churn)
+worker.start()
+worker.join()
+freed = rss_mib()
+trimmed = return_freed_heap()
+print(before, freed, rss_mib(), trimmed)
+"""
 
 
 def test_freed_c_heap_goes_back_to_the_os():
     """Memory a thread freed between blocks still in use stays resident until trimmed."""
-    import ctypes
-    import threading
+    import os
+    import subprocess
+    import sys
 
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    kept: list[int] = []
-
-    def churn() -> None:  # 512 x 64 KiB in this thread's arena, each followed by a kept block
-        blocks = []
-        for _ in range(512):
-            blocks.append(libc.malloc(64 * 1024))
-            kept.append(libc.malloc(64))
-        for b in blocks:
-            ctypes.memset(b, 1, 64 * 1024)
-        for b in blocks:
-            libc.free(b)
-
-    before = _rss_mib()
-    worker = threading.Thread(target=churn)
-    worker.start()
-    worker.join()
-    freed_but_resident = _rss_mib() - before
-    assert freed_but_resident > 24  # of the 32 MiB freed
-    assert return_freed_heap()
-    assert _rss_mib() - before < freed_but_resident - 24
-    for b in kept:
-        libc.free(b)
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", _TRIM_SCRIPT],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    before, freed, after, trimmed = out.stdout.split()
+    assert trimmed == "True"
+    assert float(freed) - float(before) > 24  # of the 32 MiB freed, still resident
+    assert float(freed) - float(after) > 24  # given back
 
 
 # ------------------------------------------------------------------------------ a real Tune sweep
@@ -162,24 +180,32 @@ def _saved_statuses(experiment: Path) -> list[str]:
     return [json.loads(trial_json)["status"] for trial_json, _ in trials]
 
 
+def _trial_dirs(experiment: Path) -> int:
+    return sum(1 for d in experiment.iterdir() if d.is_dir() and d.name.startswith("_train_"))
+
+
 def test_tune_lets_go_of_terminated_trials_and_the_ledger_has_them(local_ray, tmp_path):
     ledger = TrialLedger(tmp_path / "exp" / LEDGER_FILE)
     forget = ForgetFinishedTrials(ledger)
     grid, watch = _sweep(tmp_path, [forget, SilentTrialProgress()])
 
-    assert forget.forgotten == TRIALS
-    assert max(watch.terminated_held) == 0  # gone by the end of the step each one ended in
-    assert len(grid) == 0 and _saved_statuses(tmp_path / "exp") == []
-    assert watch.alive_at_end == 0  # nothing else in the driver keeps them
+    # Each goes at the end of the step it ended in; the last one stays (Tune cannot resume
+    # from a state that lists no trial).
+    assert forget.forgotten == TRIALS - 1
+    assert max(watch.terminated_held) == 1
+    assert len(grid) == 1 and _saved_statuses(tmp_path / "exp") == ["TERMINATED"]
+    assert watch.alive_at_end == 1  # nothing else in the driver keeps the others
     entries = ledger.entries()
-    assert sorted(e.config["x"] for e in entries.values()) == [float(i) for i in range(TRIALS)]
+    assert len(entries) == TRIALS - 1 and grid[0].metrics["trial_id"] not in entries
+    configs = [e.config["x"] for e in entries.values()] + [grid[0].config["x"]]
+    assert sorted(configs) == [float(i) for i in range(TRIALS)]
     for entry in entries.values():
         assert entry.last["epoch"] == 3 and entry.last["score"] == 3 * entry.config["x"]
         assert entry.status == "stopped"  # no Podium "done" marker in this trainable
         assert entry.error is None and "config" not in entry.last
         # The newest checkpoint is the last epoch's, and it is still there.
         assert json.loads(Path(entry.checkpoint, "state.json").read_text()) == {"epoch": 3}
-    assert ledger.counts == {"stopped": TRIALS}
+    assert ledger.counts == {"stopped": TRIALS - 1}
 
 
 def test_with_keep_tune_holds_every_trial_until_the_end_and_the_ledger_has_them(
@@ -198,8 +224,14 @@ def test_tunes_own_progress_printer_would_keep_forgotten_trials(local_ray, tmp_p
     """Without SilentTrialProgress, Tune adds its printer, which holds every trial it saw."""
     forget = ForgetFinishedTrials(TrialLedger(tmp_path / "exp" / LEDGER_FILE))
     _, watch = _sweep(tmp_path, [forget])
-    assert forget.forgotten == TRIALS and max(watch.terminated_held) == 0
+    assert forget.forgotten == TRIALS - 1 and max(watch.terminated_held) == 1
     assert watch.alive_at_end == TRIALS
+
+
+def _resume(experiment: Path, forget: ForgetFinishedTrials) -> Any:
+    tuner = tune.Tuner.restore(str(experiment), trainable=_train)
+    tuner._local_tuner._run_config.callbacks = [forget, SilentTrialProgress()]
+    return tuner.fit()
 
 
 def test_a_resumed_controller_hands_its_ended_trials_to_the_ledger(local_ray, tmp_path):
@@ -207,8 +239,18 @@ def test_a_resumed_controller_hands_its_ended_trials_to_the_ledger(local_ray, tm
     _sweep(tmp_path, [ForgetFinishedTrials(None)])  # an earlier driver kept them all
     ledger = TrialLedger(tmp_path / "exp" / LEDGER_FILE)
     forget = ForgetFinishedTrials(ledger)
-    tuner = tune.Tuner.restore(str(tmp_path / "exp"), trainable=_train)
-    tuner._local_tuner._run_config.callbacks = [forget, SilentTrialProgress()]
-    assert len(tuner.fit()) == 0
-    assert forget.forgotten == TRIALS and len(ledger.entries()) == TRIALS
-    assert _saved_statuses(tmp_path / "exp") == []
+    assert len(_resume(tmp_path / "exp", forget)) == 1
+    assert forget.forgotten == TRIALS - 1 and len(ledger.entries()) == TRIALS - 1
+    assert _saved_statuses(tmp_path / "exp") == ["TERMINATED"]
+    assert _trial_dirs(tmp_path / "exp") == TRIALS  # nothing ran again
+
+
+def test_a_sweep_whose_trials_all_ended_resumes_as_done(local_ray, tmp_path):
+    """A driver killed after the last trial ended (while it selects or promotes): --resume
+    must find the sweep done, not start it over."""
+    _sweep(tmp_path, [ForgetFinishedTrials(TrialLedger(tmp_path / "exp" / LEDGER_FILE))])
+    forget = ForgetFinishedTrials(TrialLedger(tmp_path / "exp" / LEDGER_FILE))
+    grid = _resume(tmp_path / "exp", forget)
+    assert len(grid) == 1 and grid[0].metrics["epoch"] == 3
+    assert _trial_dirs(tmp_path / "exp") == TRIALS  # no trial started over
+    assert forget.forgotten == 0
