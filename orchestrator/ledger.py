@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.results import trial_status
+from orchestrator.results import result_metrics, trial_status
 from tracking import keys
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,16 @@ class FinishedTrial:
         return trial_status(self.last, errored=self.error is not None)
 
 
+# Markers of a result that say how its trial ended and at which epoch.
+_MARKERS = (keys.DONE, keys.FAILED, keys.EPOCH, "training_iteration")
+
+
 def last_result(result: dict[str, Any] | None) -> dict[str, Any]:
-    """The plain values of a Tune result, without what can be large or is Tune's own: the
-    config (kept once, in ``config``) and a restored history (``podium_replay``)."""
-    return {
-        k: v
-        for k, v in (result or {}).items()
-        if k not in ("config", keys.REPLAY) and isinstance(v, (int, float, str, bool, type(None)))
-    }
+    """What the end of the sweep reads of a trial's last Tune result: its metrics and the
+    markers of how and when it ended; not Tune's bookkeeping (times, host, pid), the config
+    (kept once, as the entry's ``config``) or a restored history."""
+    result = result or {}
+    return {**result_metrics(result), **{k: result[k] for k in _MARKERS if k in result}}
 
 
 class TrialLedger:

@@ -24,6 +24,9 @@ from tracking.selection import Candidate, Policy, mark_candidates, rejection
 
 # X axes the Pareto plot tries, in order: latency when a recipe measured it, else size.
 PARETO_X = (keys.LATENCY_MS_P50, keys.MODEL_SIZE_BYTES, keys.PARAM_COUNT)
+# Learning curves of this many trials, best first: more lines are unreadable, and each costs a
+# metric-history query at the end of the sweep.
+CURVES_TOP = 50
 
 
 def leaderboard_rows(
@@ -61,6 +64,21 @@ def leaderboard_rows(
             }
         )
     return rows
+
+
+def curve_trials(
+    candidates: Sequence[Candidate],
+    policy: Policy,
+    champion: str | None = None,
+    top: int = CURVES_TOP,
+) -> list[str]:
+    """The trials whose learning curves are drawn: the ``top`` best in leaderboard order, and
+    the champion wherever it ranks."""
+    ranked = [r["trial_id"] for r in leaderboard_rows(candidates, policy)]
+    chosen = ranked[:top]
+    if champion is not None and champion in ranked and champion not in chosen:
+        chosen.append(champion)
+    return chosen
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -197,11 +215,13 @@ def plot_learning_curves(
     path: str | Path,
     metric: str = keys.VAL_ACCURACY,
     champion: str | None = None,
+    total: int | None = None,
 ) -> Path | None:
     """One line per trial of ``metric`` by epoch; the champion thick, the rest thin.
 
     Args:
         histories: trial id -> [(epoch, value), ...] as logged (``step = epoch``).
+        total: the sweep's number of trials, when ``histories`` holds only the best of them.
     """
     series = {t: sorted(h) for t, h in histories.items() if h}
     if not series:
@@ -221,7 +241,8 @@ def plot_learning_curves(
         )
     ax.set_xlabel(keys.EPOCH)
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch, {len(series)} trials (stopped trials end early)")
+    shown = f"the best {len(series)} of {total}" if total and total > len(series) else len(series)
+    ax.set_title(f"{metric} per epoch, {shown} trials (stopped trials end early)")
     ax.grid(alpha=0.3)
     if champion in series:
         ax.legend(fontsize=8)
@@ -299,7 +320,8 @@ def write_reports(
     histories: Mapping[str, Sequence[tuple[int, float]]] | None = None,
     champion: str | None = None,
 ) -> list[Path]:
-    """Every report into ``folder``: what the adapter logs on the parent run."""
+    """Every report into ``folder``: what the adapter logs on the parent run (learning curves
+    for the trials in ``histories``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out: list[Path | None] = [
@@ -315,7 +337,12 @@ def write_reports(
     )
     if histories:
         out.append(
-            plot_learning_curves(histories, folder / keys.CURVES_PLOT_ARTIFACT, champion=champion)
+            plot_learning_curves(
+                histories,
+                folder / keys.CURVES_PLOT_ARTIFACT,
+                champion=champion,
+                total=len(candidates),
+            )
         )
     return [p for p in out if p is not None]
 
@@ -329,17 +356,18 @@ def publish_reports(
 ) -> list[str]:
     """Write every report and log it on the sweep's parent run (``client``: an MlflowClient).
 
-    Learning curves come from each trial run's ``val_accuracy`` history. Returns the artifact
-    names logged.
+    Learning curves come from the ``val_accuracy`` history of the best trials' runs
+    (:func:`curve_trials`). Returns the artifact names logged.
     """
     import tempfile
 
+    drawn = set(curve_trials(candidates, policy, champion))
     histories = {
         c.trial_id: [
             (m.step, m.value) for m in client.get_metric_history(c.run_id, keys.VAL_ACCURACY)
         ]
         for c in candidates
-        if c.run_id
+        if c.run_id and c.trial_id in drawn
     }
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_reports(candidates, policy, tmp, histories, champion)

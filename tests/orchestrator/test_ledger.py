@@ -51,20 +51,23 @@ def test_counts_include_an_earlier_drivers_trials_once(tmp_path):
     assert resumed.counts == {"completed": 1, "stopped": 1, "failed": 1}
 
 
-def test_last_result_keeps_plain_values_only():
+def test_last_result_keeps_the_metrics_and_how_the_trial_ended():
     result = {
         "val_accuracy": 0.9,
         keys.DONE: True,
-        keys.NODE: "worker-1",
-        "nothing": None,
+        keys.FAILED: "loss is nan",
+        keys.EPOCH: 3,
+        "training_iteration": 3,
+        keys.NODE: "worker-1",  # a tag of the run already
+        "time_this_iter_s": 0.1,  # Tune's bookkeeping
         "config": {"optimizer": {"lr": 0.1}},  # kept once, as the entry's config
         keys.REPLAY: [{"epoch": 1}],  # a restored history: in MLflow already
-        "hist": [1, 2, 3],
     }
     assert last_result(result) == {
         "val_accuracy": 0.9,
         keys.DONE: True,
-        keys.NODE: "worker-1",
-        "nothing": None,
+        keys.FAILED: "loss is nan",
+        keys.EPOCH: 3,
+        "training_iteration": 3,
     }
     assert last_result(None) == {}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tracking import keys
-from tracking.report import leaderboard_rows, plot_pareto, write_reports
+from tracking.report import curve_trials, leaderboard_rows, plot_pareto, write_reports
 from tracking.selection import Candidate, Objective, Policy, select_best
 from workers.models import build_model
 from workers.tasks import load_task
@@ -162,3 +162,12 @@ def test_pareto_plot_falls_back_to_size_and_skips_when_nothing_to_plot(tmp_path)
         plot_pareto([Candidate("a", {keys.TEST_ACCURACY: 0.9})], Policy(), tmp_path / "n.png")
         is None
     )
+
+
+def test_learning_curves_are_drawn_for_the_best_trials_and_the_champion():
+    """A sweep of thousands draws (and queries the histories of) its best 50, not all."""
+    cands = [Candidate(f"t{i:03d}", {keys.TEST_ACCURACY: i / 100}) for i in range(80)]
+    drawn = curve_trials(cands, Policy(), top=50)
+    assert drawn == [f"t{i:03d}" for i in range(79, 29, -1)]  # best first
+    assert curve_trials(cands, Policy(), champion="t005", top=50)[-1] == "t005"
+    assert len(curve_trials(cands[:10], Policy(), champion="t005")) == 10
