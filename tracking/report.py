@@ -282,7 +282,7 @@ def plot_parallel_coordinates(
         if c.trial_id == champion:
             ax.plot(xs, ys, c="tab:red", lw=3, zorder=5, label=f"champion {c.trial_id}")
         else:
-            lines.append(list(zip(xs, ys)))
+            lines.append(list(zip(xs, ys, strict=True)))
             colors.append(cmap(cvals[i]))
     # One artist for all the other trials: thousands of separate lines cost ~10 KB and ~2 ms
     # each to build and draw.
