@@ -1,6 +1,6 @@
 """Orchestration overhead and driver memory for many short trials on a simulated 3-node cluster.
 
-    python benchmarks/scale.py --trials 250 1000          # what docs/BENCHMARKS.md ## Scale quotes
+    python benchmarks/scale.py --trials 1000 3000 --modes forget keep  # BENCHMARKS.md ## Scale
 
 A ``ray.cluster_utils.Cluster`` runs a head node with no CPUs for trials (the driver's node, as
 in the team stack) and two worker nodes with ``--cpus-per-node`` CPUs each. Each size in
@@ -13,16 +13,23 @@ Per-trial overhead = ``wall * slots / trials - work``, where ``work`` is the sam
 timed in-process with no Ray, no Tune and no MLflow, and ``slots`` the trials that can run at
 once. It is the time a slot spends on anything but the trial itself: scheduling, actor reuse,
 result and checkpoint handling, the driver's callbacks, and the CPU the orchestration's own
-processes take from the trials on a small machine. The driver's resident memory is sampled
-every 0.2 s; its growth from the first quarter of the sweep to the end shows whether memory
-stays flat as trials accumulate.
+processes take from the trials on a small machine.
+
+Memory: the driver's resident memory is read, after a garbage collection, each time another tenth
+of the trials has finished (counted in the sweep's ledger of finished trials). Its slope from 30%
+to 90% of the trials, in KiB per finished trial, says whether memory stays flat as trials
+accumulate; the start (imports, Ray's first trials) and the end (selection, plots) are left out.
+``--modes forget keep`` runs each size twice, alternating: as Podium runs (Tune lets go of each
+finished trial) and with ``keep_finished=True`` (Tune keeps them all, as plain Ray Tune does).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -41,15 +48,31 @@ def rss_mib() -> float:
 
 
 class RssSampler(threading.Thread):
-    def __init__(self, period_s: float = 0.2) -> None:
+    """Resident memory every ``period_s``, and after a garbage collection each time another
+    tenth of ``trials`` has finished (the lines of the sweep's ledger under ``storage``)."""
+
+    def __init__(self, storage: Path, trials: int, period_s: float = 0.2) -> None:
         super().__init__(daemon=True)
-        self.period_s, self.samples, self._stop_event = period_s, [], threading.Event()
+        self.storage, self.trials, self.period_s = storage, trials, period_s
+        self.samples: list[tuple[float, float]] = []
+        self.by_finished: dict[int, float] = {}  # tenth -> RSS MiB after gc
+        self._stop_event = threading.Event()
 
     def run(self) -> None:
         t0 = time.monotonic()
         while not self._stop_event.is_set():
             self.samples.append((time.monotonic() - t0, rss_mib()))
+            tenth = self._finished() * 10 // self.trials
+            if tenth and tenth not in self.by_finished:
+                gc.collect()
+                self.by_finished[tenth] = rss_mib()
             time.sleep(self.period_s)
+
+    def _finished(self) -> int:
+        from orchestrator.ledger import LEDGER_FILE
+
+        ledgers = list(self.storage.glob(f"*/{LEDGER_FILE}"))
+        return sum(1 for _ in open(ledgers[0])) if ledgers else 0
 
     def stop(self) -> list[tuple[float, float]]:
         self._stop_event.set()
@@ -93,28 +116,37 @@ def trial_work_s(spec, repeats: int = 30) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def run_size(trials: int, cluster, slots: int, work_s: float, folder: Path) -> dict:
+def run_size(
+    trials: int, address: str, slots: int, work_s: float, folder: Path, mode: str = "forget"
+) -> dict:
     from orchestrator.runner import run_experiment
 
-    spec = spec_for(trials, folder / "storage")
-    uri = f"sqlite:///{folder / f'mlflow-{trials}.db'}"
+    storage = folder / f"storage-{mode}-{trials}"
+    spec = spec_for(trials, storage)
+    uri = f"sqlite:///{folder / f'mlflow-{mode}-{trials}.db'}"
     before = rss_mib()
-    sampler = RssSampler()
+    sampler = RssSampler(storage, trials)
     sampler.start()
     t0 = time.perf_counter()
     result = run_experiment(
-        spec, tracking_uri=uri, address=cluster.address, verbosity=0, workdir=folder
+        spec,
+        tracking_uri=uri,
+        address=address,
+        verbosity=0,
+        workdir=folder,
+        keep_finished=mode == "keep",
     )
     wall = time.perf_counter() - t0
     samples = sampler.stop()
     completed = sum(r.status == "completed" for r in result.rows)
     logged = sum(r.run_id is not None for r in result.rows)
-
-    def rss_at(fraction: float) -> float:
-        cut = wall * fraction
-        return max((m for t, m in samples if t <= cut), default=before)
+    tenths = sampler.by_finished
+    slope = None
+    if 3 in tenths and 9 in tenths:
+        slope = round((tenths[9] - tenths[3]) * 1024 / (trials * 0.6), 2)
 
     return {
+        "mode": mode,
         "trials": trials,
         "completed": completed,
         "mlflow_runs": logged,
@@ -125,10 +157,11 @@ def run_size(trials: int, cluster, slots: int, work_s: float, folder: Path) -> d
         "trials_per_s": round(trials / wall, 2),
         "driver_rss_mib": {
             "before": round(before),
-            "q1": round(rss_at(0.25)),
-            "half": round(rss_at(0.5)),
+            **{f"{10 * k}%": round(v, 1) for k, v in sorted(tenths.items()) if k in (1, 3, 6, 9)},
             "peak": round(max(m for _, m in samples)),
         },
+        "rss_growth_kib_per_trial_30_to_90pct": slope,
+        "phases_s": result.extra.get("timings_s"),
         "tracking_retries": result.tracking_failures,
     }
 
@@ -149,9 +182,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, nargs="+", default=[250, 1000])
     p.add_argument("--cpus-per-node", type=int, default=1)
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["forget", "keep"],
+        default=["forget"],
+        help="forget: as Podium runs; keep: Tune keeps every finished trial (keep_finished=True)",
+    )
+    p.add_argument("--one", nargs=5, help=argparse.SUPPRESS)  # MODE N ADDRESS WORK_S DIR
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import ray
+    if args.one:
+        mode, n, address, work_s, folder = args.one
+        slots = 2 * args.cpus_per_node
+        row = run_size(int(n), address, slots, float(work_s), Path(folder), mode)
+        print(json.dumps(row), flush=True)
+        return [row]
     from ray.cluster_utils import Cluster
 
     with tempfile.TemporaryDirectory(prefix="podium-scale-") as tmp:
@@ -167,14 +213,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         try:
             rows = []
             for n in args.trials:
-                row = run_size(n, cluster, 2 * args.cpus_per_node, work_s, Path(tmp))
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-            if len(rows) >= 2:
-                print(json.dumps(marginal(rows[0], rows[-1])), flush=True)
+                for mode in args.modes:
+                    # A fresh driver per sweep: memory one sweep freed must not hide the next
+                    # one's growth.
+                    one = [mode, str(n), cluster.address, str(work_s), tmp]
+                    cmd = [sys.executable, __file__, "--one", *one]
+                    cmd += ["--cpus-per-node", str(args.cpus_per_node)]
+                    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+            for mode in args.modes:
+                sized = [r for r in rows if r["mode"] == mode]
+                if len(sized) >= 2:
+                    print(json.dumps({"mode": mode, **marginal(sized[0], sized[-1])}), flush=True)
         finally:
-            if ray.is_initialized():
-                ray.shutdown()
             cluster.shutdown()
     return rows
 
