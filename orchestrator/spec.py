@@ -153,7 +153,7 @@ class ClusterSpec:
         "None: a local Ray; 'auto', 'ray://host:port' or 'host:port'", default=None
     )
     storage_path: str | None = _doc(
-        "where trial checkpoints go; shared storage on a cluster "
+        "folder where trial checkpoints go; on a cluster, one every node mounts "
         "(default ./podium-runs/ray_results)",
         default=None,
     )
@@ -439,6 +439,7 @@ def validate(spec: ExperimentSpec) -> list[Problem]:
     p += _check_strings(
         "cluster", {k: v for k, v in asdict(spec.cluster).items() if k != "max_failures"}
     )
+    p += _leaf("cluster.storage_path", spec.cluster.storage_path, _mounted_path)
     p += _leaf(
         "cluster.max_failures",
         spec.cluster.max_failures,
@@ -746,6 +747,18 @@ def _check_strings(section: str, values: dict[str, Any]) -> list[Problem]:
         for k, v in values.items()
         if v is not None and not isinstance(v, str)
     ]
+
+
+def _mounted_path(v: Any) -> str | None:
+    # Podium's ledger of finished trials is appended to, and promotion and --resume read
+    # checkpoints, as files in this folder: object storage (s3://, gs://) would need all of that
+    # through pyarrow's file systems, which is not built; a mounted bucket or shared volume works.
+    if isinstance(v, str) and "://" in v:
+        return (
+            f"must be a folder every Ray node mounts (NFS, a ReadWriteMany volume, a mounted "
+            f"bucket), not a URI: {v!r}"
+        )
+    return None
 
 
 def _positive_int(v: Any) -> str | None:

@@ -81,6 +81,14 @@ def test_all_problems_reported_at_once_with_path_and_value():
     assert "'mnist'" in found["task"] and "digits" in found["task"]
 
 
+@pytest.mark.parametrize("uri", ["s3://bucket/ray", "gs://bucket/ray", "file:///srv/ray"])
+def test_checkpoint_storage_must_be_a_mounted_folder(uri):
+    found = problems_of({"name": "x", "cluster": {"storage_path": uri}})
+    assert uri in found["cluster.storage_path"] and "mounts" in found["cluster.storage_path"]
+    spec = parse_spec({"name": "x", "cluster": {"storage_path": "/shared/ray"}})
+    assert spec.cluster.storage_path == "/shared/ray"
+
+
 def test_bad_values_inside_spaces_are_found():
     found = problems_of(
         {
