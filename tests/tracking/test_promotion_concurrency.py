@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def _log_run(uri: str, experiment_id: str, acc: float, folder: Path) -> str:
     client.log_metric(run.info.run_id, keys.TEST_ACCURACY, acc)
     client.log_artifacts(run.info.run_id, str(folder), keys.MODEL_ARTIFACT)
     client.set_terminated(run.info.run_id)
+    shutil.rmtree(folder)  # the store has its copy
     return run.info.run_id
 
 
