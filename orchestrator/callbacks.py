@@ -142,11 +142,12 @@ class ProgressView(_DriverOnly, Callback):
         mode: str,
         total: int | None,
         verbosity: int = 1,
-        out: TextIO = sys.stderr,
+        out: TextIO | None = None,
         forgotten: Mapping[str, int] | None = None,
     ) -> None:
         self.metric, self.mode, self.total = metric, mode, total
-        self.verbosity, self.out = verbosity, out
+        # sys.stderr as it is now, not as it was at import (a test or a host may replace it).
+        self.verbosity, self.out = verbosity, out or sys.stderr
         self.forgotten = forgotten if forgotten is not None else {}
         self.best: tuple[float, str] | None = None
         self.started = time.monotonic()

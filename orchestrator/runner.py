@@ -479,7 +479,9 @@ def _fit(
                 spec.search.mode,
                 None if has_grid(spec) else spec.search.num_samples,
                 verbosity,
-                forgotten=ledger.counts,
+                # Kept trials are still in Tune's list; counting the ledger too would count
+                # them twice.
+                forgotten=None if keep_finished else ledger.counts,
             ),
             FirstResult(first_result),
         ],

@@ -242,15 +242,12 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
     state.train_time_s = float(blob["train_time_s"])
 
 
-def checkpoint_history(checkpoint: Any) -> list[dict[str, float]]:
-    """The per-epoch metrics a trial's checkpoint (a Tune checkpoint or its folder) covers, in
-    epoch order ([] if it has none)."""
-    if checkpoint is None:
+def checkpoint_history(folder: str | os.PathLike | None) -> list[dict[str, float]]:
+    """The per-epoch metrics the checkpoint in ``folder`` covers, in epoch order ([] if it has
+    none)."""
+    if folder is None:
         return []
-    if not hasattr(checkpoint, "as_directory"):  # a folder (a Tune checkpoint is path-like too)
-        return list(_read_history(checkpoint).get("epochs", []))
-    with checkpoint.as_directory() as folder:
-        return list(_read_history(folder).get("epochs", []))
+    return list(_read_history(folder).get("epochs", []))
 
 
 def _read_history(folder: str | os.PathLike) -> dict[str, Any]:

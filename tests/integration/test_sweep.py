@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import mlflow
 import mlflow.pytorch
 import pytest
@@ -128,3 +130,32 @@ def test_tune_let_go_of_the_trials_and_the_ledger_has_them(sweep):
         assert entry.status == row.status == "completed"
         assert entry.last[keys.TEST_ACCURACY] == row.metrics[keys.TEST_ACCURACY]
         assert Path(entry.checkpoint).is_dir()
+
+
+def test_keep_finished_leaves_every_trial_in_tune_and_counts_each_once(tmp_path, capfd):
+    """``keep_finished=True`` (plain Tune's behaviour, the benchmark's baseline): Tune's saved
+    state keeps all trials, the ledger still has them, and the progress view, which sees them
+    in Tune's list, does not count them again from the ledger."""
+    import json
+    from pathlib import Path
+
+    from orchestrator.ledger import LEDGER_FILE, TrialLedger
+    from orchestrator.runner import run_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    search = {"num_samples": 6, "scheduler": "fifo"}
+    spec = parse_spec(
+        {**SPEC, "name": "it-keep", "search": search, "promotion": {"enabled": False}}
+    )
+    result = run_experiment(
+        spec, tracking_uri=uri, verbosity=1, workdir=tmp_path, keep_finished=True
+    )
+    ids = {r.trial_id for r in result.rows}
+    assert len(ids) == 6 and all(r.status == "completed" for r in result.rows)
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = Path(client.get_run(result.parent_run_id).data.tags[keys.TAG_RAY_PATH])
+    state = json.loads(max(experiment.glob("experiment_state-*.json")).read_text())
+    assert {json.loads(t)["trial_id"] for t, _ in state["trial_data"]} == ids
+    assert set(TrialLedger(experiment / LEDGER_FILE).entries()) == ids
+    done = [int(m) for m in re.findall(r"(\d+)/6 done", capfd.readouterr().err)]
+    assert done and done[-1] == 6 and max(done) == 6, done

@@ -43,7 +43,7 @@ def test_restoring_its_own_checkpoint_replays_the_epochs_once(digits, tmp_path):
     assert keys.REPLAY not in _with_replay(state, {keys.EPOCH: 5})  # only the first report
     # Later checkpoints keep the whole history, so a second restart replays it all again.
     assert [e[keys.EPOCH] for e in state.history] == [1, 2, 3]
-    assert checkpoint_history(ckpt) == state.history
+    assert checkpoint_history(ckpt.path) == state.history
 
 
 def test_another_trials_checkpoint_is_not_replayed(digits, tmp_path):
@@ -57,5 +57,5 @@ def test_another_trials_checkpoint_is_not_replayed(digits, tmp_path):
 
 def test_a_checkpoint_without_history_reads_as_empty(tmp_path):
     (tmp_path / "state.pt").write_bytes(b"")
-    assert checkpoint_history(tune.Checkpoint.from_directory(tmp_path)) == []
+    assert checkpoint_history(tmp_path) == []
     assert checkpoint_history(None) == []
