@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.space import flat_space, iter_leaves, optuna_define_by_run
+from orchestrator.space import OptunaSpace, flat_space, iter_leaves
 from orchestrator.spec import ExperimentSpec, space_kind
 
 
@@ -18,8 +18,10 @@ def build_scheduler(spec: ExperimentSpec) -> Any:
         FIFOScheduler,
         HyperBandScheduler,
         MedianStoppingRule,
-        PopulationBasedTraining,
     )
+
+    from orchestrator.pbt import build_pbt
+    from orchestrator.space import template_of
 
     s, max_t = spec.search, spec.training_max_epochs()
     grace = min(s.grace_period, max_t)
@@ -32,21 +34,19 @@ def build_scheduler(spec: ExperimentSpec) -> Any:
         "median": lambda: MedianStoppingRule(
             time_attr="training_iteration", grace_period=grace, min_samples_required=3
         ),
-        "pbt": lambda: PopulationBasedTraining(
-            time_attr="training_iteration",
-            perturbation_interval=max(1, grace),
-            hyperparam_mutations=_pbt_mutations(spec),
-        ),
+        "pbt": lambda: build_pbt(template_of(spec), interval=max(1, grace)),
     }
     return builders[s.scheduler]()
 
 
-def _pbt_mutations(spec: ExperimentSpec) -> dict[str, Any]:
-    """PBT perturbs the continuous leaves (lr, dropout, ...) and resamples choices."""
-    from orchestrator.space import template_of
-
-    space = flat_space(template_of(spec))
-    return {k: v for k, v in space.items() if "[" not in k}
+def checkpoints_to_keep(spec: ExperimentSpec) -> int | None:
+    """Checkpoints Tune keeps per trial (None: all). Other schedulers only resume a trial from
+    its own newest checkpoint. PBT restores an exploited trial from the source trial's checkpoint
+    when the exploited trial gets a slot again, which on a busy cluster can be many epochs later,
+    while the source goes on checkpointing (and Tune deletes what it does not keep): so under
+    PBT a trial keeps all of them (Tune warns that ``num_to_keep <= 2`` breaks PBT's restores).
+    A PBT population is small, and its checkpoints go when the sweep's folder does."""
+    return None if spec.search.scheduler == "pbt" else 2
 
 
 def build_param_space(spec: ExperimentSpec) -> tuple[dict[str, Any], Any]:
@@ -56,12 +56,16 @@ def build_param_space(spec: ExperimentSpec) -> tuple[dict[str, Any], Any]:
     template = template_of(spec)
     s = spec.search
     if s.searcher == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        # Optuna announces every study it creates on the console, inside the progress view.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
         if not any(True for _ in iter_leaves(template, "")):
             return {}, None  # nothing to search: plain repeats
         searcher = OptunaSearch(
-            space=optuna_define_by_run(template),
+            space=OptunaSpace(template),
             metric=s.metric,
             mode=s.mode,
             seed=spec.training_seed(),

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.spec import ExperimentSpec, is_space, space_candidates, space_kind
@@ -30,7 +30,7 @@ def template_of(spec: ExperimentSpec) -> dict[str, Any]:
     return {k: copy.deepcopy(getattr(spec, k)) for k in SEARCHABLE}
 
 
-def _is_section_space(value: Any) -> bool:
+def is_section_space(value: Any) -> bool:
     """A choice/grid whose options hold mappings or lists (a conditional sub-space)."""
     return (
         is_space(value)
@@ -51,7 +51,7 @@ def iter_leaves(node: Any, path: str) -> Iterator[tuple[str, dict]]:
     are visited under ``path[i]``."""
     if is_space(node):
         yield path, node
-        if _is_section_space(node):
+        if is_section_space(node):
             for i, branch in enumerate(space_candidates(node)):
                 yield from iter_leaves(branch, f"{path}[{i}]")
     elif isinstance(node, dict):
@@ -72,7 +72,7 @@ def grid_variants(node: Any, path: str, grid_choices: bool = False) -> list[dict
     if is_space(node):
         kind, arg = space_kind(node), node[space_kind(node)]
         is_grid = kind == "grid" or (kind == "choice" and grid_choices)
-        if _is_section_space(node):
+        if is_section_space(node):
             per_branch = [
                 [{path: i, **v} for v in grid_variants(b, f"{path}[{i}]", grid_choices)]
                 for i, b in enumerate(arg)
@@ -118,7 +118,7 @@ def flat_space(template: dict[str, Any], grid_choices: bool = False) -> dict[str
         kind, arg = space_kind(space), space[space_kind(space)]
         if key in gridded or kind == "grid" or (kind == "choice" and grid_choices):
             continue
-        values = list(range(len(arg))) if _is_section_space(space) else arg
+        values = list(range(len(arg))) if is_section_space(space) else arg
         if kind == "choice":
             out[key] = tune.choice(values)
         elif kind == "uniform":
@@ -130,16 +130,26 @@ def flat_space(template: dict[str, Any], grid_choices: bool = False) -> dict[str
     return out
 
 
-def optuna_define_by_run(template: dict[str, Any]) -> Callable[[Any], None]:
-    """An Optuna define-by-run function that samples only the active branch of each section
-    choice, so Optuna's model never sees parameters that did not apply."""
+class OptunaSpace:
+    """An Optuna define-by-run space that samples only the active branch of each section
+    choice, so Optuna's model never sees parameters that did not apply.
 
-    def sample(trial: Any, node: Any, path: str) -> None:
+    A class, not a closure: Tune pickles the searcher (and with it this function) into its
+    experiment state at every save, and a local function cannot be pickled.
+    """
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        self.template = template
+
+    def __call__(self, trial: Any) -> None:
+        self._sample(trial, self.template, "")
+
+    def _sample(self, trial: Any, node: Any, path: str) -> None:
         if is_space(node):
             kind, arg = space_kind(node), node[space_kind(node)]
-            if _is_section_space(node):
+            if is_section_space(node):
                 i = trial.suggest_categorical(path, list(range(len(arg))))
-                sample(trial, arg[i], f"{path}[{i}]")
+                self._sample(trial, arg[i], f"{path}[{i}]")
             elif kind == "choice":
                 # Optuna's categorical takes scalars only; lists (e.g. hidden sizes) go by index.
                 scalar = all(isinstance(a, (str, int, float, bool)) or a is None for a in arg)
@@ -153,12 +163,10 @@ def optuna_define_by_run(template: dict[str, Any]) -> Callable[[Any], None]:
                 trial.suggest_int(path, int(arg[0]), int(arg[1]))
         elif isinstance(node, dict):
             for k, v in node.items():
-                sample(trial, v, f"{path}.{k}" if path else k)
+                self._sample(trial, v, f"{path}.{k}" if path else k)
         elif isinstance(node, list):
             for i, v in enumerate(node):
-                sample(trial, v, f"{path}.{i}")
-
-    return lambda trial: sample(trial, template, "")
+                self._sample(trial, v, f"{path}.{i}")
 
 
 def resolve(template: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +184,7 @@ def resolve(template: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     def walk(node: Any, path: str) -> Any:
         if is_space(node):
             arg = node[space_kind(node)]
-            if _is_section_space(node):
+            if is_section_space(node):
                 i = value_of(path)
                 return walk(arg[i], f"{path}[{i}]")
             if path + "#" in config:  # Optuna index for a choice of lists

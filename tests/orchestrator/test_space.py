@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
+
 import optuna
 from ray import tune
 
 from orchestrator.space import (
+    OptunaSpace,
     flat_space,
     flatten_params,
     iter_leaves,
-    optuna_define_by_run,
     resolve,
     template_of,
 )
@@ -96,9 +98,10 @@ def test_conditional_choice_resolves_only_the_chosen_branch():
     assert params["model.dropout"] == 0.1
 
 
-def test_optuna_define_by_run_samples_only_active_branch():
+def test_optuna_space_samples_only_active_branch_and_survives_pickling():
     template = template_of(load_spec())
-    fn = optuna_define_by_run(template)
+    # Tune pickles the searcher with its space into every experiment-state save.
+    fn = pickle.loads(pickle.dumps(OptunaSpace(template)))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(6):
         trial = study.ask()
