@@ -10,6 +10,7 @@ Importing this module imports Ray Tune (seconds); the runner imports it only whe
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -48,6 +49,7 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         self.template = template
         self._tagged: set[tuple[str, str]] = set()
         self.heard: set[str] = set()  # trials that reported or ended while this driver ran
+        self._exploits: dict[str, list[dict[str, Any]]] = {}  # PBT exploits per trial, in order
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.heard.add(trial.trial_id)
@@ -60,6 +62,8 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         self.heard.add(trial.trial_id)
+        if keys.EXPLOITED_FROM in result:
+            self._record_exploit(trial.trial_id, str(result[keys.EXPLOITED_FROM]))
         # Epochs a killed driver lost between the trial's checkpoint and MLflow, first and in
         # order; the writer skips the steps the run already has.
         for epoch in result.get(keys.REPLAY) or ():
@@ -71,6 +75,17 @@ class MlflowTrialLogger(_DriverOnly, Callback):
         if new:
             self._tagged |= new
             self.writer.set_tags(trial.trial_id, {STRING_KEYS[k]: str(result[k]) for _, k in new})
+
+    def _record_exploit(self, trial_id: str, source: str) -> None:
+        """Append a PBT exploit to the run's ``podium.exploits``: the trial went on from
+        ``source`` ("<trial>@<epoch>"), so its epochs after that one are logged again as it
+        trains them (with the ``hparam.*`` values PBT gave it)."""
+        trial, _, epoch_text = source.rpartition("@")
+        epoch = int(epoch_text or 0)
+        done = self._exploits.setdefault(trial_id, [])
+        done.append({"source": trial, "epoch": epoch})
+        self.writer.rewind(trial_id, epoch)
+        self.writer.set_tags(trial_id, {keys.TAG_EXPLOITS: json.dumps(done)})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.heard.add(trial.trial_id)

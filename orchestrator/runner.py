@@ -26,7 +26,12 @@ from typing import Any
 from orchestrator.errors import Problem, RunError, SpecError
 from orchestrator.ledger import LEDGER_FILE, FinishedTrial, TrialLedger, last_result
 from orchestrator.results import result_metrics, trial_error_text
-from orchestrator.schedulers import build_param_space, build_scheduler, has_grid
+from orchestrator.schedulers import (
+    build_param_space,
+    build_scheduler,
+    checkpoints_to_keep,
+    has_grid,
+)
 from orchestrator.space import flatten_params, resolve, template_of
 from orchestrator.spec import ExperimentSpec
 from tracking import keys
@@ -516,7 +521,7 @@ def _fit(
             storage_path=str(Path(ray_path).parent),
             callbacks=relay.callbacks,
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(spec)),
             failure_config=tune.FailureConfig(max_failures=spec.cluster.max_failures),
         ),
     )
@@ -565,8 +570,12 @@ def make_trainable(
 
     ``extras`` are driver-prepared inputs (registry teachers' local copies) for the trial context.
     """
+    from orchestrator.pbt import tracked_hparams
+
     threads = max(1, int(spec.resources.cpu))
     extras = dict(extras or {})
+    if spec.search.scheduler == "pbt":
+        extras["tracked_hparams"] = tracked_hparams(template)
 
     def podium_trial(config: dict[str, Any]) -> None:
         from workers.trainable import TrialContext, run_trial

@@ -35,6 +35,12 @@ FAILED = "podium_failed"
 # checkpoint and MLflow receiving that epoch's metrics lost them; the driver logs the steps its
 # runs lack from here (steps already logged are never logged twice).
 REPLAY = "podium_replay"
+# A result key (a string) on a trial's first report after it restored *another* trial's
+# checkpoint (a PBT exploit): "<source trial id>@<epoch>", appended to the run's TAG_EXPLOITS.
+EXPLOITED_FROM = "podium_exploited_from"
+# Per-epoch metric prefix for the hyperparameters a PBT trial trained that epoch with
+# (``hparam.optimizer.lr``): an exploit changes them, and the run's params keep the first ones.
+HPARAM_PREFIX = "hparam."
 # Result keys that carry where the trial ran; logged as tags, not metrics.
 NODE = "podium_node"
 DEVICE = "podium_device"
@@ -54,6 +60,7 @@ TAG_STATUS = "podium.status"  # trial outcome: completed, stopped, failed
 TAG_ERROR = "podium.error"
 TAG_SOURCE_RUN = "podium.source_run_id"
 TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_EXPLOITS = "podium.exploits"  # JSON list of PBT exploits: [{"source": trial, "epoch": n}]
 TAG_RAY_PATH = "podium.ray_experiment_path"  # where Tune keeps the sweep's state, for --resume
 
 # Artifacts.

@@ -273,6 +273,11 @@ class RunWriter:
     def set_tags(self, trial_id: str, tags: dict[str, str]) -> None:
         self._put(trial_id, "tags", tags)
 
+    def rewind(self, trial_id: str, step: int) -> None:
+        """Log the trial's steps after ``step`` again from now on: a PBT exploit restored it to
+        another trial's epoch ``step``, and the epochs it trains from there are new results."""
+        self._put(trial_id, "rewind", step)
+
     def trial_ended(self, trial_id: str, status: str) -> None:
         self._put(trial_id, "end", status)
 
@@ -425,6 +430,8 @@ class RunWriter:
                         steps[k] = step
             elif op == "tags":
                 new_tags.update({k: str(v) for k, v in arg.items()})
+            elif op == "rewind":
+                steps = {k: min(s, arg) for k, s in steps.items()}
         param_rows = [Param(k, _param_value(v)) for k, v in params.items()]
         tag_rows = [RunTag(k, v) for k, v in new_tags.items()]
         for m, p, t in _log_batches(rows, param_rows, tag_rows):

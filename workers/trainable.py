@@ -66,6 +66,7 @@ class _State:
     final: dict[str, Any] | None = None  # the finished trial's last report, from its checkpoint
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics so far
     replay: list[dict[str, float]] | None = None  # restored history, sent with the next report
+    exploited_from: str | None = None  # "<trial>@<epoch>" of a foreign checkpoint, reported once
 
 
 def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
@@ -141,6 +142,7 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
             keys.TRAIN_LOSS: result.train_loss,
             keys.VAL_LOSS: val_loss,
             keys.VAL_ACCURACY: val_acc,
+            **hparams_of(trial, ctx.extras.get("tracked_hparams", ())),
         }
         # Per epoch on a fixed slice of val: PGD on a whole 5k split costs minutes per epoch.
         n = ROBUST_VAL_SAMPLES
@@ -151,6 +153,8 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
             scores[keys.ROBUST_ACCURACY] = robust
         state.history.append(scores)
         metrics = _with_replay(state, {**scores, **where})
+        if state.exploited_from is not None:
+            metrics[keys.EXPLOITED_FROM], state.exploited_from = state.exploited_from, None
         last = state.epoch == max_epochs
         with tempfile.TemporaryDirectory(prefix="podium-ckpt-") as folder:
             if last:
@@ -227,6 +231,8 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
         # not this run's history, so this trial's history starts again from here.
         state.history = list(owned["epochs"])
         state.replay = list(owned["epochs"])
+    elif owned.get("trial_id"):
+        state.exploited_from = f"{owned['trial_id']}@{int(blob['epoch'])}"
     state.model.load_state_dict(blob["model"])
     configured = [dict(g) for g in state.optimizer.param_groups]
     state.optimizer.load_state_dict(blob["optimizer"])
@@ -240,6 +246,19 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
     state.generator.set_state(blob["generator"])
     state.epoch = int(blob["epoch"])
     state.train_time_s = float(blob["train_time_s"])
+
+
+def hparams_of(trial: dict[str, Any], paths: Any) -> dict[str, float]:
+    """``hparam.<path>`` → the trial's value at each dotted spec path (``optimizer.lr``): the
+    hyperparameters PBT may change, reported with every epoch so the run shows what trained it."""
+    out = {}
+    for path in paths:
+        node: Any = trial
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, (int, float)) and not isinstance(node, bool):
+            out[keys.HPARAM_PREFIX + path] = float(node)
+    return out
 
 
 def checkpoint_history(folder: str | os.PathLike | None) -> list[dict[str, float]]:

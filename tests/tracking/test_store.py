@@ -60,6 +60,27 @@ def test_writer_logs_each_step_once_and_creates_runs_lazily(store):
     assert client.get_run(writer.run_id("t2")).data.tags[keys.TAG_STATUS] == "failed"
 
 
+def test_a_rewound_trial_logs_the_epochs_it_trains_again(store):
+    # A PBT exploit sends a trial at epoch 3 back to another trial's epoch 1: epochs 2 and 3
+    # are trained again, with other hyperparameters, and are new results.
+    exp = store.ensure_experiment("exp")
+    writer = RunWriter(store, exp, store.start_parent(exp, "sweep", {}))
+    for step in (1, 2, 3):
+        writer.log_metrics("t1", {keys.VAL_ACCURACY: step / 10}, step)
+    writer.rewind("t1", 1)
+    for step in (2, 3, 3):  # still each step once after the rewind
+        writer.log_metrics("t1", {keys.VAL_ACCURACY: step / 10 + 0.5}, step)
+    assert writer.close(timeout_s=60)
+    history = MlflowClient(store.uri).get_metric_history(writer.run_id("t1"), keys.VAL_ACCURACY)
+    assert sorted((m.step, m.value) for m in history) == [
+        (1, 0.1),
+        (2, 0.2),
+        (2, 0.7),
+        (3, pytest.approx(0.3)),
+        (3, 0.8),
+    ]
+
+
 def test_resumed_writer_continues_the_same_runs(store):
     exp = store.ensure_experiment("exp")
     parent = store.start_parent(exp, "sweep", {})
