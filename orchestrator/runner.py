@@ -9,22 +9,20 @@ flush the writer → select the best trial (pure) → log and register its model
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import logging
 import os
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Problem, RunError, SpecError
 from orchestrator.ledger import LEDGER_FILE, FinishedTrial, TrialLedger, last_result
+from orchestrator.promotion import promote_trial
+from orchestrator.ray_session import check_address, collector_paused, init_ray, shutdown_ray
 from orchestrator.results import result_metrics, trial_error_text
 from orchestrator.schedulers import (
     build_param_space,
@@ -37,8 +35,6 @@ from orchestrator.spec import ExperimentSpec
 from tracking import keys
 from tracking.registry import (
     Promotion,
-    log_torch_model,
-    register_and_alias,
     warm_up_model_logging,
 )
 from tracking.selection import Candidate, Decision, policy_from, select_best
@@ -123,7 +119,7 @@ def run_experiment(
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri, workdir)
     _check_teachers(spec, uri)
     ray_address = address or spec.cluster.address
-    _check_address(ray_address or os.environ.get("RAY_ADDRESS"), resume)
+    check_address(ray_address or os.environ.get("RAY_ADDRESS"), resume)
     # Ray Tune's import (seconds) happens while Ray starts its processes and MLflow migrates a
     # new store.
     threading.Thread(target=_preload, name="podium-preload", daemon=True).start()
@@ -131,20 +127,20 @@ def run_experiment(
         store, experiment_id, parent_id, ray_path, existing = _prepare_tracking(
             spec, uri, resume, workdir
         )
-        started_ray = _init_ray(ray_address, verbosity)
+        started_ray = init_ray(ray_address, verbosity)
     else:
         # A new SQLite store migrates its schema (seconds) while Ray starts its processes.
         with ThreadPoolExecutor(1, thread_name_prefix="podium-tracking") as pool:
             prepared = pool.submit(_prepare_tracking, spec, uri, resume, workdir)
             try:
-                started_ray = _init_ray(ray_address, verbosity)
+                started_ray = init_ray(ray_address, verbosity)
             except RunError:
                 _discard_parent(prepared)
                 raise
             try:
                 store, experiment_id, parent_id, ray_path, existing = prepared.result()
             except RunError:
-                _shutdown_ray(started_ray)
+                shutdown_ray(started_ray)
                 raise
     clock.mark("start")  # Ray up, store and parent run ready
     writer = RunWriter(store, experiment_id, parent_id, existing)
@@ -167,8 +163,8 @@ def run_experiment(
             spec, template, writer, ray_path, resume, verbosity, extras, first_result, keep_finished
         )
     except BaseException as e:  # Ctrl-C too: Ray's processes must not outlive the driver
-        with _collector_paused(started_ray):
-            _shutdown_ray(started_ray)
+        with collector_paused(started_ray):
+            shutdown_ray(started_ray)
         if isinstance(e, Exception):
             raise RunError(f"the sweep failed: {e}") from e
         raise
@@ -180,9 +176,9 @@ def run_experiment(
         clock.mark("flush")
     # Ray's processes take a second or two to stop; selection, promotion and the reports need
     # nothing from Ray (checkpoints are files), so they go on meanwhile.
-    with _collector_paused(started_ray):
+    with collector_paused(started_ray):
         stopping = threading.Thread(
-            target=_shutdown_ray, args=(started_ray,), name="podium-ray-stop"
+            target=shutdown_ray, args=(started_ray,), name="podium-ray-stop"
         )
         stopping.start()
         warming.join()  # matplotlib and model logging are not to be used from two threads at once
@@ -190,29 +186,6 @@ def run_experiment(
             return _conclude(spec, uri, store, parent_id, finished, template, writer, clock)
         finally:
             stopping.join()
-
-
-@contextmanager
-def _collector_paused(ray_stops: bool) -> Iterator[None]:
-    """Collect garbage now and keep the collector off inside, when ``ray_stops`` in there.
-
-    Ray Tune leaves its controller in reference cycles, and freeing it calls into Ray (its
-    placement-group manager's ``__del__``). A collection that runs, in any thread, while
-    ``ray.shutdown()`` is under way then ends the whole process ("The core worker has already
-    been shutdown"). So Tune's garbage goes while Ray is up (one full collection, ~0.25 s),
-    and none is collected while Ray stops.
-    """
-    if not ray_stops:
-        yield
-        return
-    gc.collect()
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
 
 
 def _conclude(
@@ -292,38 +265,6 @@ def _warm_up_conclusion(promotion: bool, first_result: threading.Event) -> None:
         log.debug("warm-up failed", exc_info=True)
 
 
-def _shutdown_ray(started: bool) -> None:
-    if started:
-        import ray
-
-        stop_autoscaler_monitor()
-        ray.shutdown()
-
-
-def stop_autoscaler_monitor() -> bool:
-    """Kill the autoscaler monitor of the local Ray this process started; True if there was one.
-
-    ``ray.shutdown`` sends each of its processes SIGTERM and waits up to 1 s before SIGKILL; the
-    monitor (Ray 2.58) never exits on SIGTERM, so every run waited that full second at its end.
-    It holds no state of its own (it reads the GCS, which stops next), so it goes first, at once.
-    Reaches into Ray's private node handle; anything unexpected leaves it to ``ray.shutdown``.
-    """
-    try:
-        from ray._private import ray_constants, worker
-
-        node = worker._global_node
-        infos: list[Any] = (
-            node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []
-        )
-        for info in infos:
-            info.process.kill()
-            info.process.wait(timeout=5)
-        return bool(infos)
-    except Exception:  # noqa: BLE001 - an optimisation only; ray.shutdown stops it anyway
-        log.debug("could not stop the autoscaler monitor early", exc_info=True)
-        return False
-
-
 def _check_teachers(spec: ExperimentSpec, uri: str) -> None:
     """Registry teachers (``distill`` from ``models:/...``) must resolve before anything starts.
 
@@ -386,36 +327,6 @@ def _parent_run(
     return parent, path, {}
 
 
-def _check_address(address: str | None, resume: bool, timeout_s: float = 5.0) -> None:
-    """Fail fast, before any MLflow run exists, when nothing listens at a ``host:port`` or
-    ``ray://host[:port]`` address: Ray itself retries for ~35 s (Ray Client) or for minutes.
-
-    Raises:
-        RunError: no TCP connection to that address within ``timeout_s``, or ``resume`` over
-            Ray Client (a restored Tune driver on the head reran no trial, Ray 2.58).
-    """
-    if not address or "://" in address.removeprefix("ray://"):
-        return  # local Ray, or a scheme ray.init judges itself
-    client = address.startswith("ray://")
-    if client and resume:
-        raise RunError(
-            f"--resume does not work over Ray Client ({address!r}): resume from the head, or "
-            "join the cluster with --address HOST:PORT (the head's GCS port)"
-        )
-    host, colon, port = address.removeprefix("ray://").rpartition(":")
-    if not colon and client:
-        host, port = port, "10001"  # Ray Client's default port
-    if not host or not port.isdigit():
-        return  # "auto", "local": Ray finds the cluster itself
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        server = "Ray Client server (ray start --ray-client-server-port)" if client else "Ray head"
-        raise RunError(
-            f"cannot reach the Ray cluster at {address!r}: no {server} there ({e})"
-        ) from e
-
-
 def _discard_parent(prepared: Any) -> None:
     """Delete the parent run a sweep that never started created (it would stay RUNNING)."""
     try:
@@ -423,31 +334,6 @@ def _discard_parent(prepared: Any) -> None:
     except RunError:
         return  # tracking failed too; nothing was created
     store.client.delete_run(parent_id)
-
-
-def _init_ray(address: str | None, verbosity: int) -> bool:
-    """Join ``address`` or start a private local Ray; True if this call started it.
-
-    Raises:
-        RunError: Ray could not join ``address`` (unreachable, refused, wrong token).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # "local" always starts a fresh Ray: a stale /tmp/ray/ray_current_cluster would otherwise make
-    # ray.init() try to join a dead cluster.
-    target = address or os.environ.get("RAY_ADDRESS") or "local"
-    try:
-        ray.init(
-            address=target,
-            include_dashboard=False,
-            log_to_driver=verbosity >= 2,
-            logging_level=logging.INFO if verbosity >= 2 else logging.ERROR,
-        )
-    except (ConnectionError, TimeoutError) as e:
-        raise RunError(f"cannot join the Ray cluster at {target!r}: {e}") from e
-    return True
 
 
 def _fit(
@@ -650,35 +536,6 @@ def _publish(
     except Exception as e:  # noqa: BLE001 - plots are a convenience; the sweep's results stand
         log.warning("could not publish the sweep's plots (%s); logging the plain leaderboard", e)
         store.log_artifact_text(parent_id, leaderboard_csv(rows), keys.LEADERBOARD_ARTIFACT)
-
-
-def promote_trial(
-    spec: ExperimentSpec, uri: str, decision: Decision, checkpoint: str, policy: Any = None
-) -> Promotion:
-    """Log the winner's model to its run and register it under the spec's model name and alias.
-
-    ``checkpoint`` is the folder of the winner's newest checkpoint.
-    """
-    from workers.tasks import load_task
-    from workers.trainable import ARTIFACTS_DIR, load_trial_model
-
-    winner = decision.winner
-    assert winner is not None and winner.run_id is not None
-    model, meta = load_trial_model(checkpoint)
-    data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
-    example = data.x_test[:4].numpy()  # batch > 1: the ONNX export keeps the batch dynamic
-    # A recipe's compressed, measured ONNX file is what serving uses; without one the registry
-    # exports the fp32 model itself.
-    onnx = Path(checkpoint, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)
-    model_uri = log_torch_model(winner.run_id, model, example, uri, onnx if onnx.exists() else None)
-    tags = {
-        keys.TAG_SPEC_HASH: spec.spec_hash(),
-        keys.TAG_EXPERIMENT: spec.name,
-        keys.TAG_TRIAL_ID: winner.trial_id,
-    }
-    return register_and_alias(
-        uri, model_uri, spec.model_name, spec.promotion.alias, winner.run_id, decision, tags, policy
-    )
 
 
 def leaderboard_csv(rows: list[TrialRow]) -> str:

@@ -14,14 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = """
 import json
 from ray._private import worker
-from orchestrator.runner import _init_ray, _shutdown_ray, stop_autoscaler_monitor
+from orchestrator.ray_session import init_ray, shutdown_ray, stop_autoscaler_monitor
 
-assert _init_ray(None, 0)  # a private local Ray, as podium run starts
+assert init_ray(None, 0)  # a private local Ray, as podium run starts
 started = worker._global_node.all_processes.items()
 procs = {kind: [i.process for i in infos] for kind, infos in started}
 stopped = stop_autoscaler_monitor()
 after_stop = {kind: [p.poll() for p in ps] for kind, ps in procs.items()}
-_shutdown_ray(True)
+shutdown_ray(True)
 after_shutdown = {kind: [p.poll() for p in ps] for kind, ps in procs.items()}
 print(json.dumps({"stopped": stopped, "after_stop": after_stop, "after_shutdown": after_shutdown}))
 """
@@ -51,7 +51,7 @@ def test_garbage_goes_while_ray_is_up_and_none_is_collected_while_it_stops():
     import gc
     import weakref
 
-    from orchestrator.runner import _collector_paused
+    from orchestrator.ray_session import collector_paused
 
     class Node:
         pass
@@ -60,9 +60,9 @@ def test_garbage_goes_while_ray_is_up_and_none_is_collected_while_it_stops():
     a.other, b.other = b, a  # a cycle: only the collector frees it
     ref = weakref.ref(a)
     del a, b
-    with _collector_paused(True):
+    with collector_paused(True):
         assert ref() is None
         assert not gc.isenabled()
     assert gc.isenabled()
-    with _collector_paused(False):  # Ray does not stop in there: the collector is left alone
+    with collector_paused(False):  # Ray does not stop in there: the collector is left alone
         assert gc.isenabled()

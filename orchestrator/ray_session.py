@@ -1,0 +1,131 @@
+"""The sweep's Ray session: join or start Ray, and stop it cleanly.
+
+Two workarounds for Ray 2.58 live here, each with its reason: the local autoscaler monitor is
+killed before ``ray.shutdown`` (it ignores SIGTERM, so every run waited out Ray's one-second
+grace period), and the garbage collector is paused while Ray stops (freeing Tune's leftovers then
+calls into a core worker that is already gone, which ended the whole process).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from orchestrator.errors import RunError
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def collector_paused(ray_stops: bool) -> Iterator[None]:
+    """Collect garbage now and keep the collector off inside, when ``ray_stops`` in there.
+
+    Ray Tune leaves its controller in reference cycles, and freeing it calls into Ray (its
+    placement-group manager's ``__del__``). A collection that runs, in any thread, while
+    ``ray.shutdown()`` is under way then ends the whole process ("The core worker has already
+    been shutdown"). So Tune's garbage goes while Ray is up (one full collection, ~0.25 s),
+    and none is collected while Ray stops.
+    """
+    if not ray_stops:
+        yield
+        return
+    gc.collect()
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def shutdown_ray(started: bool) -> None:
+    if started:
+        import ray
+
+        stop_autoscaler_monitor()
+        ray.shutdown()
+
+
+def stop_autoscaler_monitor() -> bool:
+    """Kill the autoscaler monitor of the local Ray this process started; True if there was one.
+
+    ``ray.shutdown`` sends each of its processes SIGTERM and waits up to 1 s before SIGKILL; the
+    monitor (Ray 2.58) never exits on SIGTERM, so every run waited that full second at its end.
+    It holds no state of its own (it reads the GCS, which stops next), so it goes first, at once.
+    Reaches into Ray's private node handle; anything unexpected leaves it to ``ray.shutdown``.
+    """
+    try:
+        from ray._private import ray_constants, worker
+
+        node = worker._global_node
+        infos: list[Any] = (
+            node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []
+        )
+        for info in infos:
+            info.process.kill()
+            info.process.wait(timeout=5)
+        return bool(infos)
+    except Exception:  # noqa: BLE001 - an optimisation only; ray.shutdown stops it anyway
+        log.debug("could not stop the autoscaler monitor early", exc_info=True)
+        return False
+
+
+def check_address(address: str | None, resume: bool, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any MLflow run exists, when nothing listens at a ``host:port`` or
+    ``ray://host[:port]`` address: Ray itself retries for ~35 s (Ray Client) or for minutes.
+
+    Raises:
+        RunError: no TCP connection to that address within ``timeout_s``, or ``resume`` over
+            Ray Client (a restored Tune driver on the head reran no trial, Ray 2.58).
+    """
+    if not address or "://" in address.removeprefix("ray://"):
+        return  # local Ray, or a scheme ray.init judges itself
+    client = address.startswith("ray://")
+    if client and resume:
+        raise RunError(
+            f"--resume does not work over Ray Client ({address!r}): resume from the head, or "
+            "join the cluster with --address HOST:PORT (the head's GCS port)"
+        )
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon and client:
+        host, port = port, "10001"  # Ray Client's default port
+    if not host or not port.isdigit():
+        return  # "auto", "local": Ray finds the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        server = "Ray Client server (ray start --ray-client-server-port)" if client else "Ray head"
+        raise RunError(
+            f"cannot reach the Ray cluster at {address!r}: no {server} there ({e})"
+        ) from e
+
+
+def init_ray(address: str | None, verbosity: int) -> bool:
+    """Join ``address`` or start a private local Ray; True if this call started it.
+
+    Raises:
+        RunError: Ray could not join ``address`` (unreachable, refused, wrong token).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # "local" always starts a fresh Ray: a stale /tmp/ray/ray_current_cluster would otherwise make
+    # ray.init() try to join a dead cluster.
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        ray.init(
+            address=target,
+            include_dashboard=False,
+            log_to_driver=verbosity >= 2,
+            logging_level=logging.INFO if verbosity >= 2 else logging.ERROR,
+        )
+    except (ConnectionError, TimeoutError) as e:
+        raise RunError(f"cannot join the Ray cluster at {target!r}: {e}") from e
+    return True
