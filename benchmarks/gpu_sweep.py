@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from workers.device import pick_device  # noqa: E402
-from workers.loop import evaluate, train_epoch  # noqa: E402
+from workers.loop import evaluate, shuffled_batches, train_epoch  # noqa: E402
 from workers.models import build_model  # noqa: E402
 from workers.optimizers import build_optimizer  # noqa: E402
 from workers.tasks import load_task  # noqa: E402
@@ -67,7 +67,7 @@ def run_trial(i: int, data, device, epochs: int, batch_size: int, limit: int | N
     # and optimizer step outside it.
     with device.mixed_precision(model):
         for _ in range(epochs):
-            result = train_epoch(model, opt, x, y, batch_size, gen)
+            result = train_epoch(model, opt, shuffled_batches(x, y, batch_size, gen))
     _, val_acc = evaluate(model, xv, yv)
     if device.kind == "cuda":
         torch.cuda.synchronize()

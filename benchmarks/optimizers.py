@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from tracking import keys  # noqa: E402
-from workers.loop import batch_size_for, evaluate, train_epoch  # noqa: E402
+from workers.loop import batch_size_for, evaluate, shuffled_batches, train_epoch  # noqa: E402
 from workers.models import build_model  # noqa: E402
 from workers.optimizers import OPTIMIZERS, build_optimizer  # noqa: E402
 from workers.tasks import TaskData, load_task  # noqa: E402
@@ -60,7 +60,8 @@ def train(
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         try:
-            result = train_epoch(model, opt, x, y, size, gen, needs_closure=entry.needs_closure)
+            batches = shuffled_batches(x, y, size, gen)
+            result = train_epoch(model, opt, batches, needs_closure=entry.needs_closure)
             loss = result.train_loss
         except Exception as e:  # a diverged lr is a result of the search, not a crash
             print(f"  {name} lr={lr:g}: {type(e).__name__}: {e}", flush=True)

@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,8 @@ def leaderboard(
     top: int | None = 10,
     workdir: str | os.PathLike = ".",
 ) -> list[TrialRow]:
-    """The newest sweep's trials of ``experiment``, best first (completed trials by test accuracy,
-    then validation accuracy; stopped and failed trials after them).
+    """The newest sweep's trials of ``experiment``, best first (completed trials by the sweep's
+    first promotion objective; stopped and failed trials after them).
 
     Raises:
         SpecError: no experiment of that name (the message lists the known ones).
@@ -84,20 +85,53 @@ def leaderboard(
         )
         for tid, r in children.items()
     ]
-    rows.sort(key=_rank)
+    objective = _policy_section(_sweep_settings(store, runs[0]))["objectives"][0]
+    rows.sort(key=rank_by(objective["metric"], objective.get("mode", "max")))
     return rows[:top] if top else rows
 
 
-def _rank(row: TrialRow) -> tuple:
-    order = {"completed": 0, "stopped": 1}.get(row.status, 2)
+def leaderboard_metrics(
+    experiment: str, tracking_uri: str | None = None, workdir: str | os.PathLike = "."
+) -> list[str]:
+    """The metrics :func:`leaderboard` rows are shown with (:func:`headline_metrics` of the
+    newest sweep's spec)."""
+    store = Store(resolve_tracking_uri(tracking_uri, None, workdir))
+    _, parent = _newest_sweep(store, experiment)
+    settings = _sweep_settings(store, parent)
+    return headline_metrics(_policy_section(settings), settings.get("search_metric"))
 
-    def neg(key: str) -> float:
-        v = row.metrics.get(key)
-        return -v if v is not None and math.isfinite(v) else math.inf
 
-    # Ties on test accuracy (common on small test splits) go by trial id, as the default
-    # selection policy breaks them, so the top row is the trial the sweep promoted.
-    return (order, neg(keys.TEST_ACCURACY), row.trial_id)
+def rank_by(metric: str, mode: str = "max") -> Callable[[TrialRow], tuple]:
+    """A sort key: completed trials first, best ``metric`` first (``mode``), then trial id."""
+
+    def key(row: TrialRow) -> tuple:
+        order = {"completed": 0, "stopped": 1}.get(row.status, 2)
+        v = row.metrics.get(metric)
+        score = (-v if mode == "max" else v) if v is not None and math.isfinite(v) else math.inf
+        # Ties (common on small test splits) go by trial id, as selection breaks them, so the
+        # top row is the trial the sweep promoted.
+        return (order, score, row.trial_id)
+
+    return key
+
+
+_rank = rank_by(keys.TEST_ACCURACY)
+
+
+def headline_metrics(section: dict[str, Any], search_metric: str | None = None) -> list[str]:
+    """The metrics a leaderboard shows: every one the promotion policy ranks or constrains by,
+    then the search metric."""
+    from tracking.constraints import parse_constraint
+
+    out = [o["metric"] for o in section.get("objectives") or [] if isinstance(o, dict)]
+    for text in section.get("constraints") or []:
+        try:
+            out.append(parse_constraint(text).metric)
+        except ValueError:
+            continue
+    if search_metric:
+        out.append(search_metric)
+    return list(dict.fromkeys(out))
 
 
 def ui(
@@ -188,7 +222,12 @@ def _sweep_settings(store: Store, parent: Any) -> dict:
             spec = yaml.safe_load(Path(path).read_text()) or {}
     except Exception:  # noqa: BLE001 - an old sweep without a snapshot: defaults
         return {}
-    return {"name": spec.get("name"), **(spec.get("promotion") or {})}
+    search = spec.get("search") or {}
+    return {
+        "name": spec.get("name"),
+        "search_metric": search.get("metric", keys.VAL_ACCURACY),
+        **(spec.get("promotion") or {}),
+    }
 
 
 def sweep_candidates(
@@ -282,15 +321,13 @@ def promote(
     promotion = register_and_alias(
         store.uri, model_uri, name, alias, run_id, decision, tags, policy
     )
-    _publish_reports(store, parent.info.run_id, cands, policy, promotion)
+    _publish_reports(store, parent.info.run_id, cands, policy, promotion, settings)
     return promotion
 
 
 def _log_winner(store: Store, parent: Any, decision: Any) -> str:
     """Log the winner's model from its Tune checkpoint (weights-only) to its run."""
-    from tracking.registry import log_torch_model
-    from workers.tasks import load_task
-    from workers.trainable import ARTIFACTS_DIR, load_trial_model
+    from orchestrator.promotion import log_checkpoint_model
 
     winner = decision.winner
     ray_path = parent.data.tags.get(keys.TAG_RAY_PATH)
@@ -300,17 +337,16 @@ def _log_winner(store: Store, parent: Any, decision: Any) -> str:
             f"trial {winner.trial_id}'s model was not logged and its checkpoint is "
             f"not under {ray_path!r} any more; re-run the sweep"
         )
-    folder = found[-1]
-    model, meta = load_trial_model(folder)
-    data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
-    onnx = folder / ARTIFACTS_DIR / keys.ONNX_ARTIFACT
-    return log_torch_model(
-        winner.run_id, model, data.x_test[:4].numpy(), store.uri, onnx if onnx.exists() else None
-    )
+    return log_checkpoint_model(winner.run_id, found[-1], store.uri)
 
 
 def _publish_reports(
-    store: Store, parent_run_id: str, cands: list, policy: Any, promotion: Any | None
+    store: Store,
+    parent_run_id: str,
+    cands: list,
+    policy: Any,
+    promotion: Any | None,
+    settings: dict,
 ) -> list[str]:
     from tracking.report import publish_reports
 
@@ -318,7 +354,8 @@ def _publish_reports(
     if promotion is not None and getattr(promotion, "champion_version", None):
         mv = store.client.get_model_version(promotion.model_name, promotion.champion_version)
         champion = next((c.trial_id for c in cands if c.run_id == mv.run_id), None)
-    return publish_reports(store.client, parent_run_id, cands, policy, champion)
+    curves = settings.get("search_metric", keys.VAL_ACCURACY)
+    return publish_reports(store.client, parent_run_id, cands, policy, champion, curves)
 
 
 def rollback(

@@ -18,6 +18,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from orchestrator.errors import PodiumError, SpecError
@@ -128,7 +129,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         resume=args.resume,
         verbosity=verbosity,
     )
-    print_rows(result.rows[: args.top] if args.top else result.rows, sort=True)
+    shown = api.headline_metrics(asdict(spec.promotion), spec.search.metric)
+    first = spec.promotion.objectives[0]
+    print_rows(
+        result.rows[: args.top] if args.top else result.rows,
+        sort=True,
+        metrics=shown,
+        rank=api.rank_by(first["metric"], first.get("mode", "max")),
+    )
     print(f"\ntracking: {result.tracking_uri}  (parent run {result.parent_run_id})")
     if result.promotion and result.decision.winner is not None:
         p = result.promotion
@@ -145,6 +153,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if verbosity >= 2 and result.extra.get("timings_s"):
         phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.extra["timings_s"].items())
         print(f"timings: {phases}", file=sys.stderr)
+    if result.extra.get("stopped"):
+        print(f"podium: error: the sweep was stopped: {result.extra['stopped']}", file=sys.stderr)
+        return 1
     return 0 if result.decision.winner is not None else 1
 
 
@@ -164,7 +175,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not rows:
         print(f"experiment {args.experiment!r} has no trials yet")
         return 0
-    print_rows(rows, sort=False, marks=api.leaderboard_marks(args.experiment, args.tracking_uri))
+    print_rows(
+        rows,
+        sort=False,
+        marks=api.leaderboard_marks(args.experiment, args.tracking_uri),
+        metrics=api.leaderboard_metrics(args.experiment, args.tracking_uri),
+    )
     return 0
 
 
@@ -225,21 +241,31 @@ def _bound(v: float | None, none: str) -> str:
     return none if v is None else f"{v:g}"
 
 
-def print_rows(rows: Sequence[Any], sort: bool, marks: dict[str, Any] | None = None) -> None:
+def print_rows(
+    rows: Sequence[Any],
+    sort: bool,
+    marks: dict[str, Any] | None = None,
+    metrics: Sequence[str] = (),
+    rank: Any = None,
+) -> None:
     """A compact table: status, the headline metrics, and the params that differ between trials.
 
-    With ``marks`` (:func:`tracking.selection.mark_candidates`): a ``pareto`` column (``*`` on the
-    Pareto front) and an ``excluded`` column (the constraint a trial breaks, or why it cannot win).
+    ``metrics``: the ones the promotion policy and the search use (the leaderboard shows every
+    metric the policy ranks or constrains by), then latency and size where trials have them;
+    ``rank``: the sort key when ``sort``. With ``marks``
+    (:func:`tracking.selection.mark_candidates`): a ``pareto`` column (``*`` on the Pareto front)
+    and an ``excluded`` column (the constraint a trial breaks, or why it cannot win).
     """
     from orchestrator.api import _rank
     from tracking import keys
 
-    rows = sorted(rows, key=_rank) if sort else list(rows)
-    metrics = [
-        m
-        for m in (keys.TEST_ACCURACY, keys.VAL_ACCURACY, keys.LATENCY_MS_P50, keys.MODEL_SIZE_BYTES)
-        if any(m in r.metrics for r in rows)
-    ]
+    rows = sorted(rows, key=rank or _rank) if sort else list(rows)
+    wanted = dict.fromkeys(
+        [*metrics, keys.LATENCY_MS_P50, keys.MODEL_SIZE_BYTES]
+        if metrics
+        else [keys.TEST_ACCURACY, keys.VAL_ACCURACY, keys.LATENCY_MS_P50, keys.MODEL_SIZE_BYTES]
+    )
+    metrics = [m for m in wanted if any(m in r.metrics for r in rows)]
     varying = sorted(
         k
         for k in {k for r in rows for k in r.params}

@@ -53,7 +53,7 @@ class FinishedTrial:
 
 
 # Markers of a result that say how its trial ended and at which epoch.
-_MARKERS = (keys.DONE, keys.FAILED, keys.EPOCH, "training_iteration")
+_MARKERS = (keys.DONE, keys.FAILED, keys.ERROR_KIND, keys.EPOCH, "training_iteration")
 
 
 def last_result(result: dict[str, Any] | None) -> dict[str, Any]:

@@ -19,18 +19,9 @@ def promote_trial(
 
     ``checkpoint`` is the folder of the winner's newest checkpoint.
     """
-    from workers.tasks import load_task
-    from workers.trainable import ARTIFACTS_DIR, load_trial_model
-
     winner = decision.winner
     assert winner is not None and winner.run_id is not None
-    model, meta = load_trial_model(checkpoint)
-    data = load_task(meta["trial"]["task"], meta["trial"]["training"]["seed"])
-    example = data.x_test[:4].numpy()  # batch > 1: the ONNX export keeps the batch dynamic
-    # A recipe's compressed, measured ONNX file is what serving uses; without one the registry
-    # exports the fp32 model itself.
-    onnx = Path(checkpoint, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)
-    model_uri = log_torch_model(winner.run_id, model, example, uri, onnx if onnx.exists() else None)
+    model_uri = log_checkpoint_model(winner.run_id, checkpoint, uri)
     tags = {
         keys.TAG_SPEC_HASH: spec.spec_hash(),
         keys.TAG_EXPERIMENT: spec.name,
@@ -39,3 +30,19 @@ def promote_trial(
     return register_and_alias(
         uri, model_uri, spec.model_name, spec.promotion.alias, winner.run_id, decision, tags, policy
     )
+
+
+def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
+    """Log the model in a trial's checkpoint folder to ``run_id``; returns the model's URI.
+
+    Everything comes from the checkpoint (weights, architecture, example inputs): the driver
+    needs neither the task's data nor the user's task module.
+    """
+    from workers.trainable import ARTIFACTS_DIR, load_example, load_trial_model
+
+    model, _ = load_trial_model(checkpoint)
+    example = load_example(checkpoint).numpy()  # batch > 1: the ONNX export keeps it dynamic
+    # A recipe's compressed, measured ONNX file is what serving uses; without one the registry
+    # exports the fp32 model itself.
+    onnx = Path(checkpoint, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)
+    return log_torch_model(run_id, model, example, uri, onnx if onnx.exists() else None)

@@ -106,8 +106,14 @@ def check_address(address: str | None, resume: bool, timeout_s: float = 5.0) -> 
         ) from e
 
 
-def init_ray(address: str | None, verbosity: int) -> bool:
+def init_ray(
+    address: str | None, verbosity: int, runtime_env: dict[str, Any] | None = None
+) -> bool:
     """Join ``address`` or start a private local Ray; True if this call started it.
+
+    ``runtime_env`` travels with the job to a cluster's workers (the spec's plug-in modules,
+    :func:`orchestrator.plugins.runtime_env_for`); a local Ray's workers inherit this process's
+    ``PYTHONPATH`` instead, which costs nothing.
 
     Raises:
         RunError: Ray could not join ``address`` (unreachable, refused, wrong token).
@@ -122,6 +128,7 @@ def init_ray(address: str | None, verbosity: int) -> bool:
     try:
         ray.init(
             address=target,
+            runtime_env=runtime_env if target != "local" else None,
             include_dashboard=False,
             log_to_driver=verbosity >= 2,
             logging_level=logging.INFO if verbosity >= 2 else logging.ERROR,

@@ -12,6 +12,7 @@ STRING_KEYS = {
     keys.DEVICE: keys.TAG_DEVICE,
     keys.CPU_MODEL: keys.TAG_CPU_MODEL,
     keys.DEVICE_REASON: keys.TAG_DEVICE_REASON,
+    keys.TRACEBACK: keys.TAG_TRACEBACK,
 }
 # Tune's own bookkeeping in every result: not metrics of the model.
 _TUNE_KEYS = {

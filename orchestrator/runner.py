@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.errors import Problem, RunError, SpecError
 from orchestrator.ledger import LEDGER_FILE, FinishedTrial, TrialLedger, last_result
+from orchestrator.plugins import make_importable, runtime_env_for
 from orchestrator.promotion import promote_trial
 from orchestrator.ray_session import check_address, collector_paused, init_ray, shutdown_ray
 from orchestrator.results import result_metrics, trial_error_text
@@ -116,6 +117,7 @@ def run_experiment(
     for k, v in _QUIET_TUNE.items():
         os.environ.setdefault(k, v)
     clock = _Phases()
+    make_importable(spec.plugin_roots)  # a notebook may run a spec parsed from elsewhere
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri, workdir)
     _check_teachers(spec, uri)
     ray_address = address or spec.cluster.address
@@ -127,13 +129,13 @@ def run_experiment(
         store, experiment_id, parent_id, ray_path, existing = _prepare_tracking(
             spec, uri, resume, workdir
         )
-        started_ray = init_ray(ray_address, verbosity)
+        started_ray = init_ray(ray_address, verbosity, runtime_env_for(spec))
     else:
         # A new SQLite store migrates its schema (seconds) while Ray starts its processes.
         with ThreadPoolExecutor(1, thread_name_prefix="podium-tracking") as pool:
             prepared = pool.submit(_prepare_tracking, spec, uri, resume, workdir)
             try:
-                started_ray = init_ray(ray_address, verbosity)
+                started_ray = init_ray(ray_address, verbosity, runtime_env_for(spec))
             except RunError:
                 _discard_parent(prepared)
                 raise
@@ -158,9 +160,21 @@ def run_experiment(
         daemon=True,
     )
     warming.start()
+    from orchestrator.fail_fast import FailFast
+
+    stopper = FailFast(threshold=min(3, spec.search.num_samples))
     try:
         finished = _fit(
-            spec, template, writer, ray_path, resume, verbosity, extras, first_result, keep_finished
+            spec,
+            template,
+            writer,
+            ray_path,
+            resume,
+            verbosity,
+            extras,
+            first_result,
+            keep_finished,
+            stopper,
         )
     except BaseException as e:  # Ctrl-C too: Ray's processes must not outlive the driver
         with collector_paused(started_ray):
@@ -183,7 +197,9 @@ def run_experiment(
         stopping.start()
         warming.join()  # matplotlib and model logging are not to be used from two threads at once
         try:
-            return _conclude(spec, uri, store, parent_id, finished, template, writer, clock)
+            result = _conclude(spec, uri, store, parent_id, finished, template, writer, clock)
+            result.extra["stopped"] = stopper.reason
+            return result
         finally:
             stopping.join()
 
@@ -210,7 +226,7 @@ def _conclude(
             raise RunError(f"the winner {decision.winner.trial_id} left no checkpoint to promote")
         promotion = promote_trial(spec, uri, decision, checkpoint, policy)
     clock.mark("promote")
-    _publish(store, parent_id, rows, candidates, policy, decision, promotion)
+    _publish(store, parent_id, rows, candidates, policy, decision, promotion, spec.search.metric)
     store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
     clock.mark("publish")
     extra = {"timings_s": clock.seconds}
@@ -346,8 +362,10 @@ def _fit(
     extras: dict[str, Any],
     first_result: threading.Event,
     keep_finished: bool = False,
+    stopper: Any = None,
 ) -> dict[str, FinishedTrial]:
-    """Run (or resume) the Tune sweep; every trial that ended, by id."""
+    """Run (or resume) the Tune sweep; every trial that ended, by id. ``stopper`` (a
+    :class:`orchestrator.fail_fast.FailFast`) ends a new sweep whose trials all fail alike."""
     import ray
     from ray import tune
 
@@ -409,6 +427,7 @@ def _fit(
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(spec)),
             failure_config=tune.FailureConfig(max_failures=spec.cluster.max_failures),
+            stop=stopper,
         ),
     )
     with relay:
@@ -420,6 +439,12 @@ def _finished_trials(grid: Any, ledger: TrialLedger) -> dict[str, FinishedTrial]
     finished = ledger.entries()
     for result in grid:
         trial = _from_result(result)
+        if (
+            not trial.last
+            and trial.error is None
+            and (trial.trial_id in finished or not trial.config)
+        ):
+            continue  # never started (the sweep ended first), or the ledger knows more
         finished[trial.trial_id] = trial
     return finished
 
@@ -463,12 +488,37 @@ def make_trainable(
     if spec.search.scheduler == "pbt":
         extras["tracked_hparams"] = tracked_hparams(template)
 
+    metric = spec.search.metric
+
     def podium_trial(config: dict[str, Any]) -> None:
+        from orchestrator.fail_fast import is_transient
         from workers.trainable import TrialContext, run_trial
 
-        run_trial(resolve(template, config), TrialContext(threads=threads, extras=dict(extras)))
+        try:
+            run_trial(resolve(template, config), TrialContext(threads=threads, extras=dict(extras)))
+        except Exception as e:
+            if is_transient(e):
+                raise  # Tune retries it from the last checkpoint
+            _report_code_error(e, metric)
 
     return podium_trial
+
+
+def _report_code_error(error: Exception, metric: str) -> None:
+    """End the trial failed with an error of its own code, instead of raising it: a retry would
+    raise it again (:mod:`orchestrator.fail_fast`)."""
+    import traceback
+
+    from ray import tune
+
+    tune.report(
+        {
+            metric: float("nan"),  # Tune checks every result for the search metric
+            keys.FAILED: f"{type(error).__name__}: {error}",
+            keys.ERROR_KIND: "code",
+            keys.TRACEBACK: "".join(traceback.format_exception(error))[-5000:],
+        }
+    )
 
 
 def _resources(spec: ExperimentSpec) -> dict[str, float]:
@@ -520,8 +570,10 @@ def _publish(
     policy: Any,
     decision: Decision,
     promotion: Promotion | None,
+    metric: str,
 ) -> None:
-    """The parent run's reports: leaderboard CSV, Pareto-front and learning-curve plots.
+    """The parent run's reports: leaderboard CSV, Pareto-front and learning-curve plots (of
+    ``metric``, the sweep's search metric).
 
     The champion marked in the plots is whoever holds the alias now (the winner only if it
     beat the previous champion).
@@ -532,7 +584,7 @@ def _publish(
     if promotion is not None and decision.winner is not None:
         champion = decision.winner.trial_id if promotion.promoted else None
     try:
-        publish_reports(store.client, parent_id, candidates, policy, champion)
+        publish_reports(store.client, parent_id, candidates, policy, champion, metric)
     except Exception as e:  # noqa: BLE001 - plots are a convenience; the sweep's results stand
         log.warning("could not publish the sweep's plots (%s); logging the plain leaderboard", e)
         store.log_artifact_text(parent_id, leaderboard_csv(rows), keys.LEADERBOARD_ARTIFACT)

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import Problem, SpecError
+from orchestrator.plugins import import_roots
 from tracking import keys
 from tracking.selection import check_policy
 from workers.adversarial import check_adversarial
@@ -45,8 +46,6 @@ from workers.tasks import TASKS
 SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo", "hyperband", "median", "pbt")
 SEARCHERS = ("grid", "optuna", "random")
-# Schedulers act on a metric every epoch, so the search metric must be one reported every epoch.
-SEARCH_METRICS = (*keys.EPOCH_METRICS, keys.ROBUST_ACCURACY)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_SPEC = Path(__file__).parent / "defaults" / "digits.yaml"
 
@@ -192,7 +191,6 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "batch_norm": False,
     "dropout": 0.0,
 }
-MODEL_KEYS = {"arch", "hidden", "channels", "batch_norm", "dropout"}
 TRAINING_DEFAULTS: dict[str, Any] = {
     "max_epochs": 10,
     "batch_size": None,
@@ -235,6 +233,11 @@ class ExperimentSpec:
     tracking: TrackingSpec = _doc("MLflow location", default_factory=TrackingSpec)
     cluster: ClusterSpec = _doc("Ray cluster", default_factory=ClusterSpec)
     promotion: PromotionSpec = _doc("model selection and registry", default_factory=PromotionSpec)
+    # Where plug-ins are imported from, first wins (the spec file's folder, then the working
+    # directory): set by parse_spec; not a setting, so never dumped nor read from a spec file.
+    plugin_roots: tuple[str, ...] = field(
+        default=(), repr=False, compare=False, metadata={"internal": True}
+    )
 
     @property
     def model_name(self) -> str:
@@ -248,7 +251,7 @@ class ExperimentSpec:
         return min(_int_candidates(self.training, "seed"), default=0)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k in TOP_KEYS}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -283,7 +286,7 @@ SETTING_SECTIONS: dict[str, type] = {
     "cluster": ClusterSpec,
     "promotion": PromotionSpec,
 }
-TOP_KEYS = {f.name for f in fields(ExperimentSpec)}
+TOP_KEYS = {f.name for f in fields(ExperimentSpec) if not f.metadata.get("internal")}
 
 
 # --------------------------------------------------------------------------- loading
@@ -310,7 +313,7 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
             [Problem("", raw, f"{path} must hold a mapping of sections, got {type(raw).__name__}")]
         )
     apply_overrides(raw, overrides or [])
-    return parse_spec(raw)
+    return parse_spec(raw, spec_dir=path.parent)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
@@ -349,8 +352,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
         raise SpecError(problems)
 
 
-def parse_spec(raw: dict[str, Any]) -> ExperimentSpec:
+def parse_spec(raw: dict[str, Any], spec_dir: str | Path | None = None) -> ExperimentSpec:
     """Validate a spec mapping (already YAML-loaded) and return the typed spec.
+
+    Plug-ins (``module:function``) are imported from ``spec_dir`` (the spec file's folder), then
+    the working directory (:mod:`orchestrator.plugins`); the task is loaded once, so its metrics
+    can be checked and the defaults that depend on its kind filled in.
 
     Raises:
         SpecError: with every problem found.
@@ -367,28 +374,46 @@ def parse_spec(raw: dict[str, Any]) -> ExperimentSpec:
     spec = ExperimentSpec(
         name=raw.get("name"),  # type: ignore[arg-type]
         task=raw.get("task", "digits"),
-        model=_with_defaults(raw.get("model"), MODEL_DEFAULTS),
+        model=_with_defaults(raw.get("model"), MODEL_DEFAULTS, {"arch": "mlp"}),
         optimizer=raw.get("optimizer", {"name": "adam", "lr": 0.001}),
         training=_with_defaults(raw.get("training"), TRAINING_DEFAULTS),
         recipe=raw.get("recipe") or [],
         **sections,
     )
     problems += validate(spec)
+    if not any(pr.path == "task" for pr in problems):
+        # The checks that import plug-ins and load the task (its metrics, its model's settings);
+        # a model section with problems of its own is not checked against its builder.
+        from orchestrator.spec_task import check_with_task
+
+        spec.plugin_roots = tuple(import_roots(spec_dir))
+        model_ok = not any(pr.path.startswith("model") for pr in problems)
+        problems += check_with_task(spec, raw, check_model=model_ok)
     if problems:
         raise SpecError(problems)
     return spec
 
 
-def _with_defaults(value: Any, defaults: dict[str, Any]) -> Any:
-    """Fill section defaults; a section-level space gets them filled into each branch."""
+def _with_defaults(
+    value: Any, defaults: dict[str, Any], given: dict[str, Any] | None = None
+) -> Any:
+    """Fill section defaults; a section-level space gets them filled into each branch.
+
+    ``defaults`` is the whole section when none is given; ``given`` (default: ``defaults``) is
+    what fills a section the spec gives.
+    """
+    given = defaults if given is None else given
     if value is None:
         return dict(defaults)
     if is_space(value) and isinstance(space_candidates(value), list):
         kind = space_kind(value)
         return {
-            kind: [_with_defaults(v, defaults) if isinstance(v, dict) else v for v in value[kind]]
+            kind: [
+                _with_defaults(v, defaults, given) if isinstance(v, dict) else v
+                for v in value[kind]
+            ]
         }
-    return {**defaults, **value} if isinstance(value, dict) else value
+    return {**given, **value} if isinstance(value, dict) else value
 
 
 def _parse_settings(name: str, cls: type, value: Any, problems: list[Problem]) -> Any:
@@ -504,11 +529,9 @@ def _int_list(v: Any) -> str | None:
 
 
 def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
-    p = [
-        Problem(f"{path}.{k}", m[k], f"unknown key {k!r}; valid: {', '.join(sorted(MODEL_KEYS))}")
-        for k in sorted(set(m) - MODEL_KEYS)
-    ]
-    p += _leaf(
+    # Which keys an arch takes is its builder's signature: checked once plug-ins are imported
+    # (orchestrator/spec_task.py). Here: the values of the built-in architectures' settings.
+    p = _leaf(
         f"{path}.arch",
         m.get("arch"),
         lambda v: (
@@ -517,19 +540,21 @@ def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
             else f"{v!r} is not one of: {', '.join(MODELS.names())} (or module:function)"
         ),
     )
-    p += _leaf(f"{path}.hidden", m.get("hidden"), _int_list)
-    if "channels" in m:
-        p += _leaf(f"{path}.channels", m["channels"], _int_list)
-    p += _leaf(
-        f"{path}.batch_norm",
-        m.get("batch_norm"),
-        lambda v: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
-    )
-    p += _leaf(
-        f"{path}.dropout",
-        m.get("dropout"),
-        lambda v: None if _is_number(v) and 0 <= v < 1 else f"must be in [0, 1), got {v!r}",
-    )
+    for key in ("hidden", "channels"):
+        if key in m:
+            p += _leaf(f"{path}.{key}", m[key], _int_list)
+    if "batch_norm" in m:
+        p += _leaf(
+            f"{path}.batch_norm",
+            m["batch_norm"],
+            lambda v: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
+        )
+    if "dropout" in m:
+        p += _leaf(
+            f"{path}.dropout",
+            m["dropout"],
+            lambda v: None if _is_number(v) and 0 <= v < 1 else f"must be in [0, 1), got {v!r}",
+        )
     return p
 
 
@@ -656,7 +681,11 @@ def _check_search(s: SearchSpec, spec: ExperimentSpec) -> list[Problem]:
     p = _leaf("search.num_samples", s.num_samples, _positive_int)
     p += _leaf("search.scheduler", s.scheduler, _one_of(SCHEDULERS))
     p += _leaf("search.searcher", s.searcher, _one_of(SEARCHERS))
-    p += _leaf("search.metric", s.metric, _one_of(SEARCH_METRICS))
+    p += _leaf(
+        "search.metric",
+        s.metric,
+        lambda v: None if isinstance(v, str) and v else f"must be a metric name, got {v!r}",
+    )
     p += _leaf("search.mode", s.mode, _one_of(("max", "min")))
     p += _leaf("search.grace_period", s.grace_period, _positive_int)
     if s.max_concurrent is not None:

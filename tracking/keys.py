@@ -30,6 +30,10 @@ FINAL_METRICS = (TEST_ACCURACY, PARAM_COUNT, MODEL_SIZE_BYTES, TRAIN_TIME_S)
 DONE = "podium_done"
 # A result key holding why the trial failed (loss became NaN/inf): it ends, marked failed.
 FAILED = "podium_failed"
+# Result keys (strings) of a trial that ended on an error of its own code: "code" (an error
+# every retry would repeat; not retried), and the traceback, logged as TAG_TRACEBACK.
+ERROR_KIND = "podium_error_kind"
+TRACEBACK = "podium_traceback"
 # A result key (not a metric) on a trial's first report after it restored its own checkpoint:
 # the per-epoch metrics of every epoch that checkpoint covers. A driver killed between a
 # checkpoint and MLflow receiving that epoch's metrics lost them; the driver logs the steps its
@@ -58,6 +62,7 @@ TAG_ROLE = "podium.role"  # "sweep" on the parent run, "trial" on children
 TAG_SPEC_HASH = "podium.spec_hash"
 TAG_STATUS = "podium.status"  # trial outcome: completed, stopped, failed
 TAG_ERROR = "podium.error"
+TAG_TRACEBACK = "podium.traceback"  # where a trial's own code raised (the last 5,000 characters)
 TAG_SOURCE_RUN = "podium.source_run_id"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_EXPLOITS = "podium.exploits"  # JSON list of PBT exploits: [{"source": trial, "epoch": n}]

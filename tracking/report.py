@@ -166,7 +166,8 @@ def plot_pareto(
                 label=label,
                 **style,
             )
-    front = _front_2d([p for p, o in zip(pts, ok, strict=True) if o], x, y)
+    higher = _mode_of(policy, y) == "max"
+    front = _front_2d([p for p, o in zip(pts, ok, strict=True) if o], x, y, higher)
     if front:
         ax.step(
             [c.metrics[x] for c in front],
@@ -194,20 +195,32 @@ def plot_pareto(
         elif c.metric == y:
             ax.axhline(c.value, ls="--", c="tab:red", lw=1, label=c.text)
     ax.set_xlabel(x + (" (lower is better)" if x != y else ""))
-    ax.set_ylabel(y)
+    ax.set_ylabel(y + ("" if higher else " (lower is better)"))
     ax.set_title(f"{y} vs {x} (marker area: {keys.MODEL_SIZE_BYTES})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, plt, path)
 
 
-def _front_2d(pts: Sequence[Candidate], x: str, y: str) -> list[Candidate]:
-    """Points no other point beats on both axes (x lower, y higher), sorted by x."""
+def _front_2d(pts: Sequence[Candidate], x: str, y: str, higher_y: bool = True) -> list[Candidate]:
+    """Points no other point beats on both axes (x lower, y higher or, with ``higher_y`` off,
+    lower), sorted by x."""
+    sign = 1.0 if higher_y else -1.0
     out: list[Candidate] = []
-    for c in sorted(pts, key=lambda c: (c.metrics[x], -c.metrics[y])):
-        if not out or c.metrics[y] > out[-1].metrics[y]:
+    for c in sorted(pts, key=lambda c: (c.metrics[x], -sign * c.metrics[y])):
+        if not out or sign * c.metrics[y] > sign * out[-1].metrics[y]:
             out.append(c)
     return out
+
+
+def _mode_of(policy: Policy, metric: str) -> str:
+    """``metric``'s mode in the policy's objectives (max for a metric it does not rank by)."""
+    return next((o.mode for o in policy.objectives if o.metric == metric), "max")
+
+
+def headline_metric(policy: Policy) -> str:
+    """The metric the reports plot first: the policy's first objective."""
+    return policy.objectives[0].metric
 
 
 def plot_learning_curves(
@@ -327,9 +340,11 @@ def write_reports(
     folder: str | Path,
     histories: Mapping[str, Sequence[tuple[int, float]]] | None = None,
     champion: str | None = None,
+    curve_metric: str = keys.VAL_ACCURACY,
 ) -> list[Path]:
     """Every report into ``folder``: what the adapter logs on the parent run (learning curves
-    for the trials in ``histories``)."""
+    of ``curve_metric`` for the trials in ``histories``; the Pareto plot's y axis and the
+    parallel plot's colour are the policy's first objective)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out: list[Path | None] = [
@@ -337,10 +352,11 @@ def write_reports(
             leaderboard_rows(candidates, policy, champion), folder / keys.LEADERBOARD_ARTIFACT
         )
     ]
-    out.append(plot_pareto(candidates, policy, folder / keys.PARETO_PLOT_ARTIFACT, champion))
+    y = headline_metric(policy)
+    out.append(plot_pareto(candidates, policy, folder / keys.PARETO_PLOT_ARTIFACT, champion, y=y))
     out.append(
         plot_parallel_coordinates(
-            candidates, folder / keys.PARALLEL_PLOT_ARTIFACT, champion=champion
+            candidates, folder / keys.PARALLEL_PLOT_ARTIFACT, color=y, champion=champion
         )
     )
     if histories:
@@ -348,6 +364,7 @@ def write_reports(
             plot_learning_curves(
                 histories,
                 folder / keys.CURVES_PLOT_ARTIFACT,
+                metric=curve_metric,
                 champion=champion,
                 total=len(candidates),
             )
@@ -361,24 +378,23 @@ def publish_reports(
     candidates: Sequence[Candidate],
     policy: Policy,
     champion: str | None = None,
+    curve_metric: str = keys.VAL_ACCURACY,
 ) -> list[str]:
     """Write every report and log it on the sweep's parent run (``client``: an MlflowClient).
 
-    Learning curves come from the ``val_accuracy`` history of the best trials' runs
-    (:func:`curve_trials`). Returns the artifact names logged.
+    Learning curves come from the ``curve_metric`` history (the sweep's ``search.metric``) of
+    the best trials' runs (:func:`curve_trials`). Returns the artifact names logged.
     """
     import tempfile
 
     drawn = set(curve_trials(candidates, policy, champion))
     histories = {
-        c.trial_id: [
-            (m.step, m.value) for m in client.get_metric_history(c.run_id, keys.VAL_ACCURACY)
-        ]
+        c.trial_id: [(m.step, m.value) for m in client.get_metric_history(c.run_id, curve_metric)]
         for c in candidates
         if c.run_id and c.trial_id in drawn
     }
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_reports(candidates, policy, tmp, histories, champion)
+        paths = write_reports(candidates, policy, tmp, histories, champion, curve_metric)
         for p in paths:
             client.log_artifact(parent_run_id, str(p))
     return [p.name for p in paths]

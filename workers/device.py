@@ -231,8 +231,8 @@ def task_on(device: torch.device, data: Any) -> Any:
     batch."""
     import dataclasses
 
-    if data.x_train.device == device:
-        return data
+    if not data.in_memory or data.x_train.device == device:
+        return data  # a dataset task's batches move as its DataLoader yields them
     moved = {
         f: getattr(data, f).to(device)
         for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")

@@ -1,14 +1,16 @@
 """Training and evaluation loops: plain PyTorch, no Ray, no MLflow.
 
 One epoch = one pass over the training split in batches (``batch_size`` = whole split for
-full-batch methods). The optimizer step goes through a closure so line-search (cg) and
-extragradient methods can re-evaluate the loss; the rest call it once.
+full-batch methods): indexed tensors for in-memory tasks, a ``DataLoader`` for dataset tasks. The
+loss and the metrics are the task's (``workers.tasks``: cross-entropy and accuracy for
+classification, MSE and RMSE for regression, ...). The optimizer step goes through a closure so
+line-search (cg) and extragradient methods can re-evaluate the loss; the rest call it once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,31 +45,88 @@ def l1_norm(model: nn.Module) -> torch.Tensor:
     )
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def shuffled_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[Batch]:
+    """``(x, y)`` in batches of a seeded random order (indexing: tensors already in memory)."""
+    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    for start in range(0, len(x), batch_size):
+        idx = perm[start : start + batch_size]
+        yield x[idx], y[idx]
+
+
+def train_batches(
+    data: Any, batch_size: int, generator: torch.Generator, device: torch.device | None = None
+) -> Iterator[Batch]:
+    """One epoch of a task's training split: indexed tensors, or its ``train_set`` through a
+    shuffling ``DataLoader`` (seeded by ``generator``)."""
+    if data.in_memory:
+        return shuffled_batches(data.x_train, data.y_train, batch_size, generator)
+    return _loader(data, data.train_set, batch_size, device, generator)
+
+
+def eval_batches(
+    data: Any, split: str, batch_size: int = 2048, device: torch.device | None = None
+) -> Iterator[Batch]:
+    """A split (``val`` or ``test``) in order, in batches."""
+    if data.in_memory:
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        return (
+            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)
+        )
+    return _loader(data, getattr(data, f"{split}_set"), batch_size, device, None)
+
+
+def _loader(
+    data: Any,
+    dataset: Any,
+    batch_size: int,
+    device: torch.device | None,
+    generator: torch.Generator | None,
+) -> Iterator[Batch]:
+    from torch.utils.data import DataLoader
+
+    device = device or torch.device("cpu")
+    options = dict(data.loader)
+    if not options.get("num_workers"):
+        options.pop("prefetch_factor", None)  # only valid with worker processes
+        options.pop("persistent_workers", None)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=generator is not None,
+        generator=generator,
+        # Page-locked host memory lets the copy to a GPU overlap the next batch's loading.
+        pin_memory=device.type == "cuda",
+        **options,
+    )
+    for xb, yb in loader:
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    generator: torch.Generator,
+    batches: Iterable[Batch],
     *,
+    loss_fn: Loss = nn.functional.cross_entropy,
     needs_closure: bool = False,
     l1_penalty: float = 0.0,
     schedule: Any = None,
     adversary: Adversary | None = None,
 ) -> EpochResult:
-    """One pass over ``(x, y)`` in shuffled batches.
+    """One pass over ``batches`` (see :func:`train_batches`), minimising ``loss_fn(out, y)``.
 
     Raises:
         TrialDivergedError: the loss became NaN or infinite (the trial fails with this reason).
     """
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
-    perm = torch.randperm(len(x), generator=generator)
     total, seen, steps = 0.0, 0, 0
-    for start in range(0, len(x), batch_size):
-        idx = perm[start : start + batch_size]
-        xb, yb = x[idx], y[idx]
+    for xb, yb in batches:
         if adversary is not None:
             xb = adversary(model, xb, yb)
 
@@ -92,17 +151,42 @@ def train_epoch(
             raise TrialDivergedError(
                 f"training loss became {value} at step {steps + 1} of the epoch"
             )
-        total += value * len(idx)
-        seen += len(idx)
+        total += value * len(yb)
+        seen += len(yb)
         steps += 1
-    return EpochResult(total / seen, steps)
+    return EpochResult(total / max(seen, 1), steps)
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    loss_fn: Loss,
+    metrics_fn: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]],
+) -> dict[str, float]:
+    """``{"loss": mean loss, **metrics}`` of ``model`` over a split, in eval mode.
+
+    The metrics see the whole split's outputs and targets at once (F1 and R^2 are not means of
+    per-batch values); the outputs are gathered on the CPU.
+    """
+    model.eval()
+    outs, ys, loss_sum, n = [], [], 0.0, 0
+    for xb, yb in batches:
+        out = model(xb).float()
+        loss_sum += float(loss_fn(out, yb)) * len(yb)
+        n += len(yb)
+        outs.append(out.cpu())
+        ys.append(yb.cpu())
+    if not n:
+        return {"loss": float("nan")}
+    return {"loss": loss_sum / n, **metrics_fn(torch.cat(outs), torch.cat(ys))}
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
 ) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of ``model`` on ``(x, y)`` in eval mode."""
+    """(mean cross-entropy loss, accuracy) of a classifier on in-memory ``(x, y)``."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(x), batch_size):

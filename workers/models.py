@@ -7,12 +7,12 @@ an ``nn.Module`` mapping ``(batch, *input_shape)`` float32 to ``(batch, num_clas
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
-from workers.registry import Registry, is_plugin_ref, load_plugin
+from workers.registry import Registry, declared_settings, is_plugin_ref, load_plugin
 
 ModelBuilder = Callable[..., nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("model.arch")
@@ -35,7 +35,6 @@ def mlp(
     hidden: Sequence[int] = (128, 64),
     batch_norm: bool = False,
     dropout: float = 0.0,
-    **_: Any,
 ) -> nn.Module:
     """Flatten, then ``Linear → [BatchNorm] → ReLU → [Dropout]`` per hidden size, then logits."""
     n_in = math.prod(input_shape)
@@ -52,10 +51,9 @@ def cnn(
     input_shape: Sequence[int],
     num_classes: int,
     channels: Sequence[int] = (16, 32),
-    hidden: Sequence[int] = (64,),
+    hidden: Sequence[int] = (128, 64),
     batch_norm: bool = False,
     dropout: float = 0.0,
-    **_: Any,
 ) -> nn.Module:
     """``Conv3x3 → [BatchNorm] → ReLU → MaxPool2`` per channel count, then an MLP head.
 
@@ -82,8 +80,18 @@ def cnn(
     return nn.Sequential(*layers)
 
 
-def build_model(section: dict[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
+def build_model(
+    section: dict[str, Any],
+    input_shape: Sequence[int],
+    num_classes: int,
+    extra: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """Build the model a resolved spec ``model`` section describes.
+
+    The builder is called as ``builder(input_shape, num_classes, **settings)`` with the section's
+    keys the builder declares (a section under a choice of archs holds the keys of all of them);
+    a parameter the builder declares that the section does not set is taken from the task's
+    ``extra`` facts when they have it (a text model's ``vocab_size``).
 
     Example:
         >>> m = build_model({"arch": "mlp", "hidden": [32]}, (64,), 10)
@@ -93,4 +101,10 @@ def build_model(section: dict[str, Any], input_shape: Sequence[int], num_classes
     kwargs = {k: v for k, v in section.items() if k != "arch"}
     arch = section.get("arch", "mlp")
     builder = load_plugin(arch) if is_plugin_ref(arch) else MODELS.get(arch)
+    declared, takes_any = declared_settings(builder)
+    # Under a choice of archs a section holds the keys of all of them; each gets its own.
+    kwargs = {k: v for k, v in kwargs.items() if takes_any or k in declared}
+    for name in declared:
+        if name not in kwargs and extra and name in extra:
+            kwargs[name] = extra[name]
     return builder(tuple(input_shape), num_classes, **kwargs)

@@ -7,8 +7,9 @@ their own entries through a spec value of the form ``module:function``, loaded o
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from workers.errors import UnknownNameError, WorkerError
 
@@ -86,3 +87,26 @@ def load_plugin(ref: str) -> Callable:
     if not callable(fn):
         raise WorkerError(f"plug-in {ref!r} is not callable")
     return fn
+
+
+def declared_settings(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
+    """A builder's settings: ``({name: default or inspect.Parameter.empty}, takes_any)``, where
+    ``takes_any`` says it also takes ``**kwargs``. Its first two parameters (a model builder's
+    input shape and output width) are Podium's, not settings.
+
+    Example:
+        >>> def bag(input_shape, num_classes, vocab_size, dim=32): ...
+        >>> declared_settings(bag)
+        ({'vocab_size': <class 'inspect._empty'>, 'dim': 32}, False)
+    """
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return {}, True  # no signature to read (a builtin): let the call decide
+    named = [
+        p
+        for p in params[2:]
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return {p.name: p.default for p in named}, takes_any

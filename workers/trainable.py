@@ -23,7 +23,7 @@ from tracking import keys
 from workers.adversarial import make_adversary, robust_accuracy
 from workers.device import pick_device, task_on
 from workers.errors import TrialDivergedError
-from workers.loop import batch_size_for, evaluate, train_epoch
+from workers.loop import batch_size_for, eval_batches, evaluate_split, train_batches, train_epoch
 from workers.measure import nonzero_params, param_count, state_dict_bytes
 from workers.models import build_model
 from workers.optimizers import OPTIMIZERS, build_optimizer
@@ -34,7 +34,10 @@ from workers.tasks import TaskData, load_task
 STATE_FILE = (
     "state.pt"  # weights-only: tensors and plain containers, loadable with weights_only=True
 )
-TRIAL_FILE = "trial.json"  # the concrete spec plus the model's input shape and class count
+TRIAL_FILE = "trial.json"  # the concrete spec plus what the model needs of its task (trial_meta)
+EXAMPLE_FILE = (
+    "example.pt"  # a few of the task's inputs (weights-only tensor): export and signature
+)
 ROBUST_VAL_SAMPLES = 1000  # val examples attacked each epoch (the test split is attacked whole)
 ARTIFACTS_DIR = "artifacts"  # files a recipe produced (e.g. model.onnx), logged by the driver
 FINAL_FILE = "final.json"  # the last report, kept with the last checkpoint (see run_trial)
@@ -96,7 +99,7 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
     _restore(state, tune.get_checkpoint(), trial_id)
     where = {keys.NODE: device.node, keys.DEVICE: device.label, keys.DEVICE_REASON: device.reason}
     entry = OPTIMIZERS.get(trial["optimizer"]["name"])
-    batch_size = batch_size_for(entry.batch_mode, training["batch_size"], len(data.x_train))
+    batch_size = batch_size_for(entry.batch_mode, training["batch_size"], data.split_size("train"))
     adversary = make_adversary(training.get("adversarial"))
     max_epochs = training["max_epochs"]
     if state.final is not None and state.epoch >= max_epochs:
@@ -111,10 +114,8 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
                 result = train_epoch(
                     state.model,
                     state.optimizer,
-                    data.x_train,
-                    data.y_train,
-                    batch_size,
-                    state.generator,
+                    train_batches(data, batch_size, state.generator, device.torch_device),
+                    loss_fn=data.loss_fn(),
                     needs_closure=entry.needs_closure,
                     l1_penalty=training.get("l1_penalty", 0.0),
                     schedule=state.schedule,
@@ -123,34 +124,31 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
         except TrialDivergedError as e:
             # End the trial, marked failed with the reason. Raising would make Tune retry it
             # (max_failures), and a diverging config diverges again.
-            val_loss, val_acc = evaluate(state.model, data.x_val, data.y_val)
             failed = {
                 keys.EPOCH: state.epoch + 1,
                 keys.TRAIN_LOSS: float("nan"),
-                keys.VAL_LOSS: val_loss,
-                keys.VAL_ACCURACY: val_acc,
+                **_scores(state.model, data, "val", device.torch_device),
                 keys.FAILED: str(e),
                 **where,
             }
             tune.report(_with_replay(state, failed))
             return
-        val_loss, val_acc = evaluate(state.model, data.x_val, data.y_val)
+        val = _scores(state.model, data, "val", device.torch_device)
         state.train_time_s += time.perf_counter() - started
         state.epoch += 1
         scores: dict[str, float] = {
             keys.EPOCH: state.epoch,
             keys.TRAIN_LOSS: result.train_loss,
-            keys.VAL_LOSS: val_loss,
-            keys.VAL_ACCURACY: val_acc,
+            **val,
             **hparams_of(trial, ctx.extras.get("tracked_hparams", ())),
         }
         # Per epoch on a fixed slice of val: PGD on a whole 5k split costs minutes per epoch.
         n = ROBUST_VAL_SAMPLES
-        robust = robust_accuracy(
-            state.model, data.x_val[:n], data.y_val[:n], training.get("adversarial")
-        )
-        if robust is not None:
-            scores[keys.ROBUST_ACCURACY] = robust
+        adversarial = training.get("adversarial")  # validated: in-memory classification only
+        if adversarial is not None:
+            robust = robust_accuracy(state.model, data.x_val[:n], data.y_val[:n], adversarial)
+            if robust is not None:
+                scores[keys.ROBUST_ACCURACY] = robust
         state.history.append(scores)
         metrics = _with_replay(state, {**scores, **where})
         if state.exploited_from is not None:
@@ -170,7 +168,8 @@ def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = 
     seed = trial["training"]["seed"]
     torch.manual_seed(seed)  # same init for the same seed: trials differ only by their config
     # On the device before the optimizer exists, so its state is created there too.
-    model = build_model(trial["model"], data.input_shape, data.num_classes).to(device or "cpu")
+    model = build_model(trial["model"], data.input_shape, data.num_classes, data.extra)
+    model = model.to(device or "cpu")
     opt_section = trial["optimizer"]
     optimizer = build_optimizer(
         opt_section["name"],
@@ -179,9 +178,9 @@ def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = 
     )
     entry = OPTIMIZERS.get(opt_section["name"])
     batch_size = batch_size_for(
-        entry.batch_mode, trial["training"]["batch_size"], len(data.x_train)
+        entry.batch_mode, trial["training"]["batch_size"], data.split_size("train")
     )
-    steps_per_epoch = -(-len(data.x_train) // batch_size)
+    steps_per_epoch = -(-data.split_size("train") // batch_size)
     schedule = build_schedule(
         optimizer,
         trial["training"].get("lr_schedule"),
@@ -210,11 +209,33 @@ def _save(
     if state.schedule is not None and hasattr(state.schedule, "state_dict"):
         blob["schedule"] = state.schedule.state_dict()
     torch.save(blob, folder / STATE_FILE)
-    meta = {"trial": trial, "input_shape": list(data.input_shape), "num_classes": data.num_classes}
-    (folder / TRIAL_FILE).write_text(json.dumps(meta))
+    # A few inputs of the task's own dtype and shape: the driver exports and logs the winner
+    # from its checkpoint without loading the task (or importing the user's task module).
+    torch.save(data.example_input().detach().cpu().contiguous(), folder / EXAMPLE_FILE)
+    (folder / TRIAL_FILE).write_text(json.dumps(trial_meta(trial, data)))
     (folder / HISTORY_FILE).write_text(json.dumps({"trial_id": trial_id, "epochs": state.history}))
     if final is not None:
         (folder / FINAL_FILE).write_text(json.dumps(_without_replay(final)))
+
+
+def trial_meta(trial: dict[str, Any], data: TaskData) -> dict[str, Any]:
+    """What rebuilding and serving the trial's model needs of its task, as JSON: its input shape
+    and dtype, output width, problem kind, feature names and the task's saved facts (``extra``,
+    e.g. a vocabulary)."""
+    return {
+        "trial": trial,
+        "input_shape": list(data.input_shape),
+        "input_dtype": str(data.example_input().dtype).removeprefix("torch."),
+        "num_classes": data.num_classes,
+        "kind": data.kind,
+        "feature_names": list(data.feature_names) if data.feature_names else None,
+        "extra": dict(data.extra),
+    }
+
+
+def load_example(folder: str | os.PathLike) -> torch.Tensor:
+    """The example inputs a trial's checkpoint holds (weights-only load)."""
+    return torch.load(Path(folder, EXAMPLE_FILE), weights_only=True, map_location="cpu")
 
 
 def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
@@ -246,6 +267,13 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
     state.generator.set_state(blob["generator"])
     state.epoch = int(blob["epoch"])
     state.train_time_s = float(blob["train_time_s"])
+
+
+def _scores(model: nn.Module, data: TaskData, split: str, device: torch.device) -> dict[str, float]:
+    """``<split>_loss`` and ``<split>_<metric>`` for each of the task's metrics."""
+    batches = eval_batches(data, split, device=device)
+    scores = evaluate_split(model, batches, data.loss_fn(), data.metrics_fn())
+    return {f"{split}_{name}": value for name, value in scores.items()}
 
 
 def hparams_of(trial: dict[str, Any], paths: Any) -> dict[str, float]:
@@ -291,20 +319,19 @@ def _finish(
     trial: dict[str, Any], data: TaskData, state: _State, ctx: TrialContext, folder: Path
 ) -> dict[str, Any]:
     """Final metrics: test accuracy and size of the trained model, then the compression recipe."""
-    _, test_acc = evaluate(state.model, data.x_test, data.y_test)
     final: dict[str, Any] = {
-        keys.TEST_ACCURACY: test_acc,
+        **_scores(state.model, data, "test", ctx.device),
         keys.PARAM_COUNT: param_count(state.model),
         keys.NONZERO_PARAMS: nonzero_params(state.model),
         keys.MODEL_SIZE_BYTES: state_dict_bytes(state.model),
         keys.TRAIN_TIME_S: state.train_time_s,
         keys.DONE: True,
     }
-    robust = robust_accuracy(
-        state.model, data.x_test, data.y_test, trial["training"].get("adversarial")
-    )
-    if robust is not None:
-        final[keys.TEST_ROBUST_ACCURACY] = robust
+    adversarial = trial["training"].get("adversarial")
+    if adversarial is not None:
+        robust = robust_accuracy(state.model, data.x_test, data.y_test, adversarial)
+        if robust is not None:
+            final[keys.TEST_ROBUST_ACCURACY] = robust
     if trial.get("recipe"):
         ctx.out_dir = folder / ARTIFACTS_DIR
         ctx.out_dir.mkdir()
@@ -327,7 +354,9 @@ def load_trial_model(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, An
     """
     folder = Path(folder)
     meta = json.loads((folder / TRIAL_FILE).read_text())
-    model = build_model(meta["trial"]["model"], tuple(meta["input_shape"]), meta["num_classes"])
+    model = build_model(
+        meta["trial"]["model"], tuple(meta["input_shape"]), meta["num_classes"], meta.get("extra")
+    )
     # map_location: a GPU trial's checkpoint must load in a driver without a GPU.
     blob = torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")
     model.load_state_dict(blob["model"])

@@ -53,7 +53,7 @@ def test_all_problems_reported_at_once_with_path_and_value():
         {
             "name": "bad name!",
             "task": "mnist",
-            "model": {"arch": "transformer", "dropout": 1.5, "hidden": [0]},
+            "model": {"arch": "transformr", "dropout": 1.5, "hidden": [0]},
             "optimizer": {"name": "adamw", "lr": -1},
             "training": {"max_epochs": 0, "batch_size": "big"},
             "search": {"scheduler": "ashaa", "searcher": "bayes", "metric": "f1", "mode": "up"},
@@ -72,7 +72,6 @@ def test_all_problems_reported_at_once_with_path_and_value():
         "training.max_epochs",
         "training.batch_size",
         "search.searcher",
-        "search.metric",
         "search.mode",
         "resources.cpu",
         "bogus",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from workers.tasks import TaskData, split_arrays
 
@@ -12,3 +13,29 @@ def tiny(seed: int) -> TaskData:
     x = rng.normal(size=(200, 4))
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     return split_arrays("tiny", x, y, seed)
+
+
+class _Generated(torch.utils.data.Dataset):
+    """Examples made when read, never one tensor: a stand-in for data that does not fit."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        x = torch.randn(4, generator=g)
+        return x, torch.tensor(int(x[0] + x[1] > 0))
+
+
+def streamed(seed: int) -> TaskData:
+    """The same problem as :func:`tiny`, as datasets read through a DataLoader."""
+    splits = (_Generated(400, seed), _Generated(100, seed + 1), _Generated(100, seed + 2))
+    return TaskData.from_datasets("streamed", *splits, num_classes=2, loader={"num_workers": 0})
+
+
+def broken_model(input_shape, num_classes, width: int = 8) -> torch.nn.Module:  # noqa: ANN001
+    """A plug-in with a bug: its first layer expects 3 inputs, whatever the task has."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, num_classes))

@@ -12,7 +12,7 @@ from orchestrator.errors import SpecError
 from orchestrator.spec import parse_spec
 from tracking import keys
 from workers.adversarial import check_adversarial, make_adversary, pgd, robust_accuracy
-from workers.loop import evaluate, train_epoch
+from workers.loop import evaluate, shuffled_batches, train_epoch
 from workers.models import build_model
 from workers.optimizers import build_optimizer
 from workers.tasks import load_task
@@ -38,10 +38,7 @@ def _train(digits, adversarial: dict | None, seed: int, epochs: int = 15) -> tor
         train_epoch(
             model,
             opt,
-            digits.x_train,
-            digits.y_train,
-            64,
-            gen,
+            shuffled_batches(digits.x_train, digits.y_train, 64, gen),
             adversary=make_adversary(adversarial),
         )
     return model

@@ -88,7 +88,7 @@ def test_bf16_forward_training_learns_as_well_as_float32():
 
 
 def _digits_accuracy(d: Device) -> float:
-    from workers.loop import evaluate, train_epoch
+    from workers.loop import evaluate, shuffled_batches, train_epoch
     from workers.models import build_model
     from workers.optimizers import build_optimizer
     from workers.tasks import load_task
@@ -102,7 +102,7 @@ def _digits_accuracy(d: Device) -> float:
     gen = torch.Generator().manual_seed(0)
     with d.mixed_precision(model):
         for _ in range(8):
-            train_epoch(model, opt, x, y, 64, gen)
+            train_epoch(model, opt, shuffled_batches(x, y, 64, gen))
     return evaluate(model, data.x_val.to(d.torch_device), data.y_val.to(d.torch_device))[1]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workers.errors import TrialDivergedError
-from workers.loop import batch_size_for, evaluate, l1_norm, train_epoch
+from workers.loop import batch_size_for, evaluate, l1_norm, shuffled_batches, train_epoch
 from workers.models import build_model
 from workers.optimizers import OPTIMIZERS, build_optimizer
 from workers.tasks import load_task
@@ -25,7 +25,9 @@ def fit(data, name, lr, epochs=3, l1=0.0, batch=None):
     bs = batch_size_for(entry.batch_mode, batch, len(data.x_train))
     gen = torch.Generator().manual_seed(0)
     steps = [
-        train_epoch(model, opt, data.x_train, data.y_train, bs, gen, l1_penalty=l1).steps
+        train_epoch(
+            model, opt, shuffled_batches(data.x_train, data.y_train, bs, gen), l1_penalty=l1
+        ).steps
         for _ in range(epochs)
     ]
     return model, steps

@@ -11,7 +11,7 @@ from torch import nn
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import MODEL_DEFAULTS, parse_spec
-from workers.loop import batch_size_for, train_epoch
+from workers.loop import batch_size_for, shuffled_batches, train_epoch
 from workers.models import build_model
 from workers.optimizers import OPTIMIZERS, build_optimizer, describe, render_markdown
 from workers.tasks import load_task
@@ -75,9 +75,8 @@ def test_every_optimizer_lowers_the_training_loss_of_the_default_mlp(digits, nam
     # One epoch the way the real loop runs it (full batch for gd/cg; a 1-batch for sgd is 1,257
     # steps, so sgd gets 32 here to keep the test short: its batch mode is checked below).
     size = batch_size_for(entry.batch_mode, 32 if name == "sgd" else None, len(x))
-    train_epoch(
-        model, opt, x, y, size, torch.Generator().manual_seed(0), needs_closure=entry.needs_closure
-    )
+    batches = shuffled_batches(x, y, size, torch.Generator().manual_seed(0))
+    train_epoch(model, opt, batches, needs_closure=entry.needs_closure)
     after = loss()
     # Measured from 2.31: gd (one step) 2.27, the sgd family ~2.26, adam 2.13, cg 0.73.
     assert after < 0.99 * before, (before, after)

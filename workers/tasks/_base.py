@@ -1,39 +1,211 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from workers.errors import WorkerError
 from workers.registry import Registry, is_plugin_ref, load_plugin
+from workers.tasks._kinds import CUSTOM, KINDS, Kind, Loss, Metrics
 
 TASKS: Registry[Callable[[int], TaskData]] = Registry("task")
+LOADER_KEYS = ("num_workers", "prefetch_factor", "persistent_workers")
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """One task's splits, ready for training.
+    """A task: its splits, its problem kind, and what a model needs to know of its inputs.
+
+    The protocol every task follows, built-in or a user's ``module:function`` (a function of the
+    split seed that returns one of these). Data comes one of two ways:
+
+    - **in memory**: ``x_*`` / ``y_*`` tensors, batched by indexing (fast; digits, Fashion-MNIST);
+    - **as datasets**: ``train_set`` / ``val_set`` / ``test_set``, any ``torch.utils.data.Dataset``
+      of ``(x, y)`` pairs, read through a ``DataLoader`` (``loader``: ``num_workers``, ...;
+      pinned memory on a GPU), for data that does not fit in memory. :meth:`from_datasets`.
+
+    Inputs keep their dtype and shape: float features, images ``(C, H, W)``, int64 token ids.
 
     Attributes:
         name: the task's name as the spec gives it.
-        x_train, y_train, x_val, y_val, x_test, y_test: float32 inputs shaped
-            ``(n, *input_shape)`` and int64 labels.
-        input_shape: shape of one example, e.g. ``(64,)`` or ``(1, 28, 28)``.
-        num_classes: number of labels.
+        x_train, y_train, x_val, y_val, x_test, y_test: in-memory splits (``(n, *input_shape)``).
+        input_shape: one example's shape, e.g. ``(64,)``, ``(1, 28, 28)``, ``(200,)`` tokens.
+        num_classes: the model's output width: classes, regression targets or labels.
+        kind: ``classification``, ``regression``, ``multilabel`` (see ``workers.tasks._kinds``)
+            or ``custom`` (the task's own ``loss`` and ``metrics`` only).
+        train_set, val_set, test_set: the splits as datasets, instead of tensors.
+        loss: ``loss(outputs, targets) -> scalar tensor``, replacing the kind's.
+        metrics: ``metrics(outputs, targets) -> {name: float}`` on a whole split, added to the
+            kind's (a name the kind has is replaced); each name needs a mode in ``metric_modes``.
+        metric_modes: ``{name: "max" | "min"}`` for ``metrics``.
+        example: a few inputs for ONNX export and latency measurement (default: test inputs).
+        feature_names: column names of tabular inputs (the served model's signature).
+        extra: JSON-able facts saved with the model, e.g. a text task's vocabulary.
+        loader: ``DataLoader`` options for datasets (``num_workers``, ``prefetch_factor``,
+            ``persistent_workers``).
+
+    Example:
+        >>> import torch
+        >>> x, y = torch.randn(30, 3), torch.randn(30)
+        >>> data = TaskData("demo", x[:20], y[:20], x[20:25], y[20:25], x[25:], y[25:],
+        ...                 input_shape=(3,), num_classes=1, kind="regression")
+        >>> data.metric_modes_all()["val_rmse"], data.primary_metric()
+        ('min', 'rmse')
     """
 
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    input_shape: tuple[int, ...]
-    num_classes: int
+    x_train: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
+    y_train: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
+    x_val: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
+    y_val: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
+    x_test: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
+    y_test: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
+    input_shape: tuple[int, ...] = ()
+    num_classes: int = 0
+    kind: str = "classification"
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
+    loss: Loss | None = None
+    metrics: Metrics | None = None
+    metric_modes: Mapping[str, str] = field(default_factory=dict)
+    example: torch.Tensor | None = None
+    feature_names: tuple[str, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    loader: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_datasets(
+        cls, name: str, train: Dataset, val: Dataset, test: Dataset, **fields: Any
+    ) -> TaskData:
+        """A task whose splits are datasets of ``(x, y)``; ``input_shape`` defaults to the
+        first training example's shape.
+
+        Example:
+            >>> import torch
+            >>> from torch.utils.data import TensorDataset
+            >>> sets = [TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))] * 3
+            >>> TaskData.from_datasets("demo", *sets, num_classes=2).input_shape
+            (4,)
+        """
+        if "input_shape" not in fields:
+            fields["input_shape"] = tuple(train[0][0].shape)
+        return cls(name, train_set=train, val_set=val, test_set=test, **fields)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.train_set is None
+
+    def split_size(self, split: str) -> int:
+        """Examples in ``split`` (``train``, ``val`` or ``test``)."""
+        if self.in_memory:
+            return len(getattr(self, f"x_{split}"))
+        return len(getattr(self, f"{split}_set"))  # type: ignore[arg-type]
+
+    def example_input(self, n: int = 4) -> torch.Tensor:
+        """Up to ``n`` inputs (batch > 1 keeps an ONNX export's batch axis dynamic)."""
+        if self.example is not None:
+            return self.example[:n]
+        if self.in_memory:
+            return self.x_test[:n]  # type: ignore[index]
+        assert self.test_set is not None
+        return torch.stack([self.test_set[i][0] for i in range(min(n, len(self.test_set)))])  # type: ignore[arg-type]
+
+    def loss_fn(self) -> Loss:
+        return self.loss or _kind(self.kind).loss
+
+    def metrics_fn(self) -> Metrics:
+        """The kind's metrics plus the task's own (which win on a shared name)."""
+        base = None if self.kind == CUSTOM else _kind(self.kind).metrics
+        own = self.metrics
+
+        def both(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+            values = dict(base(out, y)) if base else {}
+            values.update(own(out, y) if own else {})
+            return {k: float(v) for k, v in values.items()}
+
+        return both
+
+    def primary_metric(self) -> str:
+        """The metric the defaults optimise: the kind's, else the task's first own metric."""
+        if self.kind == CUSTOM:
+            return next(iter(self.metric_modes))
+        return _kind(self.kind).primary
+
+    def metric_modes_all(self) -> dict[str, str]:
+        """Every metric the task's trials report, ``val_*`` per epoch and ``test_*`` at the end,
+        with its mode (losses: min)."""
+        modes = {} if self.kind == CUSTOM else dict(_kind(self.kind).modes)
+        modes.update(self.metric_modes)
+        out = {"val_loss": "min", "test_loss": "min"}
+        for name, mode in modes.items():
+            out[f"val_{name}"] = mode
+            out[f"test_{name}"] = mode
+        return out
+
+
+def _kind(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise WorkerError(
+            f"task kind {name!r} is not one of: {', '.join([*KINDS, CUSTOM])}"
+        ) from None
+
+
+def check_task_data(data: Any) -> list[str]:
+    """What is wrong with a task builder's return value (empty when it follows the protocol)."""
+    if not isinstance(data, TaskData):
+        return [f"returned {type(data).__name__}, not workers.tasks.TaskData"]
+    p = []
+    if data.kind not in (*KINDS, CUSTOM):
+        p.append(f"kind {data.kind!r} is not one of: {', '.join([*KINDS, CUSTOM])}")
+    if data.kind == CUSTOM and (data.loss is None or data.metrics is None):
+        p.append("kind 'custom' needs both loss and metrics")
+    if data.metrics is not None and not data.metric_modes:
+        p.append("metrics needs metric_modes: {name: 'max' or 'min'} for each metric it returns")
+    for name, mode in data.metric_modes.items():
+        if mode not in ("max", "min"):
+            p.append(f"metric_modes[{name!r}] must be 'max' or 'min', got {mode!r}")
+    tensors = [getattr(data, f"{a}_{s}") for s in SPLITS for a in ("x", "y")]
+    sets = [getattr(data, f"{s}_set") for s in SPLITS]
+    if all(s is not None for s in sets):
+        pass
+    elif any(s is not None for s in sets):
+        p.append("train_set, val_set and test_set must be given together")
+    elif any(t is None for t in tensors):
+        p.append("needs x_/y_ tensors for train, val and test, or train_set/val_set/test_set")
+    else:
+        p += _check_tensors(data)
+    if not (isinstance(data.num_classes, int) and data.num_classes >= 1):
+        p.append(f"num_classes (the model's output width) must be >= 1, got {data.num_classes!r}")
+    if not all(isinstance(d, int) and d > 0 for d in data.input_shape):
+        p.append(f"input_shape must be positive ints, got {data.input_shape!r}")
+    return p
+
+
+def _check_tensors(data: TaskData) -> list[str]:
+    p = []
+    for split in SPLITS:
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if len(x) != len(y):
+            p.append(f"x_{split} has {len(x)} rows but y_{split} has {len(y)}")
+        if len(x) == 0:
+            p.append(f"x_{split} is empty")
+        if tuple(x.shape[1:]) != tuple(data.input_shape):
+            shape = tuple(x.shape[1:])
+            p.append(f"x_{split} examples are {shape}, input_shape says {data.input_shape}")
+        if data.kind == "classification" and y.dtype != torch.int64:
+            p.append(f"classification labels must be int64 class ids; y_{split} is {y.dtype}")
+    return p
+
+
+SPLITS = ("train", "val", "test")
 
 
 def split_arrays(
@@ -44,36 +216,67 @@ def split_arrays(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     test: tuple[np.ndarray, np.ndarray] | None = None,
+    kind: str = "classification",
+    **fields: Any,
 ) -> TaskData:
-    """Deterministic, stratified train/val/test split of ``x, y`` from ``seed``.
+    """Deterministic train/val/test split of ``x, y`` from ``seed``: stratified by class for
+    classification, uniform otherwise.
 
-    If ``test`` is given (a data set with an official test split), it is used as the test split
-    and only validation is carved out of ``x``.
+    Float inputs become float32 and integer inputs (token ids) int64; classification labels
+    int64, regression and multilabel targets float32. If ``test`` is given (a data set with an
+    official test split), it is the test split and only validation is carved out of ``x``.
+    ``fields`` go to :class:`TaskData` (``feature_names``, ``extra``, ``loss``, ...).
     """
-    x = x.astype(np.float32, copy=False)
-    y = y.astype(np.int64, copy=False)
+    x, y = _input_array(x), _target_array(y, kind)
     rng = np.random.default_rng(seed)
+    split = stratified_split if kind == "classification" else random_split
     if test is None:
-        rest, held = stratified_split(y, test_fraction, rng)
+        rest, held = split(y, test_fraction, rng)
         x, x_te, y, y_te = x[rest], x[held], y[rest], y[held]
         val_size = val_fraction / (1.0 - test_fraction)
     else:
-        x_te, y_te = test[0].astype(np.float32, copy=False), test[1].astype(np.int64, copy=False)
+        x_te, y_te = _input_array(test[0]), _target_array(test[1], kind)
         val_size = val_fraction
-    rest, held = stratified_split(y, val_size, rng)
+    rest, held = split(y, val_size, rng)
     x_tr, x_va, y_tr, y_va = x[rest], x[held], y[rest], y[held]
-    t = torch.from_numpy
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    if kind == "classification":
+        outputs = int(max(y_tr.max(), y_va.max(), y_te.max()) + 1)
+    else:
+        outputs = 1 if y.ndim == 1 else int(y.shape[1])
+    fields.setdefault("num_classes", outputs)
     return TaskData(
         name=name,
-        x_train=t(np.ascontiguousarray(x_tr)),
-        y_train=t(np.ascontiguousarray(y_tr)),
-        x_val=t(np.ascontiguousarray(x_va)),
-        y_val=t(np.ascontiguousarray(y_va)),
-        x_test=t(np.ascontiguousarray(x_te)),
-        y_test=t(np.ascontiguousarray(y_te)),
+        x_train=t(x_tr),
+        y_train=t(y_tr),
+        x_val=t(x_va),
+        y_val=t(y_va),
+        x_test=t(x_te),
+        y_test=t(y_te),
         input_shape=tuple(x_tr.shape[1:]),
-        num_classes=int(max(y_tr.max(), y_va.max(), y_te.max()) + 1),
+        kind=kind,
+        **fields,
     )
+
+
+def _input_array(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+        return x.astype(np.int64, copy=False)  # token or category ids stay integers
+    return x.astype(np.float32, copy=False)
+
+
+def _target_array(y: np.ndarray, kind: str) -> np.ndarray:
+    return np.asarray(y).astype(np.int64 if kind == "classification" else np.float32, copy=False)
+
+
+def random_split(
+    y: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(rest, held)``: ``fraction`` of the rows held out at random, both shuffled."""
+    order = rng.permutation(len(y))
+    n_held = int(round(fraction * len(y)))
+    return order[n_held:], order[:n_held]
 
 
 def stratified_split(
@@ -107,10 +310,11 @@ def load_task(name: str, seed: int) -> TaskData:
 
     Raises:
         UnknownNameError: ``name`` is neither registered nor a plug-in reference.
-        WorkerError: a plug-in did not return a TaskData.
+        WorkerError: the builder's result does not follow the protocol (:func:`check_task_data`).
     """
     builder = load_plugin(name) if is_plugin_ref(name) else TASKS.get(name)
     data = builder(seed)
-    if not isinstance(data, TaskData):
-        raise WorkerError(f"task {name!r} returned {type(data).__name__}, not TaskData")
+    problems = check_task_data(data)
+    if problems:
+        raise WorkerError(f"task {name!r}: " + "; ".join(problems))
     return data

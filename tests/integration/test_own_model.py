@@ -1,0 +1,186 @@
+"""A team's own task and model, end to end: the example folder, plug-in checks from the CLI,
+regression, a dataset task, and a plug-in bug that stops the sweep early."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator import api
+from orchestrator.spec import parse_spec
+from tests.integration.test_cli import podium
+
+pytestmark = pytest.mark.slow
+EXAMPLE = Path(__file__).parents[2] / "examples" / "own-model"
+
+
+@pytest.fixture(scope="module")
+def own_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("team") / "own-model"
+    shutil.copytree(EXAMPLE, folder)
+    out = podium("run", "spec.yaml", "--set", "search.num_samples=3", cwd=folder, env=_no_path())
+    return folder, out
+
+
+def _no_path() -> dict:
+    import os
+
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def test_the_example_runs_from_its_folder_and_promotes(own_model):
+    folder, out = own_model
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "champion: models:/own-model-classifier@champion = version 1" in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_the_plug_in_models_own_hyperparameters_are_the_trials_params(own_model):
+    folder, _ = own_model
+    uri = f"sqlite:///{folder / 'podium-runs' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("own-model")
+    trials = [
+        r for r in client.search_runs([exp.experiment_id]) if "podium.trial_id" in r.data.tags
+    ]
+    assert len(trials) == 3
+    for run in trials:
+        assert run.data.params["model.width"] in ("16", "32")
+        assert run.data.params["model.activation"] in ("relu", "gelu")
+        assert 1 <= int(run.data.params["model.depth"]) <= 3
+        assert 0 <= run.data.metrics["test_worst_class_recall"] <= 1  # the task's own metric
+
+
+def test_podium_serve_answers_with_the_champion(own_model):
+    folder, _ = own_model
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "serve"]
+        + ["models:/own-model-classifier@champion", "--port", str(port)],
+        cwd=folder,
+        env=_no_path(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        body = json.dumps({"inputs": [[0.1, -0.2, 1.1, 1.2], [-1.0, 1.0, -1.3, -1.2]]}).encode()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    body,
+                    {"Content-Type": "application/json"},
+                )
+                answer = json.loads(urllib.request.urlopen(req, timeout=5).read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.5)
+        assert len(answer["predictions"]) == 2 and len(answer["predictions"][0]) == 3
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("task", "no_such_team_module:iris", "cannot import module 'no_such_team_module'"),
+        ("task", "mytasks:irises", "module 'mytasks'"),
+        ("task", "os:sep", "'os:sep' is a str, not a function"),
+        ("model.arch", "mytasks:iris", "cannot be called as def iris(input_shape, num_classes"),
+    ],
+)
+def test_a_bad_plug_in_exits_2_quickly_naming_the_field_with_nothing_started(
+    tmp_path, field, value, expected
+):
+    shutil.copy(EXAMPLE / "mytasks.py", tmp_path)
+    started = time.monotonic()
+    out = podium("run", "--set", f"{field}={value}", cwd=tmp_path, env=_no_path())
+    assert out.returncode == 2, out.stderr
+    assert time.monotonic() - started < 10
+    line = next(line for line in out.stderr.splitlines() if line.strip().startswith(f"- {field}:"))
+    assert expected in line and "Traceback" not in out.stderr
+    assert not (tmp_path / "podium-runs").exists()  # no MLflow store, no Ray results
+
+
+def test_a_regression_sweep_promotes_the_lowest_val_rmse(tmp_path):
+    spec = parse_spec(
+        {
+            "name": "it-diabetes",
+            "task": "diabetes",
+            "model": {"arch": "mlp", "hidden": {"choice": [[16], [64, 32]]}},
+            "optimizer": {"name": "adam", "lr": {"loguniform": [0.001, 0.03]}},
+            "training": {"max_epochs": 6, "batch_size": 32},
+            "search": {"num_samples": 3, "scheduler": "fifo", "metric": "val_rmse", "mode": "min"},
+            "promotion": {"objectives": [{"metric": "val_rmse", "mode": "min"}]},
+        }
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = api.run(spec, tracking_uri=uri, verbosity=0, workdir=tmp_path)
+    rmse = {r.trial_id: r.metrics["val_rmse"] for r in result.rows if r.status == "completed"}
+    assert len(rmse) == 3 and all(0 < v < 2 for v in rmse.values())
+    assert result.decision.winner.trial_id == min(rmse, key=rmse.get)
+    run = MlflowClient(uri).get_run(result.decision.winner.run_id)
+    assert {"test_rmse", "test_mae", "test_r2", "val_r2"} <= set(run.data.metrics)
+    assert result.promotion is not None and result.promotion.promoted
+
+
+def test_a_dataset_task_sweeps_through_its_data_loader(tmp_path):
+    spec = parse_spec(
+        {
+            "name": "it-streamed",
+            "task": "tests.workers.plugin_task:streamed",
+            "model": {"arch": "mlp", "hidden": [16]},
+            "optimizer": {"name": "adam", "lr": 0.02},
+            "training": {"max_epochs": 3, "batch_size": 32},
+            "search": {"num_samples": 2, "scheduler": "fifo"},
+        }
+    )
+    result = api.run(
+        spec, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", workdir=tmp_path, verbosity=0
+    )
+    assert [r.status for r in result.rows] == ["completed", "completed"]
+    assert all(r.metrics["test_accuracy"] > 0.8 for r in result.rows)
+    assert result.promotion is not None
+
+
+def test_a_plug_in_bug_stops_an_8_trial_sweep_after_the_first_failures(tmp_path):
+    spec = parse_spec(
+        {
+            "name": "it-broken",
+            "model": {
+                "arch": "tests.workers.plugin_task:broken_model",
+                "width": {"choice": [8, 16]},
+            },
+            "training": {"max_epochs": 2},
+            "search": {"num_samples": 8, "scheduler": "fifo"},
+        }
+    )
+    started = time.monotonic()
+    result = api.run(
+        spec, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", workdir=tmp_path, verbosity=0
+    )
+    assert time.monotonic() - started < 60
+    stopped = result.extra["stopped"]
+    assert stopped.startswith("3 trials failed with the same error in their code")
+    assert "mat1 and mat2 shapes cannot be multiplied" in stopped
+    assert stopped.count("Traceback (most recent call last)") == 1
+    failed = [r for r in result.rows if r.status == "failed"]
+    # Two trials run at once: a fourth may fail in the step the sweep stops; the rest never run.
+    assert 3 <= len(failed) <= 4 and len(result.rows) <= 5
+    assert result.decision.winner is None
