@@ -213,10 +213,13 @@ class ExperimentSpec:
 
     name: str = _doc("experiment name: MLflow experiment and default registered-model name")
     task: Any = _doc(
-        "data set: digits, fashion-mnist, breast_cancer, wine, or module:function", default="digits"
+        "data set: digits, fashion-mnist, breast_cancer, wine, diabetes, rotten-tomatoes, or "
+        "module:function (a function of the split seed returning workers.tasks.TaskData)",
+        default="digits",
     )
     model: dict[str, Any] = _doc(
-        "arch (mlp, cnn, module:function), hidden, channels, batch_norm, dropout",
+        "arch (mlp, cnn, a text model, module:function) and the settings its builder's "
+        "signature takes (mlp: hidden, batch_norm, dropout; cnn: also channels)",
         default_factory=lambda: dict(MODEL_DEFAULTS),
     )
     optimizer: Any = _doc(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -170,7 +171,10 @@ class RayNodes:
         num_gpus: int = 0,
         resources: dict[str, float] | None = None,
         timeout: float = 120,
+        hide: Path | None = None,
     ) -> subprocess.Popen:
+        """Start one node; ``hide``: a folder this node's processes see empty (a tmpfs mounted
+        over it in a mount namespace of their own), as a machine without the driver's disk."""
         ray_bin = Path(sys.executable).parent / "ray"
         cmd = [
             str(ray_bin),
@@ -193,6 +197,9 @@ class RayNodes:
             import json
 
             cmd.append(f"--resources={json.dumps(resources)}")
+        if hide is not None:
+            mount = f'mount -t tmpfs tmpfs {shlex.quote(str(hide))} && exec "$@"'
+            cmd = ["unshare", "--mount", "sh", "-c", mount, "sh", *cmd]
         log_path = self.temp_dir / f"{name}.log"
         proc = subprocess.Popen(
             cmd,

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import api
 from orchestrator.spec import parse_spec
+from tests.fixtures_services import RayNodes
 from tests.integration.test_cli import podium
 
 pytestmark = pytest.mark.slow
@@ -94,6 +95,36 @@ def test_podium_serve_answers_with_the_champion(own_model):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_example_runs_on_a_cluster_whose_workers_are_sent_its_modules(tmp_path):
+    # The trials run on a node that sees the team's folder empty, as a machine without the
+    # driver's disk: they import its modules only because the job ships them (py_modules).
+    folder = tmp_path / "own-model"
+    shutil.copytree(EXAMPLE, folder)
+    nodes = RayNodes()
+    try:
+        nodes.start_node(head=True, name="head", num_cpus=0)
+        nodes.start_node(name="elsewhere", num_cpus=2, hide=folder)
+        out = podium(
+            "run",
+            "spec.yaml",
+            "--address",
+            nodes.address,
+            "--set",
+            "search.num_samples=2",
+            "--set",
+            "training.max_epochs=3",
+            "--set",
+            f"cluster.storage_path={tmp_path / 'shared'}",  # checkpoints: a disk both see
+            cwd=folder,
+            env={**_no_path(), **nodes.env()},
+        )
+    finally:
+        nodes.cleanup()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2/2 done: 2 completed" in out.stderr
+    assert "champion: models:/own-model-classifier@champion" in out.stdout
 
 
 @pytest.mark.parametrize(

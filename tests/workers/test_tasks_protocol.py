@@ -120,3 +120,15 @@ def test_diabetes_is_a_standardised_regression_with_named_features():
     assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 442
     assert float(data.y_train.mean()) == pytest.approx(0.0, abs=1e-5)
     assert data.feature_names[2] == "bmi" and data.extra["target_std"] > 10
+
+
+def test_the_protocols_documented_examples_run():
+    import doctest
+
+    import workers.registry
+    import workers.tasks._base
+    import workers.tasks._kinds
+
+    for module in (workers.tasks._base, workers.tasks._kinds, workers.registry):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

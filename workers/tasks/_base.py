@@ -1,3 +1,33 @@
+"""The task protocol: what a task function (``def my_task(seed) -> TaskData``) returns.
+
+One example per kind (each runs as written; ``split_arrays`` makes a seeded split)::
+
+    >>> import numpy as np, torch
+    >>> from torch.utils.data import TensorDataset
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(200, 4))
+    >>> # classification: int class ids; loss cross-entropy; val_accuracy, val_macro_f1
+    >>> clf = split_arrays("clf", x, (x[:, 0] > 0).astype(int), seed=0)
+    >>> # regression: float targets; loss MSE; val_rmse, val_mae, val_r2
+    >>> reg = split_arrays("reg", x, x @ [1.0, 2.0, 0.0, 0.0], seed=0, kind="regression")
+    >>> # multilabel: 0/1 per label; loss BCE; val_micro_f1
+    >>> tags = split_arrays("tags", x, (x[:, :3] > 0).astype(float), 0, kind="multilabel")
+    >>> # tokens: integer inputs stay int64 (an embedding's ids)
+    >>> tok = split_arrays("tok", rng.integers(0, 100, (200, 12)), (x[:, 0] > 0).astype(int), 0)
+    >>> # the task's own loss and metrics (kind custom: only these)
+    >>> own = split_arrays("own", x, x[:, 0], 0, kind="custom", num_classes=1,
+    ...     loss=lambda out, y: (out[:, 0] - y).abs().mean(),
+    ...     metrics=lambda out, y: {"mae": float((out[:, 0] - y).abs().mean())},
+    ...     metric_modes={"mae": "min"})
+    >>> # data that does not fit in memory: datasets, read through a DataLoader
+    >>> sets = [TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,))) for _ in range(3)]
+    >>> big = TaskData.from_datasets("big", *sets, num_classes=2, loader={"num_workers": 2})
+    >>> [check_task_data(t) for t in (clf, reg, tags, tok, own, big)]
+    [[], [], [], [], [], []]
+    >>> sorted(reg.metric_modes_all())[:3], tags.num_classes, tok.x_train.dtype
+    (['test_loss', 'test_mae', 'test_r2'], 3, torch.int64)
+"""
+
 from __future__ import annotations
 
 import functools
