@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import api
 from orchestrator.spec import parse_spec
-from tests.fixtures_services import RayNodes
+from tests.fixtures_services import RayNodes, has_ray_client
 from tests.integration.test_cli import podium
 
 pytestmark = pytest.mark.slow
@@ -97,20 +97,30 @@ def test_podium_serve_answers_with_the_champion(own_model):
         server.wait(timeout=30)
 
 
-def test_the_example_runs_on_a_cluster_whose_workers_are_sent_its_modules(tmp_path):
+@pytest.mark.parametrize("via", ["gcs", "client"])
+def test_the_example_runs_on_a_cluster_whose_workers_are_sent_its_modules(
+    tmp_path, monkeypatch, via
+):
     # The trials run on a node that sees the team's folder empty, as a machine without the
     # driver's disk: they import its modules only because the job ships them (py_modules).
+    # Over Ray Client, Tune's driver and the trials run on such a head.
+    if via == "client" and not has_ray_client():
+        pytest.skip("Ray Client needs grpcio: pip install 'ray[client]'")
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "false")  # see tests/integration/test_ray_client
     folder = tmp_path / "own-model"
     shutil.copytree(EXAMPLE, folder)
     nodes = RayNodes()
     try:
-        nodes.start_node(head=True, name="head", num_cpus=0)
-        nodes.start_node(name="elsewhere", num_cpus=2, hide=folder)
+        if via == "gcs":
+            nodes.start_node(head=True, name="head", num_cpus=0)
+            nodes.start_node(name="elsewhere", num_cpus=2, hide=folder)
+        else:
+            nodes.start_node(head=True, name="head", num_cpus=2, hide=folder)
         out = podium(
             "run",
             "spec.yaml",
             "--address",
-            nodes.address,
+            nodes.address if via == "gcs" else nodes.client_address,
             "--set",
             "search.num_samples=2",
             "--set",
