@@ -85,8 +85,15 @@ def leaderboard(
         )
         for tid, r in children.items()
     ]
-    objective = _policy_section(_sweep_settings(store, runs[0]))["objectives"][0]
-    rows.sort(key=rank_by(objective["metric"], objective.get("mode", "max")))
+    from tracking.selection import validation_twin
+
+    settings = _sweep_settings(store, runs[0])
+    objective = _policy_section(settings)["objectives"][0]
+    metric = objective["metric"]
+    if settings.get("selection_split") != "test":  # ranked as the sweep chose: on validation
+        twin = validation_twin(metric)
+        metric = twin if any(twin in r.metrics for r in rows) else metric
+    rows.sort(key=rank_by(metric, objective.get("mode", "max")))
     return rows[:top] if top else rows
 
 
@@ -160,7 +167,29 @@ def ui(
         "--port",
         str(port),
     ]
-    return subprocess.Popen(cmd, env=env)
+    # Its own process group: the server's workers go with it (stop_process_group).
+    return subprocess.Popen(cmd, env=env, start_new_session=True)
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop ``proc`` and every process it started (it leads its own group): SIGTERM, then
+    SIGKILL after ``grace_s``. ``mlflow ui`` serves from worker processes that would otherwise
+    outlive it, still listening on the port."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            os.killpg(proc.pid, signal.SIGKILL)  # its workers, if the leader went first
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            pass
+        return
 
 
 # --------------------------------------------------------------------------- selection & registry
@@ -261,11 +290,14 @@ def leaderboard_marks(
 ) -> dict:
     """Per trial id: Pareto-optimal or not, and why an excluded trial cannot win (the constraint
     it breaks, stopped, failed, NaN), under the sweep's promotion policy."""
-    from tracking.selection import mark_candidates, policy_from
+    from tracking.selection import mark_candidates, policy_from, within_sweep
 
     cands, settings, _, _ = sweep_candidates(experiment, tracking_uri, workdir)
     section = load_policy(policy_path) if policy_path else _policy_section(settings)
-    return mark_candidates(cands, policy_from(section))
+    policy = policy_from(section)
+    if settings.get("selection_split") != "test":
+        policy = within_sweep(policy, cands)
+    return mark_candidates(cands, policy)
 
 
 def _policy_section(settings: dict) -> dict:
@@ -298,12 +330,13 @@ def promote(
             winner's model is neither logged nor in a checkpoint any more.
     """
     from tracking.registry import register_and_alias, version_of_run
-    from tracking.selection import policy_from, select_best
+    from tracking.selection import policy_from, select_best, within_sweep
 
     cands, settings, parent, store = sweep_candidates(experiment, tracking_uri, workdir)
     section = load_policy(policy_path) if policy_path else _policy_section(settings)
     policy = policy_from(section)
-    decision = select_best(cands, policy)
+    chooser = policy if settings.get("selection_split") == "test" else within_sweep(policy, cands)
+    decision = select_best(cands, chooser)
     if decision.winner is None:
         raise PodiumError(
             "nothing to promote: "
@@ -321,7 +354,7 @@ def promote(
     promotion = register_and_alias(
         store.uri, model_uri, name, alias, run_id, decision, tags, policy
     )
-    _publish_reports(store, parent.info.run_id, cands, policy, promotion, settings)
+    _publish_reports(store, parent.info.run_id, cands, chooser, promotion, settings)
     return promotion
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -115,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator import api
 
     spec = api.validate(args.spec, args.overrides)
+    _print_warnings(spec)
     verbosity = 0 if args.quiet else 2 if args.verbose else 1
     if verbosity:
         print(
@@ -130,12 +132,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         verbosity=verbosity,
     )
     shown = api.headline_metrics(asdict(spec.promotion), spec.search.metric)
-    first = spec.promotion.objectives[0]
     print_rows(
         result.rows[: args.top] if args.top else result.rows,
         sort=True,
         metrics=shown,
-        rank=api.rank_by(first["metric"], first.get("mode", "max")),
+        rank=api.rank_by(*result.extra["ranked_by"]),
     )
     print(f"\ntracking: {result.tracking_uri}  (parent run {result.parent_run_id})")
     if result.promotion and result.decision.winner is not None:
@@ -163,9 +164,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator import api
 
     spec = api.validate(args.spec, args.overrides)
+    _print_warnings(spec)
     print(f"{args.spec}: valid (spec hash {spec.spec_hash()})")
     print(spec.to_yaml(), end="")
     return 0
+
+
+def _print_warnings(spec: Any) -> None:
+    for line in spec.warnings:
+        print(f"podium: warning: {line}", file=sys.stderr)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -189,11 +196,29 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     proc = api.ui(args.tracking_uri, args.port, args.host)
     print(f"MLflow UI: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    with _sigterm_as_interrupt():
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            api.stop_process_group(proc)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, ``kill``) stops a server command as Ctrl-C does, so its
+    cleanup runs and it leaves no child listening."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return 0
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_optimizers(args: argparse.Namespace) -> int:
@@ -375,7 +400,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from orchestrator import api
 
-    api.serve(args.model_uri, args.port, args.host, args.tracking_uri)
+    with _sigterm_as_interrupt():
+        try:
+            api.serve(args.model_uri, args.port, args.host, args.tracking_uri)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

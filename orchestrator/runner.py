@@ -38,7 +38,7 @@ from tracking.registry import (
     Promotion,
     warm_up_model_logging,
 )
-from tracking.selection import Candidate, Decision, policy_from, select_best
+from tracking.selection import Candidate, Decision, Policy, policy_from, select_best, within_sweep
 from tracking.store import RunWriter, Store, TrackingError, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,9 @@ def _conclude(
     rows = _rows(finished, template, writer)
     policy = policy_from(asdict(spec.promotion))
     candidates = [Candidate(r.trial_id, r.metrics, r.status, r.run_id, r.params) for r in rows]
-    decision = select_best(candidates, policy)
+    # The winner is chosen on validation; the test split decides only against the champion.
+    chooser = selection_policy(spec, policy, candidates)
+    decision = select_best(candidates, chooser)
     promotion = None
     if spec.promotion.enabled and decision.winner is not None:
         checkpoint = finished[decision.winner.trial_id].checkpoint
@@ -226,10 +228,11 @@ def _conclude(
             raise RunError(f"the winner {decision.winner.trial_id} left no checkpoint to promote")
         promotion = promote_trial(spec, uri, decision, checkpoint, policy)
     clock.mark("promote")
-    _publish(store, parent_id, rows, candidates, policy, decision, promotion, spec.search.metric)
+    _publish(store, parent_id, rows, candidates, chooser, decision, promotion, spec.search.metric)
     store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
     clock.mark("publish")
-    extra = {"timings_s": clock.seconds}
+    first = chooser.objectives[0]
+    extra = {"timings_s": clock.seconds, "ranked_by": (first.metric, first.mode)}
     return SweepResult(spec.name, uri, parent_id, rows, decision, promotion, writer.failures, extra)
 
 
@@ -560,6 +563,14 @@ def _trial_id_from_path(path: str) -> str:
     # Tune names trial folders <trainable>_<trial_id>_<index>_<params>...
     parts = Path(path).name.split("_")
     return "_".join(parts[2:4]) if len(parts) > 3 else Path(path).name
+
+
+def selection_policy(spec: ExperimentSpec, policy: Policy, candidates: list[Candidate]) -> Policy:
+    """How the sweep chooses its winner: on validation (:func:`tracking.selection.within_sweep`)
+    unless the spec's ``promotion.selection_split`` is ``test``."""
+    if spec.promotion.selection_split == "test":
+        return policy
+    return within_sweep(policy, candidates)
 
 
 def _publish(

@@ -180,6 +180,12 @@ class PromotionSpec:
     pick: str = _doc("how pareto picks one point: knee or weighted", default="knee")
     weights: list[float] | None = _doc("per-objective weights for pick: weighted", default=None)
     min_improvement: float = _doc("a challenger must beat the champion by this much", default=0.0)
+    selection_split: str = _doc(
+        "validation: a sweep chooses its winner with each test_ objective and constraint read "
+        "on its val_ twin, and the test split only compares champion and challenger; test: "
+        "choose on the test split too (its score of the winner is then optimistic)",
+        default="validation",
+    )
     enabled: bool = _doc("register and alias the winner at the end of the sweep", default=True)
 
 
@@ -239,6 +245,10 @@ class ExperimentSpec:
     # Where plug-ins are imported from, first wins (the spec file's folder, then the working
     # directory): set by parse_spec; not a setting, so never dumped nor read from a spec file.
     plugin_roots: tuple[str, ...] = field(
+        default=(), repr=False, compare=False, metadata={"internal": True}
+    )
+    # What is allowed but probably not meant, as "path: why" lines (the CLI prints them).
+    warnings: tuple[str, ...] = field(
         default=(), repr=False, compare=False, metadata={"internal": True}
     )
 
@@ -394,7 +404,21 @@ def parse_spec(raw: dict[str, Any], spec_dir: str | Path | None = None) -> Exper
         problems += check_with_task(spec, raw, check_model=model_ok)
     if problems:
         raise SpecError(problems)
+    spec.warnings = tuple(_warnings(spec))
     return spec
+
+
+def _warnings(spec: ExperimentSpec) -> list[str]:
+    out = []
+    tested = [o["metric"] for o in spec.promotion.objectives if o["metric"].startswith("test_")]
+    if spec.promotion.selection_split == "test" and tested:
+        out.append(
+            f"promotion.selection_split: 'test' chooses the sweep's winner by {tested[0]}: the "
+            "test split takes part in the choice, so the winner's test score is optimistic; "
+            "the default, validation, chooses by the val_ twin and keeps test for comparing "
+            "champion and challenger"
+        )
+    return out
 
 
 def _with_defaults(
@@ -770,6 +794,7 @@ def _check_promotion(pr: PromotionSpec) -> list[Problem]:
             )
         )
     p += [Problem(_join("promotion", k), v, m) for k, v, m in check_policy(asdict(pr))]
+    p += _leaf("promotion.selection_split", pr.selection_split, _one_of(("validation", "test")))
     return p
 
 

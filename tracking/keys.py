@@ -66,6 +66,10 @@ TAG_TRACEBACK = "podium.traceback"  # where a trial's own code raised (the last 
 TAG_SOURCE_RUN = "podium.source_run_id"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_EXPLOITS = "podium.exploits"  # JSON list of PBT exploits: [{"source": trial, "epoch": n}]
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces); with it, in
+# the model-training view (runs, metrics, models).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 TAG_RAY_PATH = "podium.ray_experiment_path"  # where Tune keeps the sweep's state, for --resume
 
 # Artifacts.

@@ -13,6 +13,9 @@ spec's ``promotion`` section) says what "best" means:
 - ``min_improvement``: how much a challenger must gain on the first objective to replace the
   champion (:func:`decide_promotion`).
 
+Within a sweep the winner is chosen on validation (:func:`within_sweep`: a ``test_`` objective
+or constraint is read on its ``val_`` twin); the test split compares champion and challenger.
+
 Trials that failed, were stopped before their final evaluation, miss an objective, or carry a NaN
 metric are never selected.
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tracking import keys
@@ -175,6 +178,47 @@ def policy_from(section: dict[str, Any]) -> Policy:
         pick=section.get("pick", "knee"),
         weights=tuple(float(w) for w in weights) if weights else None,
         min_improvement=float(section.get("min_improvement", 0.0)),
+    )
+
+
+def validation_twin(metric: str) -> str:
+    """The validation metric that stands for a test metric within a sweep: ``test_X`` →
+    ``val_X`` (``test_robust_accuracy`` → ``robust_accuracy``); any other metric is itself."""
+    if metric == keys.TEST_ROBUST_ACCURACY:
+        return keys.ROBUST_ACCURACY
+    return "val_" + metric.removeprefix("test_") if metric.startswith("test_") else metric
+
+
+def within_sweep(policy: Policy, candidates: Sequence[Candidate]) -> Policy:
+    """The policy a sweep's winner is chosen by: ``policy`` with every objective and constraint
+    on a test metric read on its validation twin, where the trials report one.
+
+    Choosing among trials on the test split makes the winner's test score optimistic (the
+    split took part in the choice). So a sweep chooses on validation, and the test split is
+    measured for every trial but decides only between sweeps: champion against challenger
+    (:func:`decide_promotion`) compare on ``policy`` as written.
+
+    Example:
+        >>> p = Policy(constraints=("test_accuracy >= 0.9",))
+        >>> c = [Candidate("a", {"test_accuracy": 0.95, "val_accuracy": 0.9})]
+        >>> q = within_sweep(p, c)
+        >>> q.objectives[0].metric, q.constraints
+        ('val_accuracy', ('val_accuracy >= 0.9',))
+    """
+    reported = {m for c in candidates for m in c.metrics}
+
+    def twin(metric: str) -> str:
+        other = validation_twin(metric)
+        return other if other in reported else metric
+
+    constraints = []
+    for c in policy.parsed_constraints():
+        name = twin(c.metric)
+        constraints.append(c.text.replace(c.metric, name, 1))  # the metric leads the text
+    return replace(
+        policy,
+        objectives=tuple(Objective(twin(o.metric), o.mode) for o in policy.objectives),
+        constraints=tuple(constraints),
     )
 
 

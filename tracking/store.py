@@ -79,9 +79,17 @@ class Store:
             if exp is not None:
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
+                if exp.tags.get(keys.TAG_EXPERIMENT_KIND) != keys.EXPERIMENT_KIND_TRAINING:
+                    self.client.set_experiment_tag(
+                        exp.experiment_id, keys.TAG_EXPERIMENT_KIND, keys.EXPERIMENT_KIND_TRAINING
+                    )
                 return exp.experiment_id
             location = artifact_location or default_artifact_location(self.uri)
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(
+                name,
+                artifact_location=location,
+                tags={keys.TAG_EXPERIMENT_KIND: keys.EXPERIMENT_KIND_TRAINING},
+            )
         except MlflowException as e:
             raise TrackingError(
                 f"MLflow store {self.uri!r} refused experiment {name!r}: {e.message}"

@@ -212,3 +212,14 @@ def test_recipe_order_and_malformed_step_spaces_are_reported_not_crashed_on():
         ({"step": "quantize"}, prune),
     ]:
         parse_spec({"name": "x", "recipe": [first, second]})
+
+
+def test_choosing_the_winner_on_the_test_split_is_allowed_with_a_warning():
+    assert parse_spec({"name": "w"}).warnings == ()
+    spec = parse_spec({"name": "w", "promotion": {"selection_split": "test"}})
+    [warning] = spec.warnings
+    assert warning.startswith("promotion.selection_split: 'test' chooses the sweep's winner by ")
+    assert "test_accuracy" in warning and "optimistic" in warning
+    with pytest.raises(SpecError) as e:
+        parse_spec({"name": "w", "promotion": {"selection_split": "val"}})
+    assert e.value.problems[0].path == "promotion.selection_split"

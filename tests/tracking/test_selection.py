@@ -315,3 +315,22 @@ def test_repromoting_the_same_run_is_a_no_op():
     champ = cand("v1", 0.9, run="r1")
     d = decide_promotion(cand("t", 0.9, run="r1"), champ, Policy())
     assert not d.promote and d.winner is champ and "already champion" in d.reasons[0]
+
+
+def test_a_trial_best_on_test_but_not_on_validation_is_not_the_winner():
+    from tracking.selection import within_sweep
+
+    cands = [
+        Candidate("peeks", {"test_accuracy": 0.99, "val_accuracy": 0.90}),
+        Candidate("honest", {"test_accuracy": 0.95, "val_accuracy": 0.93}),
+    ]
+    policy = Policy(constraints=("test_accuracy >= 0.9",))
+    assert select_best(cands, policy).winner.trial_id == "peeks"  # what choosing on test did
+    chooser = within_sweep(policy, cands)
+    decision = select_best(cands, chooser)
+    assert decision.winner.trial_id == "honest"
+    assert decision.reasons[-1].startswith("best val_accuracy (max) = 0.93")
+    assert chooser.constraints == ("val_accuracy >= 0.9",)
+    # Metrics with no validation twin (latency, size) and val_ objectives stay as written.
+    mixed = Policy(objectives=(Objective("val_loss", "min"), Objective("latency_ms_p50", "min")))
+    assert within_sweep(mixed, cands) == mixed

@@ -37,6 +37,15 @@ def test_experiment_is_created_once_with_artifacts_beside_the_store(store):
     assert exp.artifact_location.endswith("artifacts")
 
 
+def test_experiments_open_in_the_ui_as_model_training_not_genai(store):
+    made = store.client.get_experiment(store.ensure_experiment("new"))
+    assert made.tags[keys.TAG_EXPERIMENT_KIND] == "custom_model_development"
+    old = store.client.create_experiment("made-before-podium-tagged-them")
+    store.ensure_experiment("made-before-podium-tagged-them")
+    tagged = store.client.get_experiment(old)
+    assert tagged.tags[keys.TAG_EXPERIMENT_KIND] == "custom_model_development"
+
+
 def test_writer_logs_each_step_once_and_creates_runs_lazily(store):
     exp = store.ensure_experiment("exp")
     parent = store.start_parent(exp, "sweep", {})
