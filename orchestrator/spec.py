@@ -329,10 +329,24 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
     return parse_spec(raw, spec_dir=path.parent)
 
 
+# The key that says which branch a choice of sections is: an override of it picks branches.
+SELECTORS = {"optimizer": "name", "model": "arch"}
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
     """Apply ``path=value`` overrides in place.
 
-    Values are YAML: ``4``, ``[64, 32]``, ``{choice: [a, b]}``.
+    Values are YAML: ``4``, ``[64, 32]``, ``{choice: [a, b]}``. Under a choice of whole sections
+    (the default spec's ``optimizer: {choice: [{name: nag, ...}, {name: adam, ...}]}``):
+
+    - ``optimizer.lr=0.01`` sets ``lr`` in every branch;
+    - ``optimizer.name=adam`` (the section's selector: ``name``, a model's ``arch``) keeps the
+      branches whose selector is that value, or, when none is, replaces the choice by the one
+      section ``{name: adam}`` (its other keys take their defaults);
+    - ``optimizer=...`` replaces the whole section.
+
+    Raises:
+        SpecError: a malformed override, or a path through something that is not a mapping.
     """
     problems = []
     for item in overrides:
@@ -348,21 +362,55 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        node = raw
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                if part in node and node[part] is not None:
-                    problems.append(
-                        Problem(dotted, item, f"cannot set inside {part!r}: it is not a mapping")
-                    )
-                    break
-                node[part] = {}
-            node = node[part]
-        else:
-            node[parts[-1]] = value
+        problems += _override(raw, dotted.split("."), value, dotted, item)
     if problems:
         raise SpecError(problems)
+
+
+def _override(
+    node: dict[str, Any], parts: list[str], value: Any, dotted: str, item: str
+) -> list[Problem]:
+    """Set ``parts`` under ``node`` to ``value``, into every branch of a choice of sections."""
+    head, rest = parts[0], parts[1:]
+    if not rest:
+        node[head] = value
+        return []
+    child = node.get(head)
+    if is_space(child) and space_kind(child) in ("choice", "grid") and _all_dicts(child):
+        return _override_branches(node, head, rest, value, dotted, item)
+    if not isinstance(child, dict):
+        if head in node and child is not None:
+            return [
+                Problem(
+                    dotted,
+                    item,
+                    f"cannot set inside {head!r}: it is {child!r}, not a mapping; set the "
+                    f"whole of it instead (--set {dotted.removesuffix('.' + '.'.join(rest))}=...)",
+                )
+            ]
+        node[head] = child = {}
+    return _override(child, rest, value, dotted, item)
+
+
+def _all_dicts(space: dict[str, Any]) -> bool:
+    branches = space_candidates(space)
+    return bool(branches) and all(isinstance(b, dict) for b in branches)
+
+
+def _override_branches(
+    node: dict[str, Any], head: str, rest: list[str], value: Any, dotted: str, item: str
+) -> list[Problem]:
+    kind = space_kind(node[head])
+    branches = space_candidates(node[head])
+    if len(rest) == 1 and rest[0] == SELECTORS.get(head):
+        # Picking a branch: keep those with this selector, else one section of it alone.
+        kept = [b for b in branches if b.get(rest[0]) == value]
+        node[head] = {kind: kept} if len(kept) > 1 else (kept[0] if kept else {rest[0]: value})
+        return []
+    problems: list[Problem] = []
+    for branch in branches:
+        problems += _override(branch, rest, value, dotted, item)
+    return problems
 
 
 def parse_spec(raw: dict[str, Any], spec_dir: str | Path | None = None) -> ExperimentSpec:

@@ -223,3 +223,18 @@ def test_choosing_the_winner_on_the_test_split_is_allowed_with_a_warning():
     with pytest.raises(SpecError) as e:
         parse_spec({"name": "w", "promotion": {"selection_split": "val"}})
     assert e.value.problems[0].path == "promotion.selection_split"
+
+
+def test_overrides_inside_a_choice_of_sections():
+    # The default spec's optimizer is a choice of a nag and an adam section.
+    spec = load_spec(overrides=["optimizer.lr=0.02"])
+    assert [b["lr"] for b in spec.optimizer["choice"]] == [0.02, 0.02]  # every branch
+    spec = load_spec(overrides=["optimizer.name=adam"])
+    assert spec.optimizer == {"name": "adam", "lr": {"loguniform": [0.0005, 0.01]}}  # its branch
+    spec = load_spec(overrides=["optimizer.name=sgd"])
+    assert spec.optimizer == {"name": "sgd"}  # no branch is sgd: one section of it alone
+    spec = load_spec(overrides=["optimizer.name=sgd", "optimizer.lr=0.1"])
+    assert spec.optimizer == {"name": "sgd", "lr": 0.1}
+    with pytest.raises(SpecError) as e:
+        load_spec(overrides=["search.num_samples.x=3"])
+    assert "set the whole of it instead (--set search.num_samples=...)" in str(e.value)
