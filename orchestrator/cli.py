@@ -59,6 +59,22 @@ def _add_validate(sub: Any) -> None:
     p.set_defaults(func=cmd_validate)
 
 
+def _add_schema(sub: Any) -> None:
+    p = sub.add_parser(
+        "schema", help="print the spec's JSON Schema (for editors: the YAML language server)"
+    )
+    p.set_defaults(func=cmd_schema)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.schema import spec_schema
+
+    print(json.dumps(spec_schema(), indent=2))
+    return 0
+
+
 def _add_leaderboard(sub: Any) -> None:
     p = sub.add_parser("leaderboard", help="the newest sweep's trials, best first")
     p.add_argument("experiment")
@@ -373,7 +389,7 @@ def _add_serve(sub: Any) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-SUBCOMMANDS.extend([_add_promote, _add_rollback, _add_serve])
+SUBCOMMANDS.extend([_add_promote, _add_rollback, _add_serve, _add_schema])
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

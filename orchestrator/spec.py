@@ -375,7 +375,7 @@ def _override(
     if not rest:
         node[head] = value
         return []
-    child = node.get(head)
+    child: Any = node.get(head)
     if is_space(child) and space_kind(child) in ("choice", "grid") and _all_dicts(child):
         return _override_branches(node, head, rest, value, dotted, item)
     if not isinstance(child, dict):
