@@ -72,3 +72,26 @@ def test_pbt_runs_the_default_spec_and_records_what_trained_each_trial(tmp_path)
         )
     assert exploited >= 1  # 4 trials, 6 epochs: the bottom quarter exploits at every interval
     assert result.promotion is not None and result.promotion.promoted
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "fifo", "hyperband", "median"])
+@pytest.mark.parametrize("searcher", ["random", "optuna"])
+def test_every_searcher_with_every_scheduler_runs_the_default_spec(tmp_path, scheduler, searcher):
+    result, _ = _run(
+        tmp_path,
+        f"search.scheduler={scheduler}",
+        f"search.searcher={searcher}",
+        "search.num_samples=2",
+        "training.max_epochs=2",
+    )
+    assert len(result.rows) == 2 and result.failed == 0
+    assert result.decision.winner is not None
+
+
+def test_the_searchers_that_cannot_run_a_space_say_so():
+    from orchestrator.spec import SpecError
+
+    with pytest.raises(SpecError, match="grid can only enumerate choice and grid spaces"):
+        load_spec(overrides=["search.searcher=grid"])
+    with pytest.raises(SpecError, match="pbt mutates trials itself"):
+        load_spec(overrides=["search.searcher=optuna", "search.scheduler=pbt"])
