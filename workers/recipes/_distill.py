@@ -9,7 +9,7 @@ when distill comes first) or ``models:/<name>@<alias>`` / ``models:/<name>/<vers
 MLflow registry. Workers never talk to MLflow: the driver resolves registry teachers before any
 trial starts (``tracking.onnx_model.fetch_teacher``) and passes local files in
 ``RecipeContext.teachers``. A teacher file is ONNX (run with ONNX Runtime) or a weights-only torch
-file ``{state_dict, model, input_shape, num_classes}``.
+file ``{state_dict, model, input_shape, num_classes, extra}``.
 
 The teacher's logits for the whole training split are computed once: the teacher is frozen, so
 this is exact and makes each student epoch cost only the student's forward and backward.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,10 +41,11 @@ from workers.recipes._base import (
     StrParam,
 )
 from workers.recipes._train import make_optimizer, train_epoch
-from workers.registry import is_plugin_ref
+from workers.registry import declared_settings, is_plugin_ref, load_plugin
 from workers.tasks import TaskData
 
-STUDENT_KEYS = ("arch", "hidden", "channels")  # what a student may change from the trial's model
+# What a student may change from the trial's model (dim: a text model's embedding width).
+STUDENT_KEYS = ("arch", "hidden", "channels", "dim")
 TEACHER_URI = re.compile(r"^models:/[^/@]+(@[A-Za-z_][A-Za-z0-9_-]*|/\d+)$")
 
 
@@ -54,9 +56,10 @@ def is_registry_teacher(value: object) -> bool:
 def distill(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> None:
     """Replace ``state.model`` with a student distilled from the teacher."""
     soft = teacher_logits(_teacher(state, p["teacher"], ctx), data.x_train)
-    section = {**state.section, **{k: p[k] for k in STUDENT_KEYS if p[k] is not None}}
+    section = student_section(state.section, {k: p[k] for k in STUDENT_KEYS if p[k] is not None})
     torch.manual_seed(ctx.seed)
-    student = build_model(section, data.input_shape, data.num_classes).to(ctx.device)
+    student = build_model(section, data.input_shape, data.num_classes, data.extra)
+    student = student.to(ctx.device)
     generator = torch.Generator().manual_seed(ctx.seed)
     opt = make_optimizer(student, p["lr"])
     loss_fn = _distill_loss(p["temperature"], p["alpha"])
@@ -72,6 +75,28 @@ def distill(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> 
             device=ctx.device,
         )
     state.model, state.section = student.cpu().eval(), section
+
+
+def student_section(trial: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The student's model section: the trial's with the step's ``changes``. A student of another
+    arch keeps only the trial's settings its builder takes (a textcnn's ``kernel_sizes`` mean
+    nothing to an embedding_bag; its ``dim`` and ``dropout`` do), so the section saved with the
+    student describes it.
+
+    Example:
+        >>> student_section({"arch": "textcnn", "dim": 64, "filters": 64}, {"arch": "lstm"})
+        {'arch': 'lstm', 'dim': 64}
+    """
+    section = {**trial, **changes}
+    arch = section.get("arch", "mlp")
+    if arch == trial.get("arch", "mlp"):
+        return section
+    declared, takes_any = declared_settings(
+        load_plugin(arch) if is_plugin_ref(arch) else MODELS.get(arch)
+    )
+    if takes_any:
+        return section
+    return {k: v for k, v in section.items() if k == "arch" or k in changes or k in declared}
 
 
 def _distill_loss(temperature: float, alpha: float):  # noqa: ANN202
@@ -126,7 +151,7 @@ def teacher_logits(teacher: nn.Module | Path, x: torch.Tensor, batch: int = 1024
     if isinstance(teacher, Path) and teacher.suffix == ".onnx":
         from workers.recipes._measure import onnx_predict, onnx_session
 
-        arr = x.numpy().astype(np.float32, copy=False)
+        arr = np.ascontiguousarray(x.detach().cpu().numpy())  # in its dtype: int64 token ids too
         return torch.from_numpy(
             onnx_predict(onnx_session(teacher, threads=torch.get_num_threads()), arr)
         )
@@ -139,13 +164,19 @@ def teacher_logits(teacher: nn.Module | Path, x: torch.Tensor, batch: int = 1024
 
 
 def load_torch_teacher(path: Path) -> nn.Module:
-    """Rebuild a teacher from a weights-only ``{state_dict, model, input_shape, num_classes}``."""
+    """Rebuild a teacher from a weights-only ``{state_dict, model, input_shape, num_classes,
+    extra}`` (``extra``: the task's facts a text model is built from, e.g. ``vocab_size``)."""
     blob = torch.load(path, weights_only=True, map_location="cpu")
     arch = path.with_name(keys.ARCH_ARTIFACT)
     if path.name == keys.STATE_DICT_ARTIFACT and arch.exists():  # the registry's layout
         blob = {**json.loads(arch.read_text()), "state_dict": blob}
     try:
-        model = build_model(blob["model"], tuple(blob["input_shape"]), int(blob["num_classes"]))
+        model = build_model(
+            blob["model"],
+            tuple(blob["input_shape"]),
+            int(blob["num_classes"]),
+            blob.get("extra"),
+        )
         model.load_state_dict(blob["state_dict"])
     except (KeyError, RuntimeError, TypeError) as e:
         raise WorkerError(f"teacher file {path.name} is not a Podium model file: {e}") from e
@@ -191,6 +222,9 @@ STEPS.add(
             "hidden": IntListParam(None, "student hidden widths (default: the trial's)"),
             "channels": IntListParam(
                 None, "student conv channels, cnn only (default: the trial's)"
+            ),
+            "dim": HParam(
+                None, "student embedding width, text models (default: the trial's)", int, low=1
             ),
             "temperature": HParam(4.0, "softmax temperature for both models", float, low=0.0),
             "alpha": HParam(

@@ -1,14 +1,17 @@
 """The ``prune`` step: unstructured magnitude pruning, or structured pruning that rebuilds a
 smaller model.
 
-* ``l1_unstructured``: in each Linear/Conv2d weight, the ``sparsity`` fraction of smallest-|w|
+* ``l1_unstructured``: in each Linear, Conv1d/Conv2d and Embedding weight (``PRUNABLE``; a text
+  model's embedding table is most of its weights), the ``sparsity`` fraction of smallest-|w|
   entries become exactly zero. ``nonzero_params`` drops; the ONNX file and latency do not (dense
   kernels store and multiply zeros) — Podium reports that as it is.
 * ``global_magnitude``: one threshold over all those weights together, so layers with many small
   weights lose more.
 * ``structured``: whole output neurons (Linear rows) / channels (Conv2d filters) with the smallest
   L1 norm are removed and the next layer's inputs and any BatchNorm are sliced to match, giving a
-  genuinely smaller ``nn.Sequential``: file size and latency drop with the width.
+  genuinely smaller ``nn.Sequential``: file size and latency drop with the width. It needs a chain
+  of Linear/Conv blocks (the built-in ``mlp`` and ``cnn``); on any other model (the text models,
+  a user's own module) it stops with an error that names the unstructured methods instead.
 
 ``schedule: gradual`` ramps sparsity over ``prune_epochs`` epochs (cubic ramp, Zhu & Gupta 2017:
 fast early, gentle near the target) with a training epoch after each increment; then
@@ -30,6 +33,7 @@ from workers.recipes._train import make_optimizer, train_epoch
 from workers.tasks import TaskData
 
 METHODS = ("l1_unstructured", "global_magnitude", "structured")
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.EmbeddingBag)  # unstructured methods
 Masks = dict[torch.Tensor, torch.Tensor]  # weight -> 0/1 mask of the same shape
 
 
@@ -92,12 +96,13 @@ def _train(
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [m.weight for m in model.modules() if isinstance(m, PRUNABLE)]
 
 
 def magnitude_masks(model: nn.Module, sparsity: float, per_layer: bool) -> Masks:
-    """0/1 masks zeroing the ``sparsity`` fraction of smallest-magnitude Linear/Conv2d weights,
-    per layer or over all of them at once (global). Biases are never pruned."""
+    """0/1 masks zeroing the ``sparsity`` fraction of smallest-magnitude weights of the
+    ``PRUNABLE`` layers, per layer or over all of them at once (global). Biases are never
+    pruned."""
     weights = _weights(model)
     if per_layer:
         return {w: _keep_largest(w.detach().abs().flatten(), sparsity).view_as(w) for w in weights}
@@ -141,19 +146,28 @@ _PASSTHROUGH = (
 )
 
 
+_NOT_A_CHAIN = (
+    "prune method 'structured' needs a chain of Linear/Conv blocks (an nn.Sequential of "
+    "Linear, Conv2d, BatchNorm, activations and pooling, as the built-in mlp and cnn are) to "
+    "rebuild a narrower copy; {what}. Use method l1_unstructured or global_magnitude instead, "
+    "which zero weights of any model in place."
+)
+
+
 def _layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of a model that structured pruning can rebuild.
+
+    Raises:
+        WorkerError: ``model`` is not such a chain (e.g. a text model), naming what it is.
+    """
     if not isinstance(model, nn.Sequential):
-        raise WorkerError(
-            "prune method 'structured' needs an nn.Sequential model (the built-in "
-            f"mlp and cnn); got {type(model).__name__}. Use l1_unstructured instead."
-        )
+        raise WorkerError(_NOT_A_CHAIN.format(what=f"this model is a {type(model).__name__}"))
     for layer in model:
         if not isinstance(
             layer, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, *_PASSTHROUGH)
         ):
             raise WorkerError(
-                f"prune method 'structured' cannot rebuild a {type(layer).__name__} "
-                "layer; supported: Linear, Conv2d, BatchNorm, activations, pooling"
+                _NOT_A_CHAIN.format(what=f"this one has a {type(layer).__name__} layer")
             )
     return list(model)
 

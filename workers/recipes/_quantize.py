@@ -4,7 +4,8 @@
 MLP here; ONNX Runtime's int8 kernels are. So this step records the settings and every later
 export of the recipe state is quantized after the fp32 ONNX export:
 
-* ``dynamic``: int8 weights; activations quantized on the fly per batch (no calibration).
+* ``dynamic``: int8 weights, embedding tables included (``DYNAMIC_OPS``); activations quantized
+  on the fly per batch (no calibration).
 * ``static``: int8 weights and activations, activation ranges calibrated on
   ``calibration_batches`` batches of 64 training examples (QDQ format, which ONNX Runtime fuses
   into integer kernels).
@@ -34,7 +35,7 @@ import torch
 from workers.errors import WorkerError
 from workers.optimizers._base import HParam
 from workers.recipes._base import STEPS, Problems, RecipeContext, RecipeState, StepEntry
-from workers.recipes._export import export_onnx
+from workers.recipes._export import INPUT_NAME, export_onnx
 from workers.recipes._qat import (
     QParams,
     check_overrides_applied,
@@ -49,6 +50,11 @@ CALIBRATION_BATCH = 64
 MODES = ("dynamic", "static", "qat")
 MODEL_STEPS = ("prune", "distill")  # steps that replace the torch model
 QAT_QPARAMS = "activation_qparams"  # the settings key of qat's learned {point: [scale, zero_point]}
+# What dynamic int8 quantizes, named rather than left to ONNX Runtime's default: the weights of
+# MatMul (Linear layers; ORT turns Gemm into MatMul first), Conv, LSTM and Attention, and the
+# tables that Gather reads rows from (embeddings: most of a text model's bytes). Without Gather an
+# embedding table stays float32 and the file barely shrinks.
+DYNAMIC_OPS = ("MatMul", "Conv", "LSTM", "Attention", "Gather")
 
 
 def quantize(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> None:
@@ -76,7 +82,7 @@ def _quantization_aware_training(
 def _quantized_points(model: torch.nn.Module, data: TaskData, p: dict) -> list[str]:
     """The activations ONNX Runtime's static int8 quantizes in ``model``: quantize it and look."""
     with tempfile.TemporaryDirectory(prefix="podium-qat-") as tmp:
-        fp32 = export_onnx(model, data.input_shape, Path(tmp) / "fp32.onnx")
+        fp32 = export_onnx(model, data.example_input(), Path(tmp) / "fp32.onnx")
         static = {**p, "mode": "static", "calibration_batches": 1}
         return points_in(quantize_onnx(fp32, Path(tmp) / "int8.onnx", static, data.x_train))
 
@@ -100,7 +106,11 @@ def quantize_onnx(src: Path, dst: Path, settings: dict[str, Any], x_calib: torch
     try:
         if settings["mode"] == "dynamic":
             quantize_dynamic(
-                src, dst, weight_type=QuantType.QInt8, per_channel=settings["per_channel"]
+                src,
+                dst,
+                weight_type=QuantType.QInt8,
+                per_channel=settings["per_channel"],
+                op_types_to_quantize=list(DYNAMIC_OPS),
             )
         else:
             n = settings["calibration_batches"] * CALIBRATION_BATCH
@@ -148,13 +158,14 @@ def check_qat_order(steps: list[Any]) -> Problems:
 
 
 class _Calibration:
-    """ONNX Runtime's CalibrationDataReader protocol over fixed batches of training inputs."""
+    """ONNX Runtime's CalibrationDataReader protocol over fixed batches of training inputs, in
+    their own dtype (the exported model's input dtype: float32, or int64 token ids)."""
 
     def __init__(self, x: torch.Tensor) -> None:
-        arr = x.numpy().astype(np.float32, copy=False)
+        arr = np.ascontiguousarray(x.detach().cpu().numpy())
         self._batches = iter(
             [
-                {"input": arr[i : i + CALIBRATION_BATCH]}
+                {INPUT_NAME: arr[i : i + CALIBRATION_BATCH]}
                 for i in range(0, len(arr), CALIBRATION_BATCH)
             ]
         )

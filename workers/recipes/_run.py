@@ -38,7 +38,8 @@ from workers.recipes._quantize import check_qat_order, quantize_onnx
 from workers.recipes._train import accuracy
 from workers.tasks import TaskData
 
-FP32_STATE_ARTIFACT = "model_fp32.pt"  # weights-only {state_dict, model, input_shape, num_classes}
+# weights-only {state_dict, model, input_shape, num_classes, extra}: build_model's arguments
+FP32_STATE_ARTIFACT = "model_fp32.pt"
 
 
 @dataclass
@@ -154,7 +155,7 @@ def _baseline(
     }
     eager.update(_measure.param_counts(state.model))
     eager.update(_measure.measure_eager(state.model, data.x_test, ctx.threads, ctx.latency_iters))
-    onnx_path = export_onnx(state.model, data.input_shape, work / "baseline.onnx")
+    onnx_path = export_onnx(state.model, data.example_input(), work / "baseline.onnx")
     onnx = _measure.measure_onnx(
         onnx_path, data.x_test, data.y_test, ctx.threads, ctx.latency_iters
     )
@@ -164,7 +165,7 @@ def _baseline(
 
 
 def _export_state(state: RecipeState, data: TaskData, folder: Path) -> Path:
-    fp32 = export_onnx(state.model, data.input_shape, folder / "fp32.onnx")
+    fp32 = export_onnx(state.model, data.example_input(), folder / "fp32.onnx")
     if state.quantize is None:
         return fp32
     return quantize_onnx(fp32, folder / "int8.onnx", state.quantize, data.x_train)
@@ -195,9 +196,14 @@ def _final(last: dict[str, float], base: dict[str, dict[str, float]]) -> dict[st
 def _write_artifacts(
     state: RecipeState, path: Path, data: TaskData, ctx: RecipeContext, steps: list[dict[str, Any]]
 ) -> dict[str, Path]:
-    """Copy the final ONNX file into ``ctx.workdir`` with the files that describe it."""
+    """Copy the final ONNX file into ``ctx.workdir`` with the files that describe it.
+
+    Both descriptions carry what ``build_model`` needs to rebuild the model: its section, input
+    shape, class count and the task's ``extra`` facts (a text model's ``vocab_size``; the
+    vocabulary that turns text into the ONNX model's input ids).
+    """
     out = {keys.ONNX_ARTIFACT: Path(shutil.copyfile(path, ctx.workdir / keys.ONNX_ARTIFACT))}
-    shape, classes = list(data.input_shape), data.num_classes
+    shape, classes, extra = list(data.input_shape), data.num_classes, dict(data.extra)
     fp32 = ctx.workdir / FP32_STATE_ARTIFACT
     torch.save(
         {
@@ -205,20 +211,23 @@ def _write_artifacts(
             "model": state.section,
             "input_shape": shape,
             "num_classes": classes,
+            "extra": extra,
         },
         fp32,
     )
     out[FP32_STATE_ARTIFACT] = fp32
     if "torchscript" in state.formats:
         ts = export_torchscript(
-            state.model, data.input_shape, ctx.workdir / keys.TORCHSCRIPT_ARTIFACT
+            state.model, data.example_input(), ctx.workdir / keys.TORCHSCRIPT_ARTIFACT
         )
         if ts is not None:
             out[keys.TORCHSCRIPT_ARTIFACT] = ts
     card = {
         "model": state.section,
         "input_shape": shape,
+        "input_dtype": str(data.example_input().dtype).removeprefix("torch."),
         "num_classes": classes,
+        "extra": extra,
         "steps": steps,
         "quantize": state.quantize,
         "onnx_input": "input",

@@ -7,7 +7,7 @@ the kinds' losses and metrics in ``workers/tasks/_kinds.py``.
 
 from __future__ import annotations
 
-from workers.tasks import _digits, _fashion_mnist  # noqa: F401  (registers the built-ins)
+from workers.tasks import _digits, _fashion_mnist, _rotten_tomatoes  # noqa: F401  (registers the built-ins)
 from workers.tasks._base import (
     TASKS,
     TaskData,
