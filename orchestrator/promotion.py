@@ -8,7 +8,7 @@ from typing import Any
 
 from orchestrator.spec import ExperimentSpec
 from tracking import keys
-from tracking.registry import Promotion, log_torch_model, register_and_alias
+from tracking.registry import Promotion, log_trial_model, register_and_alias
 from tracking.selection import Decision
 
 
@@ -26,6 +26,7 @@ def promote_trial(
         keys.TAG_SPEC_HASH: spec.spec_hash(),
         keys.TAG_EXPERIMENT: spec.name,
         keys.TAG_TRIAL_ID: winner.trial_id,
+        keys.TAG_MEASURED: measured_artifact(trial_of(checkpoint)),
     }
     return register_and_alias(
         uri, model_uri, spec.model_name, spec.promotion.alias, winner.run_id, decision, tags, policy
@@ -35,14 +36,58 @@ def promote_trial(
 def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
     """Log the model in a trial's checkpoint folder to ``run_id``; returns the model's URI.
 
-    Everything comes from the checkpoint (weights, architecture, example inputs): the driver
-    needs neither the task's data nor the user's task module.
+    Everything comes from the checkpoint (weights, architecture, example inputs, the recipe's
+    measured ONNX file): the driver needs neither the task's data nor the user's task module.
     """
+    import torch
+
+    from orchestrator.plugins import module_paths
+    from workers.recipes._run import FP32_STATE_ARTIFACT
+    from workers.registry import is_plugin_ref
     from workers.trainable import ARTIFACTS_DIR, load_example, load_trial_model
 
-    model, _ = load_trial_model(checkpoint)
+    model, meta = load_trial_model(checkpoint)
     example = load_example(checkpoint).numpy()  # batch > 1: the ONNX export keeps it dynamic
-    # A recipe's compressed, measured ONNX file is what serving uses; without one the registry
-    # exports the fp32 model itself.
     onnx = Path(checkpoint, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)
-    return log_torch_model(run_id, model, example, uri, onnx if onnx.exists() else None)
+    section, weights = meta["trial"]["model"], model.state_dict()
+    fp32 = Path(checkpoint, ARTIFACTS_DIR, FP32_STATE_ARTIFACT)
+    if fp32.exists():  # a recipe pruned or distilled it: the weights that were compressed
+        blob = torch.load(fp32, weights_only=True, map_location="cpu")
+        section, weights = blob["model"], blob["state_dict"]
+    arch = {
+        "model": section,
+        **{k: meta.get(k) for k in ("input_shape", "input_dtype", "num_classes", "kind")},
+        "extra": meta.get("extra") or {},
+    }
+    plugin = [section["arch"]] if is_plugin_ref(section.get("arch")) else []
+    return log_trial_model(
+        run_id,
+        model,
+        example,
+        uri,
+        onnx if onnx.exists() else None,
+        weights=weights,
+        arch=arch,
+        feature_names=meta.get("feature_names"),
+        code_paths=module_paths(plugin),
+    )
+
+
+def trial_of(checkpoint: str | Path) -> dict[str, Any]:
+    """The concrete trial spec a checkpoint was trained from."""
+    import json
+
+    from workers.trainable import TRIAL_FILE
+
+    return dict(json.loads(Path(checkpoint, TRIAL_FILE).read_text())["trial"])
+
+
+def measured_artifact(trial: dict[str, Any]) -> str:
+    """The model card's line on what was measured and is served."""
+    steps = [s.get("step") for s in trial.get("recipe") or [] if isinstance(s, dict)]
+    if not steps:
+        return "model.onnx: an fp32 ONNX export of the trained weights, run by ONNX Runtime"
+    return (
+        f"model.onnx: the file the recipe ({' -> '.join(map(str, steps))}) exported and "
+        "measured (latency, size and test metrics), run by ONNX Runtime"
+    )

@@ -74,7 +74,11 @@ TAG_RAY_PATH = "podium.ray_experiment_path"  # where Tune keeps the sweep's stat
 
 # Artifacts.
 SPEC_ARTIFACT = "spec.yaml"
-MODEL_ARTIFACT = "model"
+MODEL_ARTIFACT = "model"  # the registered MLflow model: the measured ONNX file (onnx flavor)
+TORCH_MODEL_ARTIFACT = (
+    "model_torch"  # its PyTorch copy (pytorch flavor), where it is the same model
+)
+TAG_MEASURED = "podium.measured_artifact"  # the card: which file was measured, and how
 LEADERBOARD_ARTIFACT = "leaderboard.csv"
 
 ROLE_SWEEP = "sweep"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking import keys
-from tracking.store import TrackingError
+from tracking.store import TrackingError, version_source
 
 ONNX_MODEL_NAME = "onnx_model"  # the logged model's name in the run (beside the torch "model")
 
@@ -72,10 +72,15 @@ def register_onnx_model(
     from mlflow.tracking import MlflowClient
 
     model_uri = log_onnx_model(run_id, onnx_path, uri)
+    # This store's registry, not the process-wide one mlflow.register_model would use.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     try:
-        mv = mlflow.register_model(model_uri, model_name)
+        if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
+            client.create_registered_model(model_name)
+        mv = client.create_model_version(model_name, model_uri, run_id=run_id, model_id=model_id)
         if alias:
-            MlflowClient(uri).set_registered_model_alias(model_name, alias, mv.version)
+            client.set_registered_model_alias(model_name, alias, mv.version)
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"cannot register {model_name!r} at {uri}: {e}") from e
     return str(mv.version)
@@ -113,7 +118,9 @@ def fetch_teacher(model_uri: str, tracking_uri: str | None, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     try:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=str(dst), tracking_uri=tracking_uri
+            artifact_uri=version_source(model_uri, tracking_uri),
+            dst_path=str(dst),
+            tracking_uri=tracking_uri,
         )
     except MlflowException as e:
         raise TrackingError(f"{model_uri} does not resolve at {tracking_uri}: {e.message}") from e
@@ -129,7 +136,7 @@ def check_teacher(model_uri: str, tracking_uri: str | None) -> str | None:
     from mlflow.tracking import MlflowClient
 
     rest = model_uri.removeprefix("models:/")
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # this store's registry
     try:
         if "@" in rest:
             name, alias = rest.split("@", 1)

@@ -1,8 +1,8 @@
 """Carries a selection decision out in the MLflow Model Registry.
 
 The decisions themselves are made by :mod:`tracking.selection` (pure); this adapter logs the
-winner's model to its run (PyTorch flavor plus an ONNX copy that ``podium serve`` can load without
-unpickling anything), registers it once as a version with its model card, and moves the aliases:
+winner's model to its run (the measured ONNX file as an MLflow ``onnx`` model, its weights-only
+PyTorch state beside it), registers it once as a version with its model card, and moves the aliases:
 the sweep's winner is a challenger that becomes ``champion`` only if it beats the current one on
 the same test split (:func:`promote_challenger`); the replaced champion keeps ``previous`` and
 :func:`rollback` swaps them back.
@@ -39,7 +39,7 @@ from tracking.selection import (
 
 log = logging.getLogger(__name__)
 
-# MLflow's PyTorch serialization for the logged model (see log_torch_model).
+# MLflow's PyTorch serialization for the PyTorch copy (see log_trial_model).
 TORCH_FORMAT = "pickle"
 
 
@@ -69,38 +69,106 @@ class Promotion:
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
 
-def log_torch_model(
-    run_id: str, model: Any, input_example: Any, uri: str, onnx_file: str | Path | None = None
+def log_trial_model(
+    run_id: str,
+    model: Any,
+    input_example: Any,
+    uri: str,
+    onnx_file: str | Path | None = None,
+    *,
+    weights: dict[str, Any] | None = None,
+    arch: dict[str, Any] | None = None,
+    feature_names: list[str] | None = None,
+    code_paths: list[str] | None = None,
 ) -> str:
-    """Log a PyTorch model to ``run_id`` as artifact ``model``; returns the logged model's URI.
+    """Log a trial's model to ``run_id`` and return the URI of what gets registered.
 
-    The PyTorch flavor is MLflow's ``pickle`` format (``torch.save`` of the module), not its
-    default ``pt2``: a ``pt2`` archive is made by ``torch.export``, whose first use imports and
-    sets up TorchDynamo in the driver, ~2 s of CPU in every sweep on the interpreter lock that
-    also runs Tune's loop (the sweep of the overhead benchmark ran 1.5 s longer with it). The
-    pickle is Podium's own (only Podium writes these versions) and loads where Podium is
-    installed. The logged model also carries ``model.onnx`` -- ``onnx_file`` when a recipe
-    exported (and compressed) one, else an fp32 export made here (batch dimension dynamic; give
-    ``input_example`` a batch > 1) -- the portable copy that ``podium serve`` loads, so serving
-    never unpickles anything.
+    What is registered is **the model that was measured**: ``onnx_file``, the file a recipe
+    exported and measured (int8 where it quantized), or, without a recipe, an fp32 ONNX export
+    of ``model`` made here. It is logged as MLflow model ``model`` with MLflow's ``onnx`` flavor,
+    so ``mlflow.pyfunc.load_model``, ``mlflow models serve`` and every MLflow deployment target
+    run it through ONNX Runtime; its signature has the task's named columns where it has them
+    (``feature_names``), else a tensor of the input's dtype and shape, and ``input_example`` is
+    kept with it. Beside the ONNX file: ``state_dict.pt`` (``weights``, default ``model``'s) and
+    ``arch.json`` (``arch``), the PyTorch weights a weights-only load rebuilds.
+
+    Only where the ONNX file *is* ``model`` (no recipe) is a PyTorch copy logged too, as model
+    ``model_torch`` (MLflow's ``pickle`` format, which needs no TorchDynamo in the driver),
+    with the user's plug-in modules packaged (``code_paths``).
+
+    Args:
+        input_example: a few inputs (batch > 1: the export's batch axis stays dynamic).
     """
     import mlflow
+    import mlflow.onnx
     import mlflow.pytorch
+    import onnx
+    import torch
 
     mlflow.set_tracking_uri(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx = Path(onnx_file) if onnx_file else _export_onnx(model, input_example, Path(tmp))
-        extra = [str(onnx)] if onnx else None
+        folder = Path(tmp)
+        onnx_path = Path(onnx_file) if onnx_file else _export_onnx(model, input_example, folder)
+        if onnx_path is None:
+            raise RegistryError("the model cannot be exported to ONNX, so it cannot be served")
+        torch.save(
+            weights if weights is not None else model.state_dict(),
+            folder / keys.STATE_DICT_ARTIFACT,
+        )
+        (folder / keys.ARCH_ARTIFACT).write_text(json.dumps(arch or {}))
+        example, signature = _signature(onnx_path, input_example, feature_names)
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                model,
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)),
                 name=keys.MODEL_ARTIFACT,
-                input_example=input_example,
-                extra_files=extra,
-                pip_requirements=_pip_requirements(),
-                serialization_format=TORCH_FORMAT,
+                signature=signature,
+                input_example=example,
+                extra_files=[
+                    str(folder / keys.STATE_DICT_ARTIFACT),
+                    str(folder / keys.ARCH_ARTIFACT),
+                ],
+                pip_requirements=_onnx_requirements(),
+                # One file, as it was measured (ONNX's default splits weights into side files).
+                save_as_external_data=False,
+                # Measured on the CPU; MLflow's default asks for CUDA first and warns without it.
+                onnx_execution_providers=["CPUExecutionProvider"],
             )
+            if onnx_file is None:
+                mlflow.pytorch.log_model(
+                    model,
+                    name=keys.TORCH_MODEL_ARTIFACT,
+                    input_example=input_example,
+                    code_paths=code_paths or None,
+                    pip_requirements=_pip_requirements(),
+                    serialization_format=TORCH_FORMAT,
+                )
     return info.model_uri
+
+
+def _signature(onnx_path: Path, example: Any, names: list[str] | None) -> tuple[Any, Any]:
+    """The logged model's input example and signature: named float columns for a tabular task
+    with feature names (requests are matched by column name, not position), else a tensor of
+    the input's own dtype and shape. The outputs are what the ONNX file computes."""
+    import numpy as np
+    import onnxruntime as ort
+    from mlflow.models import infer_signature
+
+    x = np.asarray(example)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    if names and x.ndim == 2 and x.shape[1] == len(names):
+        import pandas as pd
+
+        frame = pd.DataFrame(x, columns=list(names))
+        return frame, infer_signature(frame, out)
+    return x, infer_signature(x, out)
+
+
+def _onnx_requirements() -> list[str]:
+    import onnx
+    import onnxruntime
+
+    return [f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}", "numpy"]
 
 
 def _pip_requirements() -> list[str]:
@@ -118,7 +186,7 @@ def warm_up_model_logging() -> None:
 
     The runner calls this in a background thread while trials train, so the winner's
     ``log_model`` at the end of a sweep does not start cold. It saves a tiny model to a
-    temporary folder, in the format :func:`log_torch_model` uses: nothing reaches the tracking
+    temporary folder, in the format :func:`log_trial_model` uses: nothing reaches the tracking
     store, and TorchDynamo is not imported.
     """
     import mlflow.pytorch

@@ -9,7 +9,8 @@ Only formats that cannot execute code on load are served:
 
 - ONNX (``*.onnx``), run by ONNX Runtime: a graph of known operators.
 - A weights-only state dict (``state_dict.pt``, read with ``torch.load(weights_only=True)``) plus
-  ``arch.json`` (the spec's ``model`` section, input shape, class count); the model is rebuilt by
+  ``arch.json`` (the spec's ``model`` section, input shape, class count, and where the task has
+  them its ``extra`` facts and ``input_dtype``, as a text model needs); the model is rebuilt by
   the ``build_model`` callable the caller passes (the orchestrator passes
   ``workers.models.build_model``; tracking never imports workers).
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -43,8 +43,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from tracking import keys
+from tracking.store import version_source
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # refuse bigger requests before reading them
+# ONNX input types a request's numbers are cast to (JSON has one kind of number): float features,
+# int64 token ids (a text model's input, e.g. the rotten-tomatoes task's).
+ONNX_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".joblib", ".cloudpickle", ".pt2")
 
 
@@ -88,12 +97,13 @@ class OnnxScorer:
             raise ServeError(f"cannot load ONNX model {path.name}: {e}") from e
         first = self._session.get_inputs()[0]
         self._input_name = first.name
+        self._dtype = ONNX_DTYPES.get(first.type, np.float32)
         dims = first.shape[1:]
         self.input_shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
         self.description = f"ONNX {path.name} (onnxruntime)"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input_name: x})[0]
+        return self._session.run(None, {self._input_name: x.astype(self._dtype, copy=False)})[0]
 
 
 class TorchStateDictScorer:
@@ -104,7 +114,9 @@ class TorchStateDictScorer:
 
         try:
             cfg = json.loads(arch.read_text())
-            model = build_model(cfg["model"], tuple(cfg["input_shape"]), int(cfg["num_classes"]))
+            model = build_model(
+                cfg["model"], tuple(cfg["input_shape"]), int(cfg["num_classes"]), cfg.get("extra")
+            )
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except (
@@ -122,13 +134,14 @@ class TorchStateDictScorer:
         self._model = model.eval()
         self._lock = threading.Lock()  # torch modules are not documented as thread-safe
         self.input_shape: tuple[int, ...] | None = tuple(int(d) for d in cfg["input_shape"])
+        self._dtype = np.dtype(cfg.get("input_dtype", "float32"))  # int64 for token ids
         self.description = f"PyTorch state dict {weights.name} ({cfg['model'].get('arch', '?')})"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         import torch
 
         with self._lock, torch.inference_mode():
-            return self._model(torch.from_numpy(x)).numpy()
+            return self._model(torch.from_numpy(x.astype(self._dtype, copy=False))).numpy()
 
 
 def load_scorer(path: str | Path, build_model: Callable[..., Any] | None = None) -> Scorer:
@@ -192,7 +205,7 @@ def fetch_model(
         raise ServeError("resolving a models:/ URI needs mlflow: pip install mlflow") from e
     try:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=_version_source(model_uri, tracking_uri),
+            artifact_uri=version_source(model_uri, tracking_uri),
             tracking_uri=tracking_uri,
             registry_uri=tracking_uri,
             dst_path=str(dst) if dst else None,
@@ -205,29 +218,6 @@ def fetch_model(
 
 
 # --------------------------------------------------------------------------- protocol
-
-
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
-
-
-def _version_source(model_uri: str, tracking_uri: str | None) -> str:
-    """Where a ``models:/<name>@<alias>`` (or ``/<version>``) version's files are, asked of an
-    explicit client: resolving ``models:/`` through ``download_artifacts`` alone consults the
-    process-wide registry URI (and ``MLFLOW_REGISTRY_URI`` inherited from a parent), not only
-    its argument."""
-    m = _MODELS_URI.match(model_uri)
-    if not m:
-        return model_uri
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    name = m["name"]
-    mv = (
-        client.get_model_version_by_alias(name, m["alias"])
-        if m["alias"]
-        else client.get_model_version(name, m["version"])
-    )
-    return client.get_model_version_download_uri(name, mv.version)
 
 
 def parse_inputs(payload: Any, input_shape: tuple[int, ...] | None) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -494,3 +495,32 @@ def _permanent(e: Exception) -> bool:
 def _param_value(v: Any) -> str:
     text = str(v)
     return text if len(text) <= MAX_PARAM_LEN else text[: MAX_PARAM_LEN - 3] + "..."
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+
+
+def version_source(model_uri: str, uri: str | None) -> str:
+    """Where a ``models:/<name>@<alias>`` (or ``/<version>``) version's files are, asked of a
+    client on ``uri``'s own registry; any other URI is returned as it is.
+
+    ``mlflow.artifacts.download_artifacts(models:/..., tracking_uri=...)`` resolves the name in
+    the process-wide registry (MLflow 3's default: ``./mlflow.db``, which it creates), not in
+    ``uri``'s: a teacher the sweep's validation had found was "not found" inside the sweep.
+
+    Raises:
+        mlflow.exceptions.MlflowException: no such model, alias or version.
+    """
+    m = _MODELS_URI.match(model_uri)
+    if not m:
+        return model_uri
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = m["name"]
+    mv = (
+        client.get_model_version_by_alias(name, m["alias"])
+        if m["alias"]
+        else client.get_model_version(name, m["version"])
+    )
+    return client.get_model_version_download_uri(name, mv.version)

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator import api
 from orchestrator.spec import parse_spec
 from tracking import keys
+from tracking.store import version_source
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,8 @@ def test_every_trial_logs_where_each_gain_came_from(sweep):
 
 def test_trial_checkpoints_hold_the_compressed_artifact(sweep):
     _, _, folder = sweep
-    files = sorted(Path(folder).rglob(f"artifacts/{keys.ONNX_ARTIFACT}"))
+    # The trials' checkpoints (not the registered copy in MLflow's artifact store).
+    files = sorted(Path(folder).rglob(f"checkpoint_*/artifacts/{keys.ONNX_ARTIFACT}"))
     assert len(files) >= 2
     assert all((f.parent / keys.RECIPE_ARTIFACT).exists() for f in files)
 
@@ -93,11 +95,13 @@ def test_the_registered_champion_carries_the_measured_onnx(sweep, tmp_path):
 
     result, client, _ = sweep
     version = client.get_model_version_by_alias("it-compressed", "champion")
+    uri = client._tracking_client.tracking_uri
     local = Path(
         mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/it-compressed/{version.version}",
+            # Resolved in this store's registry (download_artifacts alone uses the global one).
+            artifact_uri=version_source(f"models:/it-compressed/{version.version}", uri),
             dst_path=str(tmp_path),
-            tracking_uri=client._tracking_client.tracking_uri,
+            tracking_uri=uri,
         )
     )
     onnx_file = next(local.rglob(keys.ONNX_ARTIFACT))

@@ -183,9 +183,10 @@ def _served_champion_matches_its_model(client, uri: str, folder: Path) -> None:
         )
         with urllib.request.urlopen(req, timeout=30) as r:
             got = np.asarray(json.loads(r.read())["predictions"])
-        # Our own pickle: trusted here. A client, not set_tracking_uri (it exports env vars).
-        local = MlflowClient(uri, uri).get_model_version_download_uri(MODEL, champion_version(uri))
-        model = mlflow.pytorch.load_model(local)
+        # The version's PyTorch copy (no recipe: the same model), our own pickle: trusted here.
+        # A client, not set_tracking_uri (it exports env vars).
+        run_id = MlflowClient(uri, uri).get_model_version(MODEL, champion_version(uri)).run_id
+        model = mlflow.pytorch.load_model(f"runs:/{run_id}/{keys.TORCH_MODEL_ARTIFACT}")
         with torch.no_grad():
             want = model(x).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 import mlflow
+import mlflow.pyfunc
 import mlflow.pytorch
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -85,14 +87,19 @@ def test_champion_is_registered_and_reloads_with_the_logged_accuracy(sweep):
     assert result.decision.winner.metrics[keys.VAL_ACCURACY] == best
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    # Podium logs the module in eval mode (dropout off, batch-norm running statistics), in
-    # MLflow's pickle format; it runs as loaded.
-    model = mlflow.pytorch.load_model("models:/it-model@champion")
+    # The registered model is the ONNX file (MLflow's onnx flavor): any pyfunc loader runs it.
+    served = mlflow.pyfunc.load_model("models:/it-model@champion")
+    assert served.metadata.flavors.keys() >= {"onnx", "python_function"}
     data = load_task("digits", 0)
-    with torch.no_grad():
-        correct = int((model(data.x_test).argmax(1) == data.y_test).sum())
+    logits = np.asarray(next(iter(served.predict(data.x_test.numpy()).values())))
+    correct = int((logits.argmax(1) == data.y_test.numpy()).sum())
     logged = client.get_run(version.run_id).data.metrics[keys.TEST_ACCURACY]
     assert correct / len(data.y_test) == pytest.approx(logged, abs=1e-12)
+    # Without a recipe the PyTorch module is the same model: its copy, in eval mode (dropout
+    # off, batch-norm running statistics), in MLflow's pickle format.
+    model = mlflow.pytorch.load_model(f"runs:/{version.run_id}/model_torch")
+    with torch.no_grad():
+        assert np.allclose(model(data.x_test).numpy(), logits, atol=1e-4)
 
 
 def test_leaderboard_reads_the_sweep_back(sweep, tmp_path):

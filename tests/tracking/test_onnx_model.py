@@ -69,6 +69,7 @@ def test_quantized_model_round_trips_through_the_registry(registered):
     session = load_onnx_session("models:/quant-digits@champion", uri)
     np.testing.assert_array_equal(onnx_predict(session, x), expected)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # an earlier test may have pointed it at its own store
     proto = mlflow.onnx.load_model("models:/quant-digits@champion")
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in proto.graph.node)
     pyfunc = mlflow.pyfunc.load_model("models:/quant-digits/1")

@@ -318,3 +318,38 @@ def test_in_process_server_answers_concurrent_clients(tmp_path, trained):
     srv.shutdown()
     srv.server_close()
     assert errors == [] and time.perf_counter() - t0 < 30
+
+
+def test_a_text_model_is_served_token_ids_as_json_numbers(tmp_path):
+    """JSON has one kind of number: a model whose input is int64 token ids gets them as int64,
+    from its ONNX file or from a state dict whose arch.json carries the task's extra facts."""
+    from workers.recipes._export import export_onnx as export_example
+
+    section = {"arch": "embedding_bag", "dim": 8}
+    torch.manual_seed(0)
+    model = build_model(section, (6,), 2, {"vocab_size": 20}).eval()
+    ids = torch.tensor([[3, 5, 7, 0, 0, 0], [19, 1, 2, 4, 6, 8]])
+    with torch.no_grad():
+        want = model(ids).numpy()
+    folder = tmp_path / "state"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / keys.STATE_DICT_ARTIFACT)
+    arch = {"model": section, "input_shape": [6], "num_classes": 2, "input_dtype": "int64"}
+    arch["extra"] = {"vocab_size": 20}
+    (folder / keys.ARCH_ARTIFACT).write_text(json.dumps(arch))
+    onnx_file = export_example(model, ids, tmp_path / "onnx" / keys.ONNX_ARTIFACT)
+    for scorer in (load_scorer(onnx_file), load_scorer(folder, build_model)):
+        srv = make_server(scorer, port=0)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{srv.server_address[1]}/invocations",
+            json.dumps({"inputs": ids.tolist()}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                got = np.asarray(json.loads(r.read())["predictions"])
+        finally:
+            srv.shutdown()
+            srv.server_close()
+        np.testing.assert_allclose(got, want, atol=1e-5)

@@ -40,7 +40,7 @@ _LOG_A_MODEL = """
 import sys
 import mlflow.pytorch, torch
 from mlflow.tracking import MlflowClient
-from tracking.registry import log_torch_model, warm_up_model_logging
+from tracking.registry import log_trial_model, warm_up_model_logging
 
 uri = sys.argv[1]
 warm_up_model_logging()
@@ -48,8 +48,8 @@ client = MlflowClient(uri)
 run = client.create_run(client.create_experiment("e"))
 model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
 x = torch.randn(4, 8)
-model_uri = log_torch_model(run.info.run_id, model.eval(), x.numpy(), uri)
-loaded = mlflow.pytorch.load_model(model_uri)
+log_trial_model(run.info.run_id, model.eval(), x.numpy(), uri)
+loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model_torch")  # the PyTorch copy
 with torch.no_grad():
     assert torch.equal(loaded(x), model(x))
 print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")

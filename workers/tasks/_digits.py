@@ -51,18 +51,20 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 def breast_cancer(seed: int) -> TaskData:
     from sklearn.datasets import load_breast_cancer
 
-    x, y = load_breast_cancer(return_X_y=True)
-    x = (x - x.mean(0)) / x.std(0)  # features span 1e-3..1e3; standardise
-    return split_arrays("breast_cancer", x, y, seed)
+    bunch = load_breast_cancer()
+    x = (bunch.data - bunch.data.mean(0)) / bunch.data.std(0)  # features span 1e-3..1e3
+    names = tuple(str(n) for n in bunch.feature_names)  # the served model's named columns
+    return split_arrays("breast_cancer", x, bunch.target, seed, feature_names=names)
 
 
 @TASKS.register("wine")
 def wine(seed: int) -> TaskData:
     from sklearn.datasets import load_wine
 
-    x, y = load_wine(return_X_y=True)
-    x = (x - x.mean(0)) / x.std(0)
-    return split_arrays("wine", x, y, seed)
+    bunch = load_wine()
+    x = (bunch.data - bunch.data.mean(0)) / bunch.data.std(0)
+    names = tuple(str(n) for n in bunch.feature_names)
+    return split_arrays("wine", x, bunch.target, seed, feature_names=names)
 
 
 DIABETES_FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
