@@ -14,11 +14,11 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import PodiumError, Problem, SpecError
+from orchestrator.errors import PodiumError, Problem, SpecError, UntrustedModel
 from orchestrator.runner import SweepResult, TrialRow, run_experiment
 from orchestrator.spec import ExperimentSpec, load_spec
 from tracking import keys
@@ -410,17 +410,25 @@ def serve(
     host: str = "127.0.0.1",
     tracking_uri: str | None = None,
     workdir: str | os.PathLike = ".",
+    plugins: Sequence[str] = (),
 ) -> None:
     """Serve ``models:/<name>@champion`` over HTTP (MLflow scoring protocol) until interrupted.
 
-    Only ONNX and weights-only state dicts are loaded; a pickled model is refused.
+    Only ONNX and weights-only state dicts are loaded; a pickled model is refused. A state dict
+    is rebuilt from its ``arch.json`` only for a built-in architecture or one from a module in
+    ``plugins`` (what the operator trusts); anything else is refused before any import.
+
+    Raises:
+        UntrustedModel: the version's metadata names code that was not allowed (exit 2).
     """
     from tracking.serve import ServeError
     from tracking.serve import serve as _serve
-    from workers.models import build_model
+    from workers.models import UntrustedModelError, guarded_builder
 
     try:
         uri = resolve_tracking_uri(tracking_uri, None, workdir)
-        _serve(model_uri, port, host, uri, build_model)
+        _serve(model_uri, port, host, uri, guarded_builder(plugins))
+    except UntrustedModelError as e:
+        raise UntrustedModel(f"refusing to serve {model_uri}: {e}") from e
     except ServeError as e:
         raise PodiumError(str(e)) from e

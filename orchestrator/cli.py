@@ -386,6 +386,14 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--port", type=int, default=5001, help="0 picks a free port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--tracking-uri")
+    p.add_argument(
+        "--plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module whose architectures a state-dict version may name (repeatable); by "
+        "default only built-in architectures are rebuilt, and an ONNX version needs none",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -418,7 +426,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     with _sigterm_as_interrupt():
         try:
-            api.serve(args.model_uri, args.port, args.host, args.tracking_uri)
+            api.serve(args.model_uri, args.port, args.host, args.tracking_uri, plugins=args.plugins)
         except KeyboardInterrupt:
             pass
     return 0

@@ -36,3 +36,9 @@ class SpecError(PodiumError):
 
 class RunError(PodiumError):
     """The sweep could not run or finish (Ray, MLflow or every trial failed)."""
+
+
+class UntrustedModel(PodiumError):
+    """A model's metadata names code Podium will not run (see docs/SECURITY.md)."""
+
+    exit_code = 2

@@ -120,6 +120,9 @@ def run_experiment(
     make_importable(spec.plugin_roots)  # a notebook may run a spec parsed from elsewhere
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri, workdir)
     _check_teachers(spec, uri)
+    # Downloaded and checked before Ray starts: a teacher whose metadata names code not in
+    # this spec is a spec error, like one that does not resolve.
+    teachers = _fetch_teachers(spec, uri, workdir)
     ray_address = address or spec.cluster.address
     check_address(ray_address or os.environ.get("RAY_ADDRESS"), resume)
     # Ray Tune's import (seconds) happens while Ray starts its processes and MLflow migrates a
@@ -147,7 +150,7 @@ def run_experiment(
     clock.mark("start")  # Ray up, store and parent run ready
     writer = RunWriter(store, experiment_id, parent_id, existing)
     template = template_of(spec)
-    extras = {"teachers": _fetch_teachers(spec, uri, workdir)}
+    extras: dict[str, Any] = {"teachers": teachers}
     # What the end of the run needs (MLflow's PyTorch flavor, the ONNX exporter, matplotlib)
     # is made ready while trials train, once the first result shows the trial processes are up:
     # start-up is bound by this process's one interpreter lock, and the first trials' imports
@@ -314,7 +317,43 @@ def _fetch_teachers(spec: ExperimentSpec, uri: str, workdir: str | os.PathLike) 
     if not uris:
         return {}
     base = Path(spec.cluster.storage_path or Path(workdir, "podium-runs")).resolve()
-    return fetch_teachers(uris, uri, base / "teachers")
+    fetched = fetch_teachers(uris, uri, base / "teachers")
+    problems = [
+        Problem("recipe.teacher", teacher, why)
+        for teacher, folder in fetched.items()
+        if (why := untrusted_teacher(Path(folder), own_plugins(spec)))
+    ]
+    if problems:
+        raise SpecError(problems)
+    return fetched
+
+
+def own_plugins(spec: ExperimentSpec) -> tuple[str, ...]:
+    """The ``module:function`` references the spec itself names: the only code a registry
+    teacher's metadata may name."""
+    from orchestrator.plugins import plugin_refs
+
+    return tuple(dict.fromkeys(ref for _, ref, _ in plugin_refs(spec)))
+
+
+def untrusted_teacher(folder: Path, plugins: tuple[str, ...]) -> str | None:
+    """Why a downloaded teacher must not be used, or None. Its ONNX file needs no code; without
+    one, its ``arch.json`` may name only a built-in architecture or one of ``plugins``."""
+    import json
+
+    from workers.models import check_model_metadata
+
+    if any(folder.rglob("*.onnx")):
+        return None
+    arch = next(folder.rglob(keys.ARCH_ARTIFACT), None)
+    if arch is None:
+        return None  # no rebuildable metadata: the trial reports what the folder lacks
+    try:
+        cfg = json.loads(arch.read_text())
+    except (OSError, ValueError) as e:
+        return f"its {keys.ARCH_ARTIFACT} is not JSON: {e}"
+    why = check_model_metadata(cfg, plugins)
+    return f"refusing its {keys.ARCH_ARTIFACT}: {why}" if why else None
 
 
 def _parent_run(
@@ -490,6 +529,7 @@ def make_trainable(
     extras = dict(extras or {})
     if spec.search.scheduler == "pbt":
         extras["tracked_hparams"] = tracked_hparams(template)
+    extras["plugins"] = own_plugins(spec)  # what a registry teacher's metadata may name
 
     metric = spec.search.metric
 

@@ -11,8 +11,9 @@ Only formats that cannot execute code on load are served:
 - A weights-only state dict (``state_dict.pt``, read with ``torch.load(weights_only=True)``) plus
   ``arch.json`` (the spec's ``model`` section, input shape, class count, and where the task has
   them its ``extra`` facts and ``input_dtype``, as a text model needs); the model is rebuilt by
-  the ``build_model`` callable the caller passes (the orchestrator passes
-  ``workers.models.build_model``; tracking never imports workers).
+  the ``build_model`` callable the caller passes (the orchestrator passes one that rebuilds only
+  built-in architectures and the plug-in modules the operator named, after checking every field:
+  ``workers.models.build_from_metadata``; tracking never imports workers).
 
 A pickled model (``model.pth``, ``*.pkl``, a ``pt2`` archive, whose loader unpickles) from a store
 we do not control is refused with :class:`UnsafeModelError`: unpickling runs arbitrary code.
@@ -114,8 +115,10 @@ class TorchStateDictScorer:
 
         try:
             cfg = json.loads(arch.read_text())
+            # The values as arch.json has them: the builder the caller passes checks them (they
+            # come from a registry, and name the code that rebuilds the model).
             model = build_model(
-                cfg["model"], tuple(cfg["input_shape"]), int(cfg["num_classes"]), cfg.get("extra")
+                cfg["model"], cfg["input_shape"], cfg["num_classes"], cfg.get("extra")
             )
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)

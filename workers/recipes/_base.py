@@ -35,6 +35,8 @@ class RecipeContext:
         threads: intra-op threads for every latency/throughput measurement (1: reproducible).
         latency_iters: timed batch-1 runs per measurement (after a warm-up).
         device: where fine-tuning and distillation run (measurement is always CPU).
+        plugins: the ``module:function`` references the sweep's own spec names: the only code a
+            registry teacher's metadata may name (``workers.models.check_model_metadata``).
     """
 
     workdir: Path
@@ -44,6 +46,7 @@ class RecipeContext:
     threads: int = 1
     latency_iters: int = 300
     device: str = "cpu"
+    plugins: tuple[str, ...] = ()
 
     @classmethod
     def coerce(

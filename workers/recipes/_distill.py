@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from tracking import keys
 from workers.errors import WorkerError
-from workers.models import MODELS, build_model
+from workers.models import MODELS, build_from_metadata, build_model
 from workers.optimizers._base import HParam
 from workers.recipes._base import (
     STEPS,
@@ -55,7 +55,7 @@ def is_registry_teacher(value: object) -> bool:
 
 def distill(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> None:
     """Replace ``state.model`` with a student distilled from the teacher."""
-    soft = teacher_logits(_teacher(state, p["teacher"], ctx), data.x_train)
+    soft = teacher_logits(_teacher(state, p["teacher"], ctx), data.x_train, plugins=ctx.plugins)
     section = student_section(state.section, {k: p[k] for k in STUDENT_KEYS if p[k] is not None})
     torch.manual_seed(ctx.seed)
     student = build_model(section, data.input_shape, data.num_classes, data.extra)
@@ -146,8 +146,11 @@ def teacher_file(path: Path) -> Path:
 
 
 @torch.inference_mode()
-def teacher_logits(teacher: nn.Module | Path, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """The teacher's logits for every row of ``x`` (float32, CPU)."""
+def teacher_logits(
+    teacher: nn.Module | Path, x: torch.Tensor, batch: int = 1024, plugins: Any = ()
+) -> torch.Tensor:
+    """The teacher's logits for every row of ``x`` (float32, CPU); a state-dict teacher is
+    rebuilt only as a built-in architecture or one of ``plugins`` (see load_torch_teacher)."""
     if isinstance(teacher, Path) and teacher.suffix == ".onnx":
         from workers.recipes._measure import onnx_predict, onnx_session
 
@@ -155,7 +158,7 @@ def teacher_logits(teacher: nn.Module | Path, x: torch.Tensor, batch: int = 1024
         return torch.from_numpy(
             onnx_predict(onnx_session(teacher, threads=torch.get_num_threads()), arr)
         )
-    model = load_torch_teacher(teacher) if isinstance(teacher, Path) else teacher
+    model = load_torch_teacher(teacher, plugins) if isinstance(teacher, Path) else teacher
     model.eval()
     device = next(model.parameters()).device
     return torch.cat(
@@ -163,20 +166,22 @@ def teacher_logits(teacher: nn.Module | Path, x: torch.Tensor, batch: int = 1024
     )
 
 
-def load_torch_teacher(path: Path) -> nn.Module:
+def load_torch_teacher(path: Path, plugins: Any = ()) -> nn.Module:
     """Rebuild a teacher from a weights-only ``{state_dict, model, input_shape, num_classes,
-    extra}`` (``extra``: the task's facts a text model is built from, e.g. ``vocab_size``)."""
+    extra}`` (``extra``: the task's facts a text model is built from, e.g. ``vocab_size``).
+
+    A registry's metadata is data: its architecture is rebuilt only if it is a built-in one or
+    one of ``plugins`` (the sweep's own references), checked before anything is imported.
+
+    Raises:
+        UntrustedModelError: the metadata names other code, or is malformed.
+    """
     blob = torch.load(path, weights_only=True, map_location="cpu")
     arch = path.with_name(keys.ARCH_ARTIFACT)
     if path.name == keys.STATE_DICT_ARTIFACT and arch.exists():  # the registry's layout
         blob = {**json.loads(arch.read_text()), "state_dict": blob}
     try:
-        model = build_model(
-            blob["model"],
-            tuple(blob["input_shape"]),
-            int(blob["num_classes"]),
-            blob.get("extra"),
-        )
+        model = build_from_metadata(blob, plugins)
         model.load_state_dict(blob["state_dict"])
     except (KeyError, RuntimeError, TypeError) as e:
         raise WorkerError(f"teacher file {path.name} is not a Podium model file: {e}") from e

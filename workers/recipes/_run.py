@@ -137,7 +137,9 @@ def coerce_context(ctx: Any) -> RecipeContext:
         return RecipeContext.coerce(ctx)
     extras = dict(getattr(ctx, "extras", {}) or {})
     values = {
-        k: extras[k] for k in ("model_section", "seed", "teachers", "latency_iters") if k in extras
+        k: extras[k]
+        for k in ("model_section", "seed", "teachers", "latency_iters", "plugins")
+        if k in extras
     }
     values["workdir"] = getattr(ctx, "out_dir", None) or extras.get("workdir")
     values["threads"] = int(extras.get("measure_threads", 1))
