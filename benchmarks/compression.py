@@ -18,9 +18,11 @@ size within 5%).
 ``qat`` rows fine-tune 2 epochs with static int8's rounding simulated, then quantize statically
 with the learned ranges; their control is the same 2 epochs in fp32 (same lr) then static int8.
 
-The best combination is the recipe with the largest eager batch-1 speedup among those at most
-``--max-drop`` accuracy points below the baseline; the script prints the table (markdown), then
-one JSON line: ``{"best": ..., "size_ratio": ..., "speedup_b1": ..., "accuracy_drop_pts": ...}``.
+The headline ("best") is chosen by Podium's own selection policy (``tracking.selection``), as a
+sweep would choose: constraints ``size_ratio >= 5`` and ``accuracy_drop_pts <= --max-drop``,
+objective ``speedup_b1`` (max), ties by recipe name; with no recipe meeting the constraints,
+``best`` is null and the JSON says why. The script prints the table (markdown), then one JSON
+line: ``{"best": ..., "size_ratio": ..., "speedup_b1": ..., "accuracy_drop_pts": ...}``.
 Target: size_ratio >= 5, speedup_b1 >= 3, accuracy_drop_pts <= 0.5.
 """
 
@@ -31,6 +33,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -183,8 +186,11 @@ def main() -> None:
         f"MLP, {args.epochs} epochs\n"
     )
     print(table(rows) + "\n")
-    ok = [r for r in rows if r["accuracy_drop_pts"] <= args.max_drop]
-    best = max(ok or rows, key=lambda r: r["speedup_b1"])
+    decision = headline(rows, args.max_drop)
+    if decision.winner is None:
+        print(json.dumps({"best": None, "why": list(decision.reasons)}))
+        return
+    best = next(r for r in rows if r["recipe"] == decision.winner.trial_id)
     print(
         json.dumps(
             {
@@ -193,9 +199,25 @@ def main() -> None:
                 "speedup_b1": round(best["speedup_b1"], 2),
                 "speedup_b1_vs_onnx_fp32": round(best["speedup_b1_vs_onnx"], 2),
                 "accuracy_drop_pts": round(best["accuracy_drop_pts"], 2),
+                "why": list(decision.reasons),
             }
         )
     )
+
+
+def headline(rows: list[dict], max_drop: float) -> Any:
+    """The headline recipe, chosen by Podium's own policy (a pure decision)."""
+    from tracking.selection import Candidate, Objective, Policy, select_best
+
+    policy = Policy(
+        objectives=(Objective("speedup_b1", "max"),),
+        constraints=("size_ratio >= 5", f"accuracy_drop_pts <= {max_drop:g}"),
+    )
+    numeric = [
+        Candidate(r["recipe"], {k: float(v) for k, v in r.items() if isinstance(v, (int, float))})
+        for r in rows
+    ]
+    return select_best(numeric, policy)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ write never appears."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+
+from tests.integration.test_cli import podium
 
 pytestmark = pytest.mark.slow
 EVIL_MODULE = (
@@ -64,23 +64,13 @@ def forged(tmp_path):
     return tmp_path, uri, marker, versions
 
 
-def _podium(*args: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.parametrize("ref", ["subprocess:Popen", "os:system", "builtins:exec", "evilmod:build"])
 def test_podium_serve_refuses_forged_metadata_before_any_import(forged, ref):
     folder, uri, marker, versions = forged
     name, version, run_id = versions[ref]
     for model_uri in (f"models:/{name}/{version}", f"runs:/{run_id}/model"):
         started = time.monotonic()
-        out = _podium("serve", model_uri, "--port", "0", "--tracking-uri", uri, cwd=folder)
+        out = podium("serve", model_uri, "--port", "0", "--tracking-uri", uri, cwd=folder)
         assert out.returncode == 2, out.stderr[-2000:]
         assert time.monotonic() - started < 60
         assert f"arch '{ref}' is not a built-in architecture" in out.stderr
@@ -107,7 +97,7 @@ def test_a_sweep_distilling_from_forged_metadata_stops_before_ray_starts(forged)
     folder, uri, marker, versions = forged
     name, version, _ = versions["evilmod:build"]
     teacher = f"models:/{name}/{version}"
-    out = _podium(
+    out = podium(
         "run",
         "--tracking-uri",
         uri,

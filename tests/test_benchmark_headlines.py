@@ -1,0 +1,38 @@
+"""The benchmarks' headlines are Podium's own decisions, not a hand-rolled ranking."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(recipe: str, size_ratio: float, speedup: float, drop: float) -> dict:
+    return {
+        "recipe": recipe,
+        "size_ratio": size_ratio,
+        "speedup_b1": speedup,
+        "speedup_b1_vs_onnx": 1.0,
+        "accuracy_drop_pts": drop,
+    }
+
+
+def test_the_compression_headline_is_the_fastest_recipe_within_the_policy():
+    compression = _load("compression")
+    rows = [
+        _row("static int8", 3.96, 4.1, 0.1),  # fastest, but not 5x smaller: the old headline
+        _row("structured 75% + int8", 18.9, 3.5, 0.4),
+        _row("structured 90%", 9.0, 5.0, 2.0),  # fastest of all, but loses 2 points
+    ]
+    decision = compression.headline(rows, max_drop=0.5)
+    assert decision.winner.trial_id == "structured 75% + int8"
+    assert decision.rejected["static int8"].startswith("breaks size_ratio >= 5")
+    assert compression.headline(rows[:1], max_drop=0.5).winner is None
