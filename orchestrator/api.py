@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import PodiumError, Problem, SpecError, UntrustedModel
+from orchestrator.errors import PodiumError, Problem, SpecError, UnknownName, UntrustedModel
 from orchestrator.runner import SweepResult, TrialRow, run_experiment
 from orchestrator.spec import ExperimentSpec, load_spec
 from tracking import keys
@@ -49,22 +49,12 @@ def leaderboard(
     first promotion objective; stopped and failed trials after them).
 
     Raises:
-        SpecError: no experiment of that name (the message lists the known ones).
+        UnknownName: no experiment of that name (the message lists the known ones).
     """
-    store = Store(resolve_tracking_uri(tracking_uri, None, workdir))
+    store = existing_store(resolve_tracking_uri(tracking_uri, None, workdir), experiment)
     exp = store.client.get_experiment_by_name(experiment)
     if exp is None:
-        known = sorted(e.name for e in store.client.search_experiments())
-        raise SpecError(
-            [
-                Problem(
-                    "EXPERIMENT",
-                    experiment,
-                    f"no experiment {experiment!r} in {store.uri}; "
-                    f"known: {', '.join(known) or 'none'}",
-                )
-            ]
-        )
+        raise _unknown_experiment(store, experiment)
     runs = store.client.search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{keys.TAG_ROLE}` = '{keys.ROLE_SWEEP}'",
@@ -154,6 +144,8 @@ def ui(
     uri = resolve_tracking_uri(tracking_uri, None, workdir)
     if not (uri.startswith(("sqlite:", "postgresql", "mysql", "file:")) or "://" not in uri):
         raise PodiumError(f"the UI needs a database store; {uri!r} is a server, open it directly")
+    if uri.startswith("sqlite:///"):  # the UI opens (and makes) the store: its folder first
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [
         sys.executable,
@@ -232,11 +224,36 @@ def _newest_sweep(store: Store, experiment: str) -> tuple[str, Any]:
             max_results=1,
         )
     )
-    if exp is None or not runs:
-        raise SpecError(
-            [Problem("EXPERIMENT", experiment, f"no sweep of {experiment!r} in {store.uri}")]
-        )
+    if exp is None:
+        raise _unknown_experiment(store, experiment)
+    if not runs:
+        raise UnknownName(f"experiment {experiment!r} in {store.uri} has no sweep yet")
     return exp.experiment_id, runs[0]
+
+
+def existing_store(uri: str, experiment: str) -> Store:
+    """The store at ``uri`` for a command that only reads it: an embedded SQLite store that does
+    not exist is not created (MLflow would make an empty one) but reported.
+
+    Raises:
+        UnknownName: the store does not exist, so neither does ``experiment``.
+    """
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        path = path if path.is_absolute() else Path.cwd() / path
+        if not path.exists():
+            raise UnknownName(
+                f"no experiment named {experiment!r} in {uri}: that store does not exist yet "
+                "(podium run creates it; --tracking-uri or MLFLOW_TRACKING_URI name another)"
+            )
+    return Store(uri)
+
+
+def _unknown_experiment(store: Store, experiment: str) -> UnknownName:
+    known = sorted(e.name for e in store.client.search_experiments() if e.name != "Default")
+    return UnknownName(
+        f"no experiment named {experiment!r} in {store.uri}; known: {', '.join(known) or 'none'}"
+    )
 
 
 def _sweep_settings(store: Store, parent: Any) -> dict:
@@ -266,7 +283,7 @@ def sweep_candidates(
     and the store."""
     from tracking.selection import Candidate
 
-    store = Store(resolve_tracking_uri(tracking_uri, None, workdir))
+    store = existing_store(resolve_tracking_uri(tracking_uri, None, workdir), experiment)
     exp_id, parent = _newest_sweep(store, experiment)
     children = store.child_runs(exp_id, parent.info.run_id)
     cands = [
@@ -395,9 +412,15 @@ def rollback(
     model_name: str, tracking_uri: str | None = None, workdir: str | os.PathLike = "."
 ) -> tuple[str, str]:
     """Swap ``@champion`` and ``@previous`` of ``model_name``; returns (champion, previous)."""
+    from orchestrator.spec import NAME_RE
     from tracking.registry import RegistryError
     from tracking.registry import rollback as _rollback
 
+    if not NAME_RE.match(model_name):  # before the promotion lock, whose name embeds it
+        raise UnknownName(
+            f"model name {model_name!r}: a registered model's name is letters, digits, '_', "
+            "'.', '-' (at most 100)"
+        )
     try:
         return _rollback(resolve_tracking_uri(tracking_uri, None, workdir), model_name)
     except RegistryError as e:

@@ -42,3 +42,9 @@ class UntrustedModel(PodiumError):
     """A model's metadata names code Podium will not run (see docs/SECURITY.md)."""
 
     exit_code = 2
+
+
+class UnknownName(PodiumError):
+    """A command names an experiment or model that is not there (or not a valid name)."""
+
+    exit_code = 2

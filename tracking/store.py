@@ -44,9 +44,9 @@ def resolve_tracking_uri(
     uri = flag or os.environ.get(ENV_URI) or spec_uri
     if uri:
         return uri
-    folder = Path(workdir, DEFAULT_DIR).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    # Nothing is created here: a read-only command on a folder without a store must not make
+    # one (Store creates the folder when it opens the store).
+    return f"sqlite:///{Path(workdir, DEFAULT_DIR).resolve() / 'mlflow.db'}"
 
 
 def default_artifact_location(uri: str) -> str | None:
@@ -67,7 +67,9 @@ class Store:
 
         self.uri = uri
         if uri.startswith("sqlite:///"):
-            seed_sqlite_store(Path(uri.removeprefix("sqlite:///")))
+            path = Path(uri.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            seed_sqlite_store(path)
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def ensure_experiment(self, name: str, artifact_location: str | None = None) -> str:

@@ -117,3 +117,14 @@ def test_ui_serves_the_local_store(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_name_that_is_no_experiment_or_model_exits_2_and_creates_nothing(tmp_path):
+    for command in (["leaderboard", "NOPE"], ["promote", "NOPE"]):
+        out = podium(*command, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert "no experiment named 'NOPE' in sqlite:///" in out.stderr
+        assert "invalid experiment spec" not in out.stderr and "Traceback" not in out.stderr
+    out = podium("rollback", "a/b", cwd=tmp_path)
+    assert out.returncode == 2 and "model name 'a/b'" in out.stderr and "lock" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no store, no folder
