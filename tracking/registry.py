@@ -180,8 +180,8 @@ def _pip_requirements() -> list[str]:
 
 
 def warm_up_model_logging() -> None:
-    """Pay the first-use costs of logging a model ahead of time: importing MLflow's PyTorch
-    flavor and building MLflow's map of installed packages (read to check the requirements,
+    """Pay the first-use costs of logging a model ahead of time: importing MLflow's ONNX and
+    PyTorch flavors and building MLflow's map of installed packages (read to check the requirements,
     0.6-1.3 s).
 
     The runner calls this in a background thread while trials train, so the winner's
@@ -189,6 +189,7 @@ def warm_up_model_logging() -> None:
     temporary folder, in the format :func:`log_trial_model` uses: nothing reaches the tracking
     store, and TorchDynamo is not imported.
     """
+    import mlflow.onnx  # noqa: F401  (the registered model's flavor)
     import mlflow.pytorch
     import torch
 

@@ -252,7 +252,10 @@ def test_diverging_trial_fails_with_the_reason_and_is_never_promoted(cluster, tm
     assert result.decision.winner.trial_id == good.trial_id
     from mlflow.tracking import MlflowClient
 
-    champion = MlflowClient(uri).get_model_version_by_alias("diverge-model", "champion")
+    # This store's registry (another test may have pointed MLflow's global one elsewhere).
+    champion = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(
+        "diverge-model", "champion"
+    )
     assert champion.run_id == good.run_id
 
 

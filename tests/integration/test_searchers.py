@@ -53,7 +53,9 @@ def test_pbt_runs_the_default_spec_and_records_what_trained_each_trial(tmp_path)
     for row in result.rows:
         run = client.get_run(row.run_id)
         lr = client.get_metric_history(row.run_id, keys.HPARAM_PREFIX + "optimizer.lr")
-        assert {m.step for m in lr} == set(range(1, 7))
+        # An exploit may move a trial ahead (epoch 1 -> a source's epoch-2 checkpoint): its
+        # steps are then not all there, but the last one is.
+        assert {m.step for m in lr} <= set(range(1, 7)) and max(m.step for m in lr) == 6
         # The last epoch's hyperparameters are the trial's final config, which the leaderboard
         # (and the promoted model's card) shows.
         last = max(lr, key=lambda m: (m.step, m.timestamp))
