@@ -57,14 +57,15 @@ def build_param_space(spec: ExperimentSpec) -> tuple[dict[str, Any], Any]:
     s = spec.search
     if s.searcher == "optuna":
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
+
+        from orchestrator.searchers import StoppedAsPrunedOptuna
 
         # Optuna announces every study it creates on the console, inside the progress view.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
         if not any(True for _ in iter_leaves(template, "")):
             return {}, None  # nothing to search: plain repeats
-        searcher = OptunaSearch(
+        searcher = StoppedAsPrunedOptuna(
             space=OptunaSpace(template),
             metric=s.metric,
             mode=s.mode,
