@@ -66,7 +66,7 @@ def test_leaderboard_of_unknown_experiment_exits_2(tmp_path):
     out = podium(
         "leaderboard", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", cwd=tmp_path
     )
-    assert out.returncode == 2 and "no experiment 'nope'" in out.stderr
+    assert out.returncode == 2 and "no experiment named 'nope'" in out.stderr
 
 
 @pytest.mark.slow
