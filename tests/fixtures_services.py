@@ -337,3 +337,32 @@ def mlflow_server_factory(tmp_path: Path) -> Iterator:
     yield make
     for server in servers:
         server.cleanup()
+
+
+def post_when_up(url: str, body: dict, server: subprocess.Popen, timeout: float = 120) -> dict:
+    """POST ``body`` as JSON to ``url`` once ``server`` listens, and return its JSON answer.
+
+    Only a refused connection means "not up yet": an HTTP error is the server's answer and fails
+    at once, and a server that exits or never answers fails with its own output (which the
+    caller must have sent to a pipe).
+    """
+    import json
+    import urllib.error
+
+    data = json.dumps(body).encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"{url} answered {e.code}: {e.read()[:2000]!r}") from None
+        except (urllib.error.URLError, ConnectionError):
+            if server.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            server.kill()
+            out = server.communicate(timeout=30)[0] if server.stdout else ""
+            out = out.decode(errors="replace") if isinstance(out, bytes) else out
+            raise AssertionError(f"the server at {url} did not answer: {out[-3000:]}") from None

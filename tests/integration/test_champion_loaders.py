@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -23,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import api
 from orchestrator.spec import parse_spec
+from tests.fixtures_services import post_when_up
 from tests.pg import free_port
 from tracking import keys
 from workers.tasks import load_task
@@ -62,22 +61,6 @@ def _logits(predictions, n: int = 20) -> np.ndarray:
     if predictions and isinstance(predictions[0], dict):  # records of {output: [...]}
         predictions = [next(iter(p.values())) for p in predictions]
     return np.asarray(predictions, dtype=np.float64).reshape(n, -1)
-
-
-def _wait_post(port: int, body: dict, proc: subprocess.Popen, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    data = json.dumps(body).encode()
-    while True:
-        try:
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations", data, {"Content-Type": "application/json"}
-            )
-            return json.loads(urllib.request.urlopen(req, timeout=10).read())
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode()[-3000:] if proc.stdout else ""
-                raise AssertionError(out) from None
-            time.sleep(0.5)
 
 
 def test_the_registered_model_is_the_measured_int8_onnx_file(champion):
@@ -143,7 +126,9 @@ def test_pyfunc_mlflow_models_serve_and_podium_serve_agree(champion, tmp_path):
         start_new_session=True,
     )
     try:
-        by_mlflow = _logits(_wait_post(port, split, mlflow_serve)["predictions"])
+        by_mlflow = _logits(
+            post_when_up(f"http://127.0.0.1:{port}/invocations", split, mlflow_serve)["predictions"]
+        )
     finally:
         api.stop_process_group(mlflow_serve)
     port = free_port()
@@ -156,7 +141,9 @@ def test_pyfunc_mlflow_models_serve_and_podium_serve_agree(champion, tmp_path):
     )
     try:
         by_podium = _logits(
-            _wait_post(port, {"inputs": rows.to_numpy().tolist()}, podium)["predictions"]
+            post_when_up(
+                f"http://127.0.0.1:{port}/invocations", {"inputs": rows.to_numpy().tolist()}, podium
+            )["predictions"]
         )
     finally:
         podium.terminate()

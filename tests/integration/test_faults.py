@@ -264,7 +264,7 @@ def test_diverging_trial_fails_with_the_reason_and_is_never_promoted(cluster, tm
 
 @pytest.mark.postgres
 def test_tracking_server_down_for_30s_loses_nothing(
-    cluster, tmp_path, mlflow_server_factory, caplog
+    cluster, tmp_path, mlflow_server_factory, caplog, monkeypatch
 ):
     server = mlflow_server_factory()
     storage = tmp_path / "storage"
@@ -282,7 +282,9 @@ def test_tracking_server_down_for_30s_loses_nothing(
 
     thread = threading.Thread(target=outage_mid_sweep, daemon=True)
     thread.start()
-    os.environ.update(server.client_env())
+    # For this test only: left set, later tests' subprocesses talked to this stopped server.
+    for name, value in server.client_env().items():
+        monkeypatch.setenv(name, value)
     result = run_experiment(
         spec, tracking_uri=server.url, address=cluster.address, verbosity=0, workdir=tmp_path
     )

@@ -3,13 +3,11 @@ regression, a dataset task, and a plug-in bug that stops the sweep early."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import api
 from orchestrator.spec import parse_spec
-from tests.fixtures_services import RayNodes, has_ray_client
+from tests.fixtures_services import RayNodes, has_ray_client, post_when_up
 from tests.integration.test_cli import podium
 
 pytestmark = pytest.mark.slow
@@ -36,7 +34,8 @@ def _no_path() -> dict:
     import os
 
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
+    for name in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(name, None)  # a user's shell: nothing another test left behind
     return env
 
 
@@ -77,20 +76,8 @@ def test_podium_serve_answers_with_the_champion(own_model):
         stderr=subprocess.STDOUT,
     )
     try:
-        body = json.dumps({"inputs": [[0.1, -0.2, 1.1, 1.2], [-1.0, 1.0, -1.3, -1.2]]}).encode()
-        deadline = time.monotonic() + 120  # a cold start under a loaded CI machine
-        while True:
-            try:
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/invocations",
-                    body,
-                    {"Content-Type": "application/json"},
-                )
-                answer = json.loads(urllib.request.urlopen(req, timeout=5).read())
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None
-                time.sleep(0.5)
+        body = {"inputs": [[0.1, -0.2, 1.1, 1.2], [-1.0, 1.0, -1.3, -1.2]]}
+        answer = post_when_up(f"http://127.0.0.1:{port}/invocations", body, server)
         assert len(answer["predictions"]) == 2 and len(answer["predictions"][0]) == 3
     finally:
         server.terminate()

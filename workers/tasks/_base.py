@@ -44,7 +44,7 @@ from workers.registry import Registry, is_plugin_ref, load_plugin
 from workers.tasks._kinds import CUSTOM, KINDS, Kind, Loss, Metrics
 
 TASKS: Registry[Callable[[int], TaskData]] = Registry("task")
-LOADER_KEYS = ("num_workers", "prefetch_factor", "persistent_workers")
+EXAMPLES = 4  # example inputs kept for export and signatures (batch > 1: a dynamic batch axis)
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,19 @@ class TaskData:
             return self.example[:n]
         if self.in_memory:
             return self.x_test[:n]  # type: ignore[index]
+        if n <= EXAMPLES:
+            return self._first_test_inputs[:n]
+        return self._test_inputs(n)
+
+    @functools.cached_property
+    def _first_test_inputs(self) -> torch.Tensor:
+        # Read once: a dataset's items may come from disk, and every checkpoint saves them.
+        return self._test_inputs(EXAMPLES)
+
+    def _test_inputs(self, n: int) -> torch.Tensor:
         assert self.test_set is not None
-        return torch.stack([self.test_set[i][0] for i in range(min(n, len(self.test_set)))])  # type: ignore[arg-type]
+        count = min(n, len(self.test_set))  # type: ignore[arg-type]
+        return torch.stack([self.test_set[i][0] for i in range(count)])
 
     def loss_fn(self) -> Loss:
         return self.loss or _kind(self.kind).loss
