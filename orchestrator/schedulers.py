@@ -16,10 +16,10 @@ def build_scheduler(spec: ExperimentSpec) -> Any:
     from ray.tune.schedulers import (
         ASHAScheduler,
         FIFOScheduler,
-        HyperBandScheduler,
         MedianStoppingRule,
     )
 
+    from orchestrator.hyperband import StopsSavingTrials
     from orchestrator.pbt import build_pbt
     from orchestrator.space import template_of
 
@@ -30,7 +30,7 @@ def build_scheduler(spec: ExperimentSpec) -> Any:
         "asha": lambda: ASHAScheduler(
             time_attr="training_iteration", max_t=max_t, grace_period=grace, reduction_factor=3
         ),
-        "hyperband": lambda: HyperBandScheduler(time_attr="training_iteration", max_t=max_t),
+        "hyperband": lambda: StopsSavingTrials(time_attr="training_iteration", max_t=max_t),
         "median": lambda: MedianStoppingRule(
             time_attr="training_iteration", grace_period=grace, min_samples_required=3
         ),

@@ -97,3 +97,41 @@ def test_the_searchers_that_cannot_run_a_space_say_so():
         load_spec(overrides=["search.searcher=grid"])
     with pytest.raises(SpecError, match="pbt mutates trials itself"):
         load_spec(overrides=["search.searcher=optuna", "search.scheduler=pbt"])
+
+
+@pytest.mark.timeout(180)  # a hang fails here, not at the suite's 15 minutes
+def test_hyperband_finishes_when_the_last_result_overtakes_a_pause(tmp_path, monkeypatch):
+    """On a loaded machine the second trial's last result can reach the driver before the first
+    trial's pause-save answers (orchestrator/hyperband.py): Tune's own HyperBand then waited for
+    ever. The real Tune controller is made to process events in that order."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    held: list = []
+    released: list = []
+    on_save, on_result = TuneController._on_saving_result, TuneController._on_training_result
+
+    def hold_pause_save(self, trial, value):
+        if self._cached_trial_decisions.get(trial.trial_id) == "PAUSE" and not held + released:
+            held.append((trial, value))  # answered after the bracket's last result
+            return None
+        return on_save(self, trial, value)
+
+    def result_then_release(self, trial, result):
+        out = on_result(self, trial, result)
+        # after the result that ends the bracket: another trial's at the held trial's epoch
+        epoch = result.get("training_iteration", 0)
+        if held and held[0][0] is not trial:
+            paused, value = held[0]
+            if epoch >= paused.last_result["training_iteration"]:
+                released.append(paused.trial_id)
+                on_save(self, *held.pop())
+        return out
+
+    monkeypatch.setattr(TuneController, "_on_saving_result", hold_pause_save)
+    monkeypatch.setattr(TuneController, "_on_training_result", result_then_release)
+    result, _ = _run(
+        tmp_path, "search.scheduler=hyperband", "search.num_samples=2", "training.max_epochs=2"
+    )
+    assert len(released) == 1 and held == []  # the order was forced, and resolved
+    assert len(result.rows) == 2 and result.failed == 0
+    assert all(r.status == "completed" for r in result.rows)
