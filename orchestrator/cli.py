@@ -15,6 +15,7 @@ Exit codes: 0 success, 1 the run failed, 2 usage or spec errors.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from orchestrator.errors import PodiumError, SpecError
+from orchestrator.errors import PodiumError, SpecError, StorageFailure
 
 USAGE_ERROR = 2
 
@@ -140,13 +141,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"scheduler {spec.search.scheduler}, searcher {spec.search.searcher})",
             file=sys.stderr,
         )
-    result = api.run(
-        spec,
-        tracking_uri=args.tracking_uri,
-        address=args.address,
-        resume=args.resume,
-        verbosity=verbosity,
-    )
+    try:
+        result = api.run(
+            spec,
+            tracking_uri=args.tracking_uri,
+            address=args.address,
+            resume=args.resume,
+            verbosity=verbosity,
+        )
+    except StorageFailure as e:
+        raise e.with_command(_resume_command(args)) from e
     shown = api.headline_metrics(asdict(spec.promotion), spec.search.metric)
     print_rows(
         result.rows[: args.top] if args.top else result.rows,
@@ -174,6 +178,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"podium: error: the sweep was stopped: {result.extra['stopped']}", file=sys.stderr)
         return 1
     return 0 if result.decision.winner is not None else 1
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """This ``podium run`` command line, with ``--resume``: what goes on after a fault."""
+    import shlex
+
+    argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a != "--resume"]
+    return shlex.join(["podium", *argv, "--resume"])
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -441,11 +453,30 @@ def _quiet_libraries(verbose: bool) -> None:
     if not verbose:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        for name in _FAULT_LOGGERS:
+            logging.getLogger(name).addFilter(_said_by_podium)
+
+
+# Where MLflow and Tune log a full disk with a traceback: Podium ends the sweep on it with one
+# line of its own (orchestrator.fail_fast), so theirs show with --verbose only.
+_FAULT_LOGGERS = (
+    "mlflow.store.db.utils",
+    "ray.tune.execution.experiment_state",
+    "ray.tune.execution.tune_controller",
+)
+
+
+def _said_by_podium(record: logging.LogRecord) -> bool:
+    from tracking.faults import storage_fault
+
+    error = record.exc_info[1] if record.exc_info else None
+    return storage_fault(error or record.getMessage()) is None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     _quiet_libraries(getattr(args, "verbose", False))
     try:
         return args.func(args)

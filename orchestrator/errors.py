@@ -48,3 +48,15 @@ class UnknownName(PodiumError):
     """A command names an experiment or model that is not there (or not a valid name)."""
 
     exit_code = 2
+
+
+class StorageFailure(RunError):
+    """The sweep could not write (a full disk, a read-only or forbidden folder) and ended at
+    once; ``--resume`` goes on once the cause is removed. The CLI names its own command."""
+
+    def __init__(self, what: str, remedy: str, command: str = "podium run SPEC --resume") -> None:
+        self.what, self.remedy = what, remedy
+        super().__init__(f"{what}: {remedy}, then `{command}`")
+
+    def with_command(self, command: str) -> StorageFailure:
+        return StorageFailure(self.what, self.remedy, command)

@@ -11,7 +11,14 @@ said it all. So:
 - errors of the machine (a killed worker, a lost node, I/O, memory) still raise, and Tune
   retries them from the last checkpoint;
 - :class:`FailFast` stops the sweep once ``threshold`` trials failed with the same error before
-  any trial finished an epoch: every trial would.
+  any trial finished an epoch: every trial would;
+- a full disk (or a read-only, forbidden folder: :mod:`tracking.faults`) is neither: every trial
+  that writes would fail, and a retry too, until space is freed. The trial reports it
+  (:data:`keys.STORAGE_FAULT`), or the MLflow writer posts it (:func:`post_fault`), and
+  :class:`FailFast` raises :class:`StorageFaultStop` from inside Tune's loop before Tune acts on
+  that result: no scheduler stops a trial, no retry starts, and Tune's saved state keeps the
+  trials unfinished, as a killed driver leaves it, so ``--resume`` goes on from their last
+  checkpoints.
 
 Example:
     >>> stopper = FailFast(threshold=2)
@@ -43,6 +50,29 @@ def is_transient(error: BaseException) -> bool:
     return module.startswith("ray.") or "OutOfMemory" in type(error).__name__
 
 
+class StorageFaultStop(Exception):
+    """A trial or the MLflow writer met a full disk (or a read-only, forbidden folder):
+    ``fault`` is :meth:`tracking.faults.StorageFault.as_text`."""
+
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+        super().__init__(fault)
+
+
+# Faults the MLflow writer met, for the stopper of the sweep running in this process. (Under
+# Ray Client the stopper runs on the head; the driver then reports the fault when Tune ends.)
+_posted: list[str] = []
+
+
+def post_fault(fault: str) -> None:
+    """Called by the MLflow writer's thread: the stopper ends the sweep at the next result."""
+    _posted.append(fault)
+
+
+def clear_faults() -> None:
+    _posted.clear()
+
+
 def signature(error_text: str) -> str:
     """What two trials' errors share when they are the same bug: the first line, with numbers
     (sizes, addresses, ids) blanked."""
@@ -65,6 +95,9 @@ class FailFast(Stopper):
         self._trained = False
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        fault = result.get(keys.STORAGE_FAULT) or (_posted[0] if _posted else None)
+        if fault:
+            raise StorageFaultStop(str(fault))
         if result.get(keys.ERROR_KIND) == "code":
             error = str(result.get(keys.FAILED, ""))
             sig = signature(error)

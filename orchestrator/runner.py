@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import Problem, RunError, SpecError
+from orchestrator.errors import Problem, RunError, SpecError, StorageFailure
 from orchestrator.ledger import LEDGER_FILE, FinishedTrial, TrialLedger, last_result
 from orchestrator.plugins import make_importable, runtime_env_for
 from orchestrator.promotion import promote_trial
@@ -34,6 +34,7 @@ from orchestrator.schedulers import (
 from orchestrator.space import flatten_params, resolve, template_of
 from orchestrator.spec import ExperimentSpec
 from tracking import keys
+from tracking.faults import StorageFault, remedy, storage_fault
 from tracking.registry import (
     Promotion,
     warm_up_model_logging,
@@ -148,7 +149,12 @@ def run_experiment(
                 shutdown_ray(started_ray)
                 raise
     clock.mark("start")  # Ray up, store and parent run ready
-    writer = RunWriter(store, experiment_id, parent_id, existing)
+    from orchestrator.fail_fast import FailFast, clear_faults, post_fault
+
+    clear_faults()
+    writer = RunWriter(
+        store, experiment_id, parent_id, existing, on_fault=lambda f: post_fault(f.as_text())
+    )
     template = template_of(spec)
     extras: dict[str, Any] = {"teachers": teachers}
     # What the end of the run needs (MLflow's PyTorch flavor, the ONNX exporter, matplotlib)
@@ -163,9 +169,8 @@ def run_experiment(
         daemon=True,
     )
     warming.start()
-    from orchestrator.fail_fast import FailFast
-
     stopper = FailFast(threshold=min(3, spec.search.num_samples))
+    fault: StorageFault | None = None
     try:
         finished = _fit(
             spec,
@@ -182,15 +187,24 @@ def run_experiment(
     except BaseException as e:  # Ctrl-C too: Ray's processes must not outlive the driver
         with collector_paused(started_ray):
             shutdown_ray(started_ray)
-        if isinstance(e, Exception):
-            raise RunError(f"the sweep failed: {e}") from e
-        raise
+        fault = fault_of(e)
+        if fault is None:
+            if isinstance(e, Exception):
+                raise RunError(f"the sweep failed: {e}") from e
+            raise
     finally:
         first_result.set()  # a sweep that reported nothing still ends the warm-up's wait
         clock.mark("sweep")
         if not writer.close(timeout_s=300):
             log.error("some MLflow writes did not land within 300 s")
         clock.mark("flush")
+    if writer.fault is not None:
+        raise _failed_on(
+            store, experiment_id, parent_id, writer.fault, "the MLflow store", _store_path(uri)
+        )
+    if fault is not None:
+        what = "the sweep's checkpoints"
+        raise _failed_on(store, experiment_id, parent_id, fault, what, ray_path)
     # Ray's processes take a second or two to stop; selection, promotion and the reports need
     # nothing from Ray (checkpoints are files), so they go on meanwhile.
     with collector_paused(started_ray):
@@ -203,8 +217,72 @@ def run_experiment(
             result = _conclude(spec, uri, store, parent_id, finished, template, writer, clock)
             result.extra["stopped"] = stopper.reason
             return result
+        except Exception as e:
+            late = storage_fault(e)
+            if late is None:
+                raise
+            in_store = "database" in late.detail  # SQLite's words; else the artifact store
+            where = _store_path(uri) if in_store else _artifact_root(store, experiment_id)
+            raise _failed_on(store, experiment_id, parent_id, late, "the model", where) from e
         finally:
             stopping.join()
+
+
+def fault_of(error: BaseException) -> StorageFault | None:
+    """The storage fault that ended the sweep: reported by a trial or the MLflow writer (the
+    stopper's :class:`StorageFaultStop`), or met by Tune's driver itself."""
+    from orchestrator.fail_fast import StorageFaultStop
+    from tracking.faults import from_text
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, StorageFaultStop):
+            return from_text(cause.fault)
+        cause = cause.__cause__ or cause.__context__
+    return storage_fault(error)
+
+
+def _artifact_root(store: Store, experiment_id: str) -> str:
+    try:
+        return str(store.client.get_experiment(experiment_id).artifact_location)
+    except Exception:  # noqa: BLE001 - only for the message
+        return "the artifact store"
+
+
+def _store_path(uri: str) -> str:
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
+
+
+def _failed_on(
+    store: Store, experiment_id: str, parent_id: str, fault: StorageFault, what: str, where: str
+) -> StorageFailure:
+    """The error that ends a sweep that could not write ``what`` under ``where``; the parent
+    run and every child run still RUNNING end FAILED with the reason, where the store can
+    still take it (a full SQLite store may not: ``--resume`` then ends them)."""
+    failure = StorageFailure(f"{fault.cause} writing {what} ({where})", remedy(fault))
+    reason = {
+        keys.TAG_STATUS: "failed",
+        keys.TAG_ERROR: f"{failure.what}: {fault.detail}",
+        keys.TAG_FAULT: fault.as_text(),
+    }
+    try:
+        for run in store.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{keys.TAG_PARENT_RUN}` = '{parent_id}' "
+            "and attributes.status = 'RUNNING'",
+            max_results=50000,
+        ):
+            _end_failed(store, run.info.run_id, reason)
+        _end_failed(store, parent_id, reason)
+    except Exception:  # noqa: BLE001 - the store may be what is full; the error says the rest
+        log.debug("could not mark the sweep's runs failed", exc_info=True)
+    return failure
+
+
+def _end_failed(store: Store, run_id: str, tags: dict[str, str]) -> None:
+    for k, v in tags.items():
+        store.client.set_tag(run_id, k, v)
+    store.end_run(run_id, "FAILED")
 
 
 def _conclude(
@@ -369,7 +447,10 @@ def _parent_run(
         if not path or not Path(path).exists():
             raise RunError(f"cannot resume {spec.name!r}: its Tune state {path!r} is gone")
         store.client.update_run(parent, status="RUNNING")
-        return parent, path, store.child_runs(experiment_id, parent)
+        children = store.child_runs(experiment_id, parent)
+        if _take_up_faulted(store, [run, *children.values()]):
+            children = store.child_runs(experiment_id, parent)
+        return parent, path, children
     parent = store.start_parent(
         experiment_id,
         spec.name,
@@ -383,6 +464,19 @@ def _parent_run(
     store.log_artifact_text(parent, spec.to_yaml(), keys.SPEC_ARTIFACT)
     store.client.log_batch(parent, params=[])  # params live on the child runs
     return parent, path, {}
+
+
+def _take_up_faulted(store: Store, runs: list[Any]) -> bool:
+    """Runs a storage fault ended FAILED (:func:`_failed_on`) are unfinished, not failed:
+    open again, without the fault's status and error, for the resumed sweep to end. True if
+    there were any."""
+    faulted = [r for r in runs if keys.TAG_FAULT in r.data.tags]
+    for run in faulted:
+        for key in (keys.TAG_FAULT, keys.TAG_STATUS, keys.TAG_ERROR):
+            if key in run.data.tags:
+                store.client.delete_tag(run.info.run_id, key)
+        store.client.update_run(run.info.run_id, status="RUNNING")
+    return bool(faulted)
 
 
 def _discard_parent(prepared: Any) -> None:
@@ -535,14 +629,19 @@ def make_trainable(
 
     def podium_trial(config: dict[str, Any]) -> None:
         from orchestrator.fail_fast import is_transient
+        from tracking.faults import storage_fault
         from workers.trainable import TrialContext, run_trial
 
         try:
             run_trial(resolve(template, config), TrialContext(threads=threads, extras=dict(extras)))
         except Exception as e:
-            if is_transient(e):
+            fault = storage_fault(e)
+            if fault is not None:
+                _report_storage_fault(fault, metric)  # the driver ends the sweep on it
+            elif is_transient(e):
                 raise  # Tune retries it from the last checkpoint
-            _report_code_error(e, metric)
+            else:
+                _report_code_error(e, metric)
 
     return podium_trial
 
@@ -560,6 +659,23 @@ def _report_code_error(error: Exception, metric: str) -> None:
             keys.FAILED: f"{type(error).__name__}: {error}",
             keys.ERROR_KIND: "code",
             keys.TRACEBACK: "".join(traceback.format_exception(error))[-5000:],
+        }
+    )
+
+
+def _report_storage_fault(fault: Any, metric: str) -> None:
+    """Tell the driver the trial cannot write (a full disk, a read-only folder): every trial
+    and every retry would fail the same way until space is freed, so the driver ends the sweep
+    at this report, leaving the trial unfinished for ``--resume``
+    (:mod:`orchestrator.fail_fast`)."""
+    from ray import tune
+
+    tune.report(
+        {
+            metric: float("nan"),  # Tune checks every result for the search metric
+            keys.FAILED: f"{fault.cause}: {fault.detail}",
+            keys.ERROR_KIND: "storage",
+            keys.STORAGE_FAULT: fault.as_text(),
         }
     )
 

@@ -34,6 +34,9 @@ FAILED = "podium_failed"
 # every retry would repeat; not retried), and the traceback, logged as TAG_TRACEBACK.
 ERROR_KIND = "podium_error_kind"
 TRACEBACK = "podium_traceback"
+# A result key on the report of a trial that hit a full disk (or a read-only, forbidden folder)
+# (ERROR_KIND "storage"): tracking.faults.StorageFault.as_text(). The driver ends the sweep.
+STORAGE_FAULT = "podium_storage_fault"
 # A result key (not a metric) on a trial's first report after it restored its own checkpoint:
 # the per-epoch metrics of every epoch that checkpoint covers. A driver killed between a
 # checkpoint and MLflow receiving that epoch's metrics lost them; the driver logs the steps its
@@ -62,6 +65,9 @@ TAG_ROLE = "podium.role"  # "sweep" on the parent run, "trial" on children
 TAG_SPEC_HASH = "podium.spec_hash"
 TAG_STATUS = "podium.status"  # trial outcome: completed, stopped, failed
 TAG_ERROR = "podium.error"
+# On runs a storage fault ended (tracking.faults): the fault. --resume takes the run up again,
+# removing it with the failed status and error it came with.
+TAG_FAULT = "podium.fault"
 TAG_TRACEBACK = "podium.traceback"  # where a trial's own code raised (the last 5,000 characters)
 TAG_SOURCE_RUN = "podium.source_run_id"
 TAG_PARENT_RUN = "mlflow.parentRunId"

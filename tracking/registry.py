@@ -117,7 +117,7 @@ def log_trial_model(
         )
         (folder / keys.ARCH_ARTIFACT).write_text(json.dumps(arch or {}))
         example, signature = _signature(onnx_path, input_example, feature_names)
-        with mlflow.start_run(run_id=run_id):
+        with _reopened(run_id):
             info = mlflow.onnx.log_model(
                 onnx.load(str(onnx_path)),
                 name=keys.MODEL_ARTIFACT,
@@ -143,6 +143,21 @@ def log_trial_model(
                     serialization_format=TORCH_FORMAT,
                 )
     return info.model_uri
+
+
+@contextmanager
+def _reopened(run_id: str) -> Iterator[None]:
+    """The trial's ended run, active again for logging its model, then ended with the status
+    it had: a failed upload (a full artifact store) says nothing about the trial, and MLflow's
+    own ``with start_run`` would end the run FAILED."""
+    import mlflow
+
+    status = mlflow.MlflowClient().get_run(run_id).info.status
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run(status)
 
 
 def _signature(onnx_path: Path, example: Any, names: list[str] | None) -> tuple[Any, Any]:

@@ -18,12 +18,13 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tracking import keys
+from tracking.faults import StorageFault, storage_fault
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,14 @@ class RunWriter:
         retry_s: float = 1.0,
         linger_s: float = 0.25,
         max_backlog: int = 20_000,
+        on_fault: Callable[[StorageFault], None] | None = None,
     ) -> None:
         self.store, self.experiment_id, self.parent_run_id = store, experiment_id, parent_run_id
+        # A full disk (or a read-only store) is no outage: retrying cannot help until space is
+        # freed. The writer stops writing (what it drops, --resume writes again from the trials'
+        # checkpoints) and tells ``on_fault``, which ends the sweep.
+        self.fault: StorageFault | None = None
+        self.on_fault = on_fault
         self.retry_s = retry_s
         self.linger_s = linger_s
         # ~2 KB an op (a report's metrics, a trial's params): ~40 MB at most; a 30 s outage of
@@ -367,12 +374,16 @@ class RunWriter:
     def _apply_with_retry(self, batch: list[tuple[str, str, Any]]) -> None:
         delay = self.retry_s
         merged = True
-        while batch:
+        while batch and self.fault is None:
             try:
                 self._apply(batch, merged)
                 return
             except Exception as e:  # noqa: BLE001 - a store failure: keep the data, retry
                 self.failures += 1
+                fault = storage_fault(e)
+                if fault is not None:
+                    self._faulted(fault)
+                    return
                 if _permanent(e):
                     if merged:
                         # One value in a merged write was refused: write op by op to find it.
@@ -385,6 +396,12 @@ class RunWriter:
                 log.warning("MLflow write failed (%s); retrying in %.0fs", e, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _faulted(self, fault: StorageFault) -> None:
+        self.fault = fault
+        log.debug("MLflow store cannot write: %s", fault.detail)
+        if self.on_fault is not None:
+            self.on_fault(fault)
 
     def _apply(self, batch: list[tuple[str, str, Any]], merged: bool = True) -> None:
         """Apply ops in order, each trial's consecutive ops together; ops already applied are

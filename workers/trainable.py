@@ -159,9 +159,27 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
                 metrics.update(_finish(trial, data, state, ctx, Path(folder)))
             if last or state.epoch % training.get("checkpoint_every", 1) == 0:
                 _save(state, trial, data, Path(folder), trial_id, final=metrics if last else None)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+                _report_checkpoint(metrics, folder)
             else:
                 tune.report(metrics)
+
+
+def _report_checkpoint(metrics: dict[str, Any], folder: str) -> None:
+    """Report with the checkpoint in ``folder``. Tune copies it into the sweep's storage, file by
+    file; a copy that fails (a full disk) leaves a partial checkpoint folder that no result
+    names. It is removed, so that only whole checkpoints lie in the trial's folder, and the
+    error raised: the trial's last whole checkpoint is still the one ``--resume`` restores."""
+    from ray import tune
+
+    try:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    except OSError:
+        storage = tune.get_context().get_storage()
+        try:
+            storage.storage_filesystem.delete_dir(storage.checkpoint_fs_path)
+        except OSError:
+            pass  # never created, or already gone
+        raise
 
 
 def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = None) -> _State:

@@ -35,8 +35,5 @@ def worst_class_recall(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str
     """The recall of the species the model gets wrong most often: a model that gives up on one
     species scores low even when its accuracy looks fine."""
     pred = outputs.argmax(1)
-    recalls = [
-        float((pred[targets == c] == c).float().mean())
-        for c in np.unique(targets.numpy())
-    ]
+    recalls = [float((pred[targets == c] == c).float().mean()) for c in np.unique(targets.numpy())]
     return {"worst_class_recall": min(recalls)}
