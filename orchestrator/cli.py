@@ -451,6 +451,12 @@ def _quiet_libraries(verbose: bool) -> None:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not verbose:
+        # Against an mlflow server, MLflow prints "View run … at: URL" on stdout as each run
+        # ends and logs "Waiting up to 300 seconds …" as a version registers: they broke into
+        # the progress view. In the environment, so MLflow's own set-up at import (which
+        # resets its logger's level) and Ray's local workers honour it too.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         for name in _FAULT_LOGGERS:

@@ -135,7 +135,17 @@ class MlflowServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the server's whole process group: SIGSTOP freezes it (connections
+        are accepted by the kernel and never answered), SIGCONT thaws it, SIGKILL ends it."""
+        assert self.proc is not None and self.proc.poll() is None, "the server is not running"
+        os.killpg(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(timeout=30)
+
     def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a frozen server cannot stop itself
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
 

@@ -90,13 +90,14 @@ def load_onnx_session(model_uri: str, uri: str, threads: int = 1) -> Any:
     """An ONNX Runtime CPU session for a registered ONNX model (``models:/name@alias``)."""
     import onnxruntime as ort
 
-    folder = fetch_teacher(model_uri, uri, Path(tempfile.mkdtemp(prefix="podium-onnx-")))
-    path = find_onnx(folder)
-    if path is None:
-        raise TrackingError(f"{model_uri} holds no ONNX file ({keys.ONNX_ARTIFACT})")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    # The session reads the file when it is made, so the download goes with the folder.
+    with tempfile.TemporaryDirectory(prefix="podium-onnx-") as tmp:
+        path = find_onnx(fetch_teacher(model_uri, uri, Path(tmp)))
+        if path is None:
+            raise TrackingError(f"{model_uri} holds no ONNX file ({keys.ONNX_ARTIFACT})")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def find_onnx(folder: Path) -> Path | None:

@@ -34,6 +34,7 @@ import argparse
 import json
 import pickle
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
@@ -365,7 +366,10 @@ def serve(
     Raises:
         UnsafeModelError, ServeError: see :func:`load_scorer` and :func:`fetch_model`.
     """
-    scorer = load_scorer(fetch_model(model_uri, tracking_uri), build_model)
+    # The download lives in a folder of Podium's own, removed on every path: MLflow's default
+    # temporary folder outlived a failed fetch (and every served model).
+    with tempfile.TemporaryDirectory(prefix="podium-serve-") as tmp:
+        scorer = load_scorer(fetch_model(model_uri, tracking_uri, tmp), build_model)
     server = make_server(scorer, host, port)
     url = f"http://{host}:{server.server_address[1]}"
     (ready or (lambda u: print(f"serving {model_uri} ({scorer.description}) at {u}", flush=True)))(

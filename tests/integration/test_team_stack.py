@@ -147,6 +147,9 @@ def test_sweep_through_the_team_stack_lands_in_postgres(team_stack, tmp_path):
         timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # MLflow's console lines about the server's runs stay out of the progress view.
+    assert "View run" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    assert "Waiting up to" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
 
     # Straight from PostgreSQL: one parent run, two trial runs with their metrics, the champion.
     db = "mlflow"

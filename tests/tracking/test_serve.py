@@ -219,7 +219,9 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, trai
 
 
 @pytest.mark.slow
-def test_a_pickled_model_is_refused_with_a_clear_message(registry):
+def test_a_pickled_model_is_refused_with_a_clear_message(registry, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.run(
         [
             sys.executable,
@@ -235,10 +237,35 @@ def test_a_pickled_model_is_refused_with_a_clear_message(registry):
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)},
     )
     assert proc.returncode == 1, proc.stderr
     assert "refusing to load model.pth" in proc.stderr and "arbitrary code" in proc.stderr
+    # The downloaded pickle went with its temporary folder.
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_failed_runs_fetch_leaves_no_temporary_folder(registry, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry, registry)
+    exp = client.get_experiment_by_name("serve").experiment_id
+    run_id = client.search_runs([exp], max_results=1)[0].info.run_id
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    uri = f"runs:/{run_id}/no-such-folder"
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "serve", uri, "--port", "0"]
+        + ["--tracking-uri", registry],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)},
+    )
+    assert proc.returncode == 1 and uri in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(scratch.iterdir()) == []
 
 
 def test_unknown_model_fails_with_the_uri(tmp_path):
