@@ -79,10 +79,14 @@ class TrialLedger:
 
     def append(self, trial: FinishedTrial) -> None:
         """Record ``trial``; the line has reached the OS when this returns."""
-        line = json.dumps(asdict(trial), default=str)
+        line = json.dumps(asdict(trial), default=str) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        with open(self.path, "a+b") as f:
+            # A write a full disk cut short left a torn line: end it first, or this line would
+            # be glued to it and lost with it.
+            if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                line = "\n" + line
+            f.write(line.encode("utf-8"))
         if trial.trial_id not in self._earlier:
             self.counts[trial.status] += 1
 

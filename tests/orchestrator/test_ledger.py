@@ -71,3 +71,13 @@ def test_last_result_keeps_the_metrics_and_how_the_trial_ended():
         "training_iteration": 3,
     }
     assert last_result(None) == {}
+
+
+def test_a_line_after_a_torn_one_is_read(tmp_path):
+    # A full disk cut a write short; after freeing space the next driver's lines still count.
+    ledger = TrialLedger(tmp_path / "ledger.jsonl")
+    ledger.append(trial("t1", epoch=2))
+    with ledger.path.open("a") as f:
+        f.write('{"trial_id": "t2", "la')
+    TrialLedger(ledger.path).append(trial("t3", **{keys.DONE: True}))
+    assert sorted(TrialLedger(ledger.path).entries()) == ["t1", "t3"]
