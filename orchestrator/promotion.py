@@ -47,7 +47,9 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
     from workers.trainable import ARTIFACTS_DIR, load_example, load_trial_model
 
     model, meta = load_trial_model(checkpoint)
-    example = load_example(checkpoint).numpy()  # batch > 1: the ONNX export keeps it dynamic
+    # batch > 1: the ONNX export keeps it dynamic; a tuple for a model of several inputs.
+    loaded = load_example(checkpoint)
+    example = tuple(t.numpy() for t in loaded) if isinstance(loaded, tuple) else loaded.numpy()
     onnx = Path(checkpoint, ARTIFACTS_DIR, keys.ONNX_ARTIFACT)
     section, weights = meta["trial"]["model"], model.state_dict()
     fp32 = Path(checkpoint, ARTIFACTS_DIR, FP32_STATE_ARTIFACT)

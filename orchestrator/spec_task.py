@@ -53,6 +53,7 @@ class TaskInfo:
     primary: str
     extra_keys: frozenset[str]
     in_memory: bool
+    inputs: int = 1  # how many tensors its models take
 
 
 def check_with_task(spec: Any, raw: dict[str, Any], check_model: bool = True) -> list[Problem]:
@@ -131,6 +132,7 @@ def describe_task(name: str, seed: int) -> TaskInfo:
         data.primary_metric(),
         frozenset(data.extra),
         data.in_memory,
+        data.input_count,
     )
 
 
@@ -228,6 +230,7 @@ def _check_kind_fits(spec: Any, infos: list[TaskInfo]) -> list[Problem]:
                     f"adversarial training attacks a classifier; task {info.name!r} is {info.kind}",
                 )
             )
+        p += _one_input_only(spec, info)
         if spec.recipe and (info.kind != "classification" or not info.in_memory):
             what = info.kind if info.kind != "classification" else "read through a DataLoader"
             p.append(
@@ -238,6 +241,40 @@ def _check_kind_fits(spec: Any, infos: list[TaskInfo]) -> list[Problem]:
                     f"tensors; task {info.name!r} is {what}",
                 )
             )
+    return p
+
+
+def _one_input_only(spec: Any, info: TaskInfo) -> list[Problem]:
+    """What takes one input tensor, against a task of several: built-in architectures,
+    compression recipes, adversarial training."""
+    from orchestrator.spec import is_space, space_candidates
+
+    if info.inputs == 1:
+        return []
+    why = f"task {info.name!r} gives {info.inputs} input tensors"
+    p = []
+    for path, section in sections("model", spec.model):
+        arch = section.get("arch", "mlp")
+        for a in space_candidates(arch) if is_space(arch) else [arch]:
+            if not is_plugin_ref(a):
+                p.append(
+                    Problem(
+                        f"{path}.arch",
+                        a,
+                        f"built-in architecture {a!r} takes one input tensor; {why}: use a "
+                        "model plug-in (module:function) whose forward takes them all",
+                    )
+                )
+    if spec.recipe:
+        p.append(Problem("recipe", spec.recipe, f"recipes take one input tensor; {why}"))
+    if _adversarial(spec):
+        p.append(
+            Problem(
+                "training.adversarial",
+                spec.training["adversarial"],
+                f"adversarial training perturbs one input tensor; {why}",
+            )
+        )
     return p
 
 

@@ -116,6 +116,16 @@ def recipe_metric(label: str, metric: str) -> str:
 CPU_MODEL = "podium_cpu_model"  # result key (a string): the CPU latency was measured on
 TAG_CPU_MODEL = "podium.cpu_model"  # ... logged as this tag
 ONNX_ARTIFACT = "model.onnx"  # the final compressed model: what is measured, logged, registered
+ONNX_INPUT = "input"  # an exported model's input; several are input_0, input_1, ...
+ONNX_OUTPUT = "logits"
+
+
+def input_names(count: int) -> list[str]:
+    """An exported model's input names: ``input`` for one tensor, ``input_0``... for several
+    (the names a request to the served model uses)."""
+    return [ONNX_INPUT] if count == 1 else [f"{ONNX_INPUT}_{i}" for i in range(count)]
+
+
 TORCHSCRIPT_ARTIFACT = "model.torchscript.pt"
 RECIPE_ARTIFACT = "recipe.json"  # the final model's arch section and how it was compressed
 

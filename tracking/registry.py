@@ -133,7 +133,8 @@ def log_trial_model(
                 # Measured on the CPU; MLflow's default asks for CUDA first and warns without it.
                 onnx_execution_providers=["CPUExecutionProvider"],
             )
-            if onnx_file is None:
+            # MLflow's PyTorch pyfunc feeds a model one tensor: several inputs get ONNX only.
+            if onnx_file is None and not isinstance(input_example, tuple):
                 mlflow.pytorch.log_model(
                     model,
                     name=keys.TORCH_MODEL_ARTIFACT,
@@ -168,8 +169,11 @@ def _signature(onnx_path: Path, example: Any, names: list[str] | None) -> tuple[
     import onnxruntime as ort
     from mlflow.models import infer_signature
 
-    x = np.asarray(example)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    if isinstance(example, tuple):  # several inputs: named tensors, as requests send them
+        feed = {i.name: np.asarray(x) for i, x in zip(session.get_inputs(), example, strict=True)}
+        return feed, infer_signature(feed, session.run(None, feed)[0])
+    x = np.asarray(example)
     out = session.run(None, {session.get_inputs()[0].name: x})[0]
     if names and x.ndim == 2 and x.shape[1] == len(names):
         import pandas as pd
@@ -228,21 +232,27 @@ def _export_onnx(model: Any, example: Any, folder: Path) -> Path | None:
 
     path = folder / keys.ONNX_ARTIFACT
     try:
-        x = torch.as_tensor(example[:2])
+        xs = tuple(torch.as_tensor(x[:2]) for x in _several(example))
+        names = keys.input_names(len(xs))
         # The TorchScript-based exporter: no onnxscript optimisation pass, a second or less.
         torch.onnx.export(
             model.eval(),
-            (x,),
+            xs,
             str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}},
+            input_names=names,
+            output_names=[keys.ONNX_OUTPUT],
+            dynamic_axes={n: {0: "batch"} for n in names},
             dynamo=False,
         )
     except Exception as e:  # noqa: BLE001 - serving is optional; logging the model is not
         log.warning("no ONNX export for serving: %s", e)
         return None
     return path
+
+
+def _several(example: Any) -> tuple:
+    """The example's input arrays: one, or each of a several-input model's."""
+    return example if isinstance(example, tuple) else (example,)
 
 
 def register_and_alias(

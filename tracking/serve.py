@@ -1,8 +1,10 @@
 """Serve a registered model over HTTP, speaking MLflow's scoring protocol.
 
 ``POST /invocations`` with ``{"inputs": [[...], ...]}`` (also ``instances``, ``dataframe_split``,
-``dataframe_records``) answers ``{"predictions": [[logit, ...], ...]}`` -- the model's raw
-outputs, as MLflow's PyTorch flavor returns them; ``GET /ping`` and ``GET /health`` answer 200
+``dataframe_records``; a model of several inputs takes them by name,
+``{"inputs": {"input_0": [...], "input_1": [...]}}``) answers
+``{"predictions": [[logit, ...], ...]}`` -- the model's raw outputs, as MLflow's PyTorch flavor
+returns them; ``GET /ping`` and ``GET /health`` answer 200
 once the model is loaded. Existing MLflow clients (``mlflow.deployments``, ``curl``) work unchanged.
 
 Only formats that cannot execute code on load are served:
@@ -71,9 +73,13 @@ class Scorer(Protocol):
     """What the server needs from a loaded model."""
 
     input_shape: tuple[int, ...] | None  # one example's shape, if the model declares it
+    # A model of several inputs: each one's name and example shape (None where not fixed);
+    # predict then takes {name: batch}.
+    input_names: list[str]
+    input_shapes: list[tuple[int, ...] | None]
     description: str
 
-    def predict(self, x: np.ndarray) -> np.ndarray: ...
+    def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray: ...
 
 
 # --------------------------------------------------------------------------- loading
@@ -97,15 +103,23 @@ class OnnxScorer:
             )
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise ServeError(f"cannot load ONNX model {path.name}: {e}") from e
-        first = self._session.get_inputs()[0]
-        self._input_name = first.name
-        self._dtype = ONNX_DTYPES.get(first.type, np.float32)
-        dims = first.shape[1:]
-        self.input_shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
+        declared = self._session.get_inputs()
+        self.input_names = [i.name for i in declared]
+        self._dtypes = [ONNX_DTYPES.get(i.type, np.float32) for i in declared]
+        self.input_shapes = [
+            tuple(i.shape[1:]) if all(isinstance(d, int) for d in i.shape[1:]) else None
+            for i in declared
+        ]
+        self.input_shape = self.input_shapes[0]
         self.description = f"ONNX {path.name} (onnxruntime)"
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input_name: x.astype(self._dtype, copy=False)})[0]
+    def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        batches = x if isinstance(x, dict) else {self.input_names[0]: x}
+        feed = {
+            n: batches[n].astype(t, copy=False)
+            for n, t in zip(self.input_names, self._dtypes, strict=True)
+        }
+        return self._session.run(None, feed)[0]
 
 
 class TorchStateDictScorer:
@@ -137,15 +151,27 @@ class TorchStateDictScorer:
             ) from e
         self._model = model.eval()
         self._lock = threading.Lock()  # torch modules are not documented as thread-safe
-        self.input_shape: tuple[int, ...] | None = tuple(int(d) for d in cfg["input_shape"])
-        self._dtype = np.dtype(cfg.get("input_dtype", "float32"))  # int64 for token ids
+        shape, dtype = cfg["input_shape"], cfg.get("input_dtype", "float32")
+        # Several inputs: one shape (a list) per tensor, and one dtype each.
+        several = bool(shape) and all(isinstance(s, list) for s in shape)
+        shapes = [tuple(int(d) for d in s) for s in shape] if several else [tuple(shape)]
+        dtypes = dtype if isinstance(dtype, list) else [dtype] * len(shapes)
+        self.input_names = keys.input_names(len(shapes))
+        self.input_shapes: list[tuple[int, ...] | None] = list(shapes)
+        self.input_shape: tuple[int, ...] | None = shapes[0]
+        self._dtypes = [np.dtype(d) for d in dtypes]  # int64 for token ids
         self.description = f"PyTorch state dict {weights.name} ({cfg['model'].get('arch', '?')})"
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
+        batches = x if isinstance(x, dict) else {self.input_names[0]: x}
+        tensors = [
+            torch.from_numpy(batches[n].astype(t, copy=False))
+            for n, t in zip(self.input_names, self._dtypes, strict=True)
+        ]
         with self._lock, torch.inference_mode():
-            return self._model(torch.from_numpy(x.astype(self._dtype, copy=False))).numpy()
+            return self._model(*tensors).numpy()
 
 
 def load_scorer(path: str | Path, build_model: Callable[..., Any] | None = None) -> Scorer:
@@ -224,7 +250,9 @@ def fetch_model(
 # --------------------------------------------------------------------------- protocol
 
 
-def parse_inputs(payload: Any, input_shape: tuple[int, ...] | None) -> np.ndarray:
+def parse_inputs(
+    payload: Any, input_shape: tuple[int, ...] | None, name: str = "inputs"
+) -> np.ndarray:
     """A float32 batch from an MLflow scoring request body (already JSON-decoded).
 
     Accepts ``inputs`` / ``instances`` (lists of examples, flat or shaped) and ``dataframe_split``
@@ -250,20 +278,50 @@ def parse_inputs(payload: Any, input_shape: tuple[int, ...] | None) -> np.ndarra
     try:
         x = np.asarray(rows, dtype=np.float32)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"inputs must be a rectangular list of numbers: {e}") from None
+        raise ValueError(f"{name} must be a rectangular list of numbers: {e}") from None
     if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError("inputs must hold at least one example")
-    if x.ndim == 1:
+        raise ValueError(f"{name} must hold at least one example")
+    if x.ndim == 1 and input_shape != ():  # () : one number per example (a category id)
         x = x[None, :]
-    if input_shape and x.shape[1:] != input_shape:
+    if input_shape is not None and x.shape[1:] != input_shape:
         per = int(np.prod(input_shape))
         if x[0].size != per:
             raise ValueError(
-                f"each example must have {per} values (shape {list(input_shape)}), "
+                f"each example of {name} must have {per} values (shape {list(input_shape)}), "
                 f"got shape {list(x.shape[1:])}"
             )
         x = x.reshape((x.shape[0], *input_shape))
     return np.ascontiguousarray(x)
+
+
+def parse_request(payload: Any, scorer: Scorer) -> np.ndarray | dict[str, np.ndarray]:
+    """The batch a request body holds for ``scorer``: an array for a one-input model (see
+    :func:`parse_inputs`), ``{name: array}`` for a model of several inputs, sent by name as
+    ``{"inputs": {"input_0": [...], "input_1": [...]}}`` (MLflow's named-tensor form).
+
+    Raises:
+        ValueError: an input is missing, unknown or malformed, or their row counts differ.
+    """
+    names = scorer.input_names
+    if len(names) == 1:
+        return parse_inputs(payload, scorer.input_shape)
+    named = payload.get("inputs") if isinstance(payload, dict) else None
+    if not isinstance(named, dict):
+        raise ValueError(
+            f"this model takes {len(names)} inputs by name: send "
+            '{"inputs": {' + ", ".join(f'"{n}": [...]' for n in names) + "}}"
+        )
+    missing, unknown = sorted(set(names) - set(named)), sorted(set(named) - set(names))
+    if missing or unknown:
+        raise ValueError(f"inputs must be exactly {names}; missing {missing}, unknown {unknown}")
+    out = {
+        n: parse_inputs({"inputs": named[n]}, shape, n)
+        for n, shape in zip(names, scorer.input_shapes, strict=True)
+    }
+    counts = {n: len(a) for n, a in out.items()}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"every input needs one row per example; got rows {counts}")
+    return out
 
 
 def make_server(scorer: Scorer, host: str = "127.0.0.1", port: int = 5001) -> ThreadingHTTPServer:
@@ -316,7 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
                 f"Content-Type must be application/json, got {ctype!r}",
             )
         try:
-            x = parse_inputs(json.loads(body), self.scorer.input_shape)
+            x = parse_request(json.loads(body), self.scorer)
         except ValueError as e:  # json.JSONDecodeError is a ValueError
             return self._error(HTTPStatus.BAD_REQUEST, "BAD_REQUEST", str(e))
         try:

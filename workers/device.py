@@ -231,10 +231,12 @@ def task_on(device: torch.device, data: Any) -> Any:
     batch."""
     import dataclasses
 
-    if not data.in_memory or data.x_train.device == device:
+    from workers import inputs
+
+    if not data.in_memory or data.y_train.device == device:
         return data  # a dataset task's batches move as its DataLoader yields them
     moved = {
-        f: getattr(data, f).to(device)
+        f: inputs.to(getattr(data, f), device)
         for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
     }
     return dataclasses.replace(data, **moved)

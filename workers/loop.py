@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from workers import inputs
 from workers.errors import TrialDivergedError
+from workers.inputs import Inputs
 
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,18 +47,18 @@ def l1_norm(model: nn.Module) -> torch.Tensor:
     )
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[Inputs, torch.Tensor]  # inputs (one tensor or several), targets
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def shuffled_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+    x: Inputs, y: torch.Tensor, batch_size: int, generator: torch.Generator
 ) -> Iterator[Batch]:
     """``(x, y)`` in batches of a seeded random order (indexing: tensors already in memory)."""
-    perm = torch.randperm(len(x), generator=generator).to(x.device)
-    for start in range(0, len(x), batch_size):
+    perm = torch.randperm(len(y), generator=generator).to(y.device)
+    for start in range(0, len(y), batch_size):
         idx = perm[start : start + batch_size]
-        yield x[idx], y[idx]
+        yield inputs.take(x, idx), y[idx]
 
 
 def train_batches(
@@ -76,7 +78,8 @@ def eval_batches(
     if data.in_memory:
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         return (
-            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)
+            (inputs.take(x, slice(i, i + batch_size)), y[i : i + batch_size])
+            for i in range(0, len(y), batch_size)
         )
     return _loader(data, getattr(data, f"{split}_set"), batch_size, device, None)
 
@@ -105,7 +108,9 @@ def _loader(
         **options,
     )
     for xb, yb in loader:
-        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        # The default collate makes a list of an item's several input tensors.
+        xb = tuple(xb) if inputs.is_multi(xb) else xb
+        yield inputs.to(xb, device, non_blocking=True), yb.to(device, non_blocking=True)
 
 
 def train_epoch(
@@ -127,12 +132,12 @@ def train_epoch(
     model.train()
     total, seen, steps = 0.0, 0, 0
     for xb, yb in batches:
-        if adversary is not None:
-            xb = adversary(model, xb, yb)
+        if adversary is not None:  # validated: one input tensor
+            xb = adversary(model, inputs.parts(xb)[0], yb)
 
-        def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
+        def closure(xb: Inputs = xb, yb: torch.Tensor = yb) -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(inputs.forward(model, xb), yb)
             if l1_penalty:
                 loss = loss + l1_penalty * l1_norm(model)
             loss.backward()
@@ -172,7 +177,7 @@ def evaluate_split(
     model.eval()
     outs, ys, loss_sum, n = [], [], 0.0, 0
     for xb, yb in batches:
-        out = model(xb).float()
+        out = inputs.forward(model, xb).float()
         loss_sum += float(loss_fn(out, yb)) * len(yb)
         n += len(yb)
         outs.append(out.cpu())

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from workers import inputs
 from workers.errors import WorkerError
 from workers.registry import Registry, declared_settings, is_plugin_ref, load_plugin
 
@@ -102,13 +103,19 @@ def build_model(
     kwargs = {k: v for k, v in section.items() if k != "arch"}
     arch = section.get("arch", "mlp")
     builder = load_plugin(arch) if is_plugin_ref(arch) else MODELS.get(arch)
+    if not is_plugin_ref(arch) and inputs.is_multi_shape(input_shape):
+        raise WorkerError(
+            f"model.arch {arch!r} takes one input tensor; the task gives "
+            f"{len(input_shape)} ({tuple(input_shape)}): use a model plug-in "
+            "(module:function) whose forward takes them all"
+        )
     declared, takes_any = declared_settings(builder)
     # Under a choice of archs a section holds the keys of all of them; each gets its own.
     kwargs = {k: v for k, v in kwargs.items() if takes_any or k in declared}
     for name in declared:
         if name not in kwargs and extra and name in extra:
             kwargs[name] = extra[name]
-    return builder(tuple(input_shape), num_classes, **kwargs)
+    return builder(inputs.as_shape(input_shape), num_classes, **kwargs)
 
 
 class UntrustedModelError(WorkerError):
@@ -141,12 +148,11 @@ def check_model_metadata(cfg: Any, plugins: Collection[str] = ()) -> str | None:
             "plug-in (podium serve --plugins MODULE)"
         )
     shape = cfg.get("input_shape")
-    if not (
-        isinstance(shape, list)
-        and shape
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-    ):
-        return f"input_shape must be a list of positive integers, got {shape!r}"
+    if not (isinstance(shape, list) and shape and inputs.shapes(shape) is not None):
+        return (
+            "input_shape must be a list of positive integers (or one such list per input "
+            f"tensor), got {shape!r}"
+        )
     classes = cfg.get("num_classes")
     if not (isinstance(classes, int) and not isinstance(classes, bool) and classes >= 1):
         return f"num_classes must be an integer >= 1, got {classes!r}"
@@ -166,7 +172,7 @@ def build_from_metadata(cfg: Any, plugins: Collection[str] = ()) -> nn.Module:
     if problem:
         raise UntrustedModelError(problem)
     return build_model(
-        cfg["model"], tuple(cfg["input_shape"]), cfg["num_classes"], cfg.get("extra")
+        cfg["model"], inputs.as_shape(cfg["input_shape"]), cfg["num_classes"], cfg.get("extra")
     )
 
 

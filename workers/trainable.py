@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tracking import keys
+from workers import inputs
 from workers.adversarial import make_adversary, robust_accuracy
 from workers.device import pick_device, task_on
 from workers.errors import TrialDivergedError
@@ -229,7 +230,7 @@ def _save(
     torch.save(blob, folder / STATE_FILE)
     # A few inputs of the task's own dtype and shape: the driver exports and logs the winner
     # from its checkpoint without loading the task (or importing the user's task module).
-    torch.save(data.example_input().detach().cpu().contiguous(), folder / EXAMPLE_FILE)
+    torch.save(inputs.detached(data.example_input()), folder / EXAMPLE_FILE)
     (folder / TRIAL_FILE).write_text(json.dumps(trial_meta(trial, data)))
     (folder / HISTORY_FILE).write_text(json.dumps({"trial_id": trial_id, "epochs": state.history}))
     if final is not None:
@@ -242,8 +243,8 @@ def trial_meta(trial: dict[str, Any], data: TaskData) -> dict[str, Any]:
     e.g. a vocabulary)."""
     return {
         "trial": trial,
-        "input_shape": list(data.input_shape),
-        "input_dtype": str(data.example_input().dtype).removeprefix("torch."),
+        "input_shape": inputs.json_shape(data.input_shape),
+        "input_dtype": inputs.dtype_name(data.example_input()),
         "num_classes": data.num_classes,
         "kind": data.kind,
         "feature_names": list(data.feature_names) if data.feature_names else None,
@@ -251,8 +252,9 @@ def trial_meta(trial: dict[str, Any], data: TaskData) -> dict[str, Any]:
     }
 
 
-def load_example(folder: str | os.PathLike) -> torch.Tensor:
-    """The example inputs a trial's checkpoint holds (weights-only load)."""
+def load_example(folder: str | os.PathLike) -> inputs.Inputs:
+    """The example inputs a trial's checkpoint holds (weights-only load): a tensor, or a tuple
+    of them for a model of several inputs."""
     return torch.load(Path(folder, EXAMPLE_FILE), weights_only=True, map_location="cpu")
 
 
@@ -373,7 +375,10 @@ def load_trial_model(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, An
     folder = Path(folder)
     meta = json.loads((folder / TRIAL_FILE).read_text())
     model = build_model(
-        meta["trial"]["model"], tuple(meta["input_shape"]), meta["num_classes"], meta.get("extra")
+        meta["trial"]["model"],
+        inputs.as_shape(meta["input_shape"]),
+        meta["num_classes"],
+        meta.get("extra"),
     )
     # map_location: a GPU trial's checkpoint must load in a driver without a GPU.
     blob = torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 
@@ -37,3 +38,25 @@ class _Residual(nn.Module):
 
     def forward(self, x):  # type: ignore[no-untyped-def]
         return x + self.body(x)
+
+
+def tabular_with_category(
+    input_shape: Sequence[Sequence[int]],
+    num_classes: int,
+    width: int = 32,
+    category_dim: int = 4,
+    categories: int = 2,
+) -> nn.Module:
+    """A model of two inputs: numbers ``(batch, n)`` and a category id ``(batch,)``, embedded
+    and joined before an MLP. ``input_shape`` is ``((n,), ())``: one shape per input tensor."""
+    return _NumbersAndCategory(int(input_shape[0][0]), categories, category_dim, width, num_classes)
+
+
+class _NumbersAndCategory(nn.Module):
+    def __init__(self, n: int, categories: int, dim: int, width: int, outputs: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(categories, dim)
+        self.body = nn.Sequential(nn.Linear(n + dim, width), nn.ReLU(), nn.Linear(width, outputs))
+
+    def forward(self, numbers, category):  # type: ignore[no-untyped-def]
+        return self.body(torch.cat([numbers, self.embed(category)], dim=1))

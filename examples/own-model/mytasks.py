@@ -37,3 +37,28 @@ def worst_class_recall(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str
     pred = outputs.argmax(1)
     recalls = [float((pred[targets == c] == c).float().mean()) for c in np.unique(targets.numpy())]
     return {"worst_class_recall": min(recalls)}
+
+
+def diabetes_mixed(seed: int) -> TaskData:
+    """Disease progression a year on (scikit-learn's 442 diabetes patients): a regression whose
+    model takes two input tensors, the nine measurements (float32, standardised) and the
+    patient's sex as a category id (int64, for an embedding). Each split's ``x`` is the tuple
+    ``(numbers, category)``; ``input_shape`` has one shape per tensor."""
+    from sklearn.datasets import load_diabetes
+
+    raw, y = load_diabetes(return_X_y=True, scaled=False)
+    sex = raw[:, 1].astype(np.int64) - 1  # recorded as 1 or 2
+    numbers = np.delete(raw, 1, axis=1)
+    numbers = ((numbers - numbers.mean(0)) / numbers.std(0)).astype(np.float32)
+    target = ((y - y.mean()) / y.std()).astype(np.float32)  # standardised: one lr fits
+    # split_arrays splits one array: split the row numbers, then take both tensors' rows.
+    rows = split_arrays("rows", np.arange(len(y)), target, seed, kind="regression")
+    pick = lambda idx: (torch.from_numpy(numbers[idx]), torch.from_numpy(sex[idx]))  # noqa: E731
+    splits = {s: getattr(rows, f"x_{s}").numpy() for s in ("train", "val", "test")}
+    return TaskData(
+        "diabetes-mixed",
+        *(t for s in ("train", "val", "test") for t in (pick(splits[s]), getattr(rows, f"y_{s}"))),
+        input_shape=((numbers.shape[1],), ()),
+        num_classes=1,
+        kind="regression",
+    )

@@ -62,26 +62,69 @@ def test_the_plug_in_models_own_hyperparameters_are_the_trials_params(own_model)
         assert 0 <= run.data.metrics["test_worst_class_recall"] <= 1  # the task's own metric
 
 
-def test_podium_serve_answers_with_the_champion(own_model):
-    folder, _ = own_model
+def ask_the_champion(folder: Path, model: str, body: dict) -> dict:
+    """``podium serve models:/MODEL@champion`` from ``folder``, asked ``body`` once it is up."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "serve"]
-        + ["models:/own-model-classifier@champion", "--port", str(port)],
+        + [f"models:/{model}@champion", "--port", str(port)],
         cwd=folder,
         env=_no_path(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
-        body = {"inputs": [[0.1, -0.2, 1.1, 1.2], [-1.0, 1.0, -1.3, -1.2]]}
-        answer = post_when_up(f"http://127.0.0.1:{port}/invocations", body, server)
-        assert len(answer["predictions"]) == 2 and len(answer["predictions"][0]) == 3
+        return post_when_up(f"http://127.0.0.1:{port}/invocations", body, server)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def run_example(tmp_path: Path, spec: str, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """``podium run SPEC ARGS`` in a copy of the example folder, as a user's shell would."""
+    folder = tmp_path / "own-model"
+    shutil.copytree(EXAMPLE, folder)
+    return folder, podium("run", spec, *args, cwd=folder, env=_no_path())
+
+
+def test_podium_serve_answers_with_the_champion(own_model):
+    folder, _ = own_model
+    body = {"inputs": [[0.1, -0.2, 1.1, 1.2], [-1.0, 1.0, -1.3, -1.2]]}
+    answer = ask_the_champion(folder, "own-model-classifier", body)
+    assert len(answer["predictions"]) == 2 and len(answer["predictions"][0]) == 3
+
+
+def test_a_model_of_two_input_tensors_trains_promotes_and_is_served_by_name(tmp_path):
+    import mlflow.pyfunc
+    import numpy as np
+
+    quick = ["--set", "search.num_samples=2", "--set", "training.max_epochs=5"]
+    folder, out = run_example(tmp_path, "mixed.yaml", *quick)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "champion: models:/own-mixed-regressor@champion = version 1" in out.stdout
+    # MLflow's own loader takes both inputs by name, as the signature says.
+    uri = f"sqlite:///{folder / 'podium-runs' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # another test may have pointed it at its own store
+    loaded = mlflow.pyfunc.load_model("models:/own-mixed-regressor@champion")
+    assert loaded.metadata.get_input_schema().input_names() == ["input_0", "input_1"]
+    numbers = np.linspace(-1, 1, 18, dtype=np.float32).reshape(2, 9)
+    ids = np.array([0, 1])
+    want = np.asarray(loaded.predict({"input_0": numbers, "input_1": ids})["logits"])
+    body = {"inputs": {"input_0": numbers.tolist(), "input_1": ids.tolist()}}
+    answer = ask_the_champion(folder, "own-mixed-regressor", body)
+    np.testing.assert_allclose(answer["predictions"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_what_takes_one_input_tensor_is_refused_for_a_task_of_two(tmp_path):
+    sets = ["--set", "model={arch: mlp}", "--set", "training.adversarial={epsilon: 0.1}"]
+    folder, out = run_example(tmp_path, "mixed.yaml", *sets)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "model.arch: built-in architecture 'mlp' takes one input tensor; task " in out.stderr
+    assert "training.adversarial: adversarial training perturbs one input tensor" in out.stderr
+    assert not (folder / "podium-runs").exists()
 
 
 @pytest.mark.parametrize("via", ["gcs", "client"])

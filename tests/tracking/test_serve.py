@@ -380,3 +380,57 @@ def test_a_text_model_is_served_token_ids_as_json_numbers(tmp_path):
             srv.shutdown()
             srv.server_close()
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_model_of_two_inputs_is_served_by_name_from_onnx_and_from_its_state_dict(tmp_path):
+    from tests.workers.test_several_inputs import NumbersAndId, fit, task
+    from workers import inputs
+    from workers.recipes._export import export_onnx as export_inputs
+
+    data = task()
+    model, _ = fit(data, epochs=3)
+    x = inputs.take(data.x_test, slice(0, 5))
+    with torch.no_grad():
+        want = inputs.forward(model, x).numpy()
+    body = {"inputs": {"input_0": x[0].tolist(), "input_1": x[1].tolist()}}
+    folder = tmp_path / "sd"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / keys.STATE_DICT_ARTIFACT)
+    arch = {"model": {"arch": "t:two"}, "input_shape": [[3], []], "num_classes": 2}
+    (folder / keys.ARCH_ARTIFACT).write_text(
+        json.dumps({**arch, "input_dtype": ["float32", "int64"]})
+    )
+    scorers = [
+        load_scorer(export_inputs(model, data.example_input(), tmp_path / "two.onnx")),
+        load_scorer(folder, lambda *a: NumbersAndId()),
+    ]
+    for scorer in scorers:
+        srv = make_server(scorer, port=0)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{srv.server_address[1]}/invocations"
+        try:
+            status, answer = post(url, body)
+            assert status == 200, answer
+            np.testing.assert_allclose(answer["predictions"], want, rtol=1e-5, atol=1e-5)
+            # Inputs by position, a missing one, or rows that disagree: 400s that say so.
+            status, answer = post(url, {"inputs": x[0].tolist()})
+            assert status == 400 and '"input_0": [...], "input_1": [...]' in answer["message"]
+            status, answer = post(url, {"inputs": {"input_0": x[0].tolist()}})
+            assert status == 400 and "missing ['input_1']" in answer["message"]
+            uneven = {"inputs": {"input_0": x[0].tolist(), "input_1": x[1][:2].tolist()}}
+            status, answer = post(url, uneven)
+            assert status == 400 and "one row per example" in answer["message"]
+        finally:
+            srv.shutdown()
+            srv.server_close()

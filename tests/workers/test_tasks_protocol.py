@@ -125,10 +125,11 @@ def test_diabetes_is_a_standardised_regression_with_named_features():
 def test_the_protocols_documented_examples_run():
     import doctest
 
+    import workers.inputs
     import workers.registry
     import workers.tasks._base
     import workers.tasks._kinds
 
-    for module in (workers.tasks._base, workers.tasks._kinds, workers.registry):
+    for module in (workers.tasks._base, workers.tasks._kinds, workers.registry, workers.inputs):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__

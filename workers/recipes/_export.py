@@ -20,23 +20,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tracking import keys
+from workers import inputs
 from workers.errors import WorkerError
+from workers.inputs import Inputs
 from workers.optimizers._base import HParam
 from workers.recipes._base import STEPS, RecipeContext, RecipeState, StepEntry
 from workers.tasks import TaskData
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+INPUT_NAME = keys.ONNX_INPUT  # a one-input model's (recipes take one)
+OUTPUT_NAME = keys.ONNX_OUTPUT
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+def export_onnx(model: nn.Module, example: Inputs, path: Path) -> Path:
     """Write ``model`` (eval mode, CPU, fp32) as ONNX with a dynamic batch axis.
 
     Args:
         model: the model; a CPU copy in eval mode is exported, ``model`` is not changed.
         example: a batch of the task's inputs (``data.example_input()``), whose dtype the ONNX
-            input takes.
+            input takes; a tuple of tensors for a model of several inputs (``input_0``, ...).
         path: the file to write.
 
     Raises:
@@ -46,20 +49,21 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
         >>> # export_onnx(model, data.example_input(), Path("model.onnx"))
     """
     model = _cpu_eval_copy(model)
-    example = example.detach().cpu()
+    args = inputs.parts(inputs.detached(example))
+    names = inputs.names(example)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (example,),
+                args,
                 str(path),
                 dynamo=False,
                 opset_version=OPSET,
-                input_names=[INPUT_NAME],
+                input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}},
             )
         return path
     except Exception as first:  # noqa: BLE001 - fall back to the other exporter, then report
@@ -67,27 +71,27 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
             batch = torch.export.Dim("batch", min=1)
             torch.onnx.export(
                 model,
-                (example,),
+                args,
                 str(path),
                 dynamo=True,
                 external_data=False,
-                input_names=[INPUT_NAME],
+                input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=tuple({0: batch} for _ in args),
             )
             return path
         except Exception:  # noqa: BLE001
             raise WorkerError(f"cannot export the model to ONNX: {first}") from first
 
 
-def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Path | None:
+def export_torchscript(model: nn.Module, example: Inputs, path: Path) -> Path | None:
     """Trace ``model`` on ``example`` (a batch of the task's inputs) to TorchScript; None when
     tracing fails (TorchScript is best-effort)."""
     model = _cpu_eval_copy(model)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model, example.detach().cpu())
+            traced = torch.jit.trace(model, inputs.parts(inputs.detached(example)))
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.jit.save(traced, str(path))
         return path

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tracking import keys
+from workers import inputs
 from workers.errors import WorkerError
 from workers.measure import state_dict_bytes
 from workers.recipes import _measure
@@ -227,7 +228,7 @@ def _write_artifacts(
     card = {
         "model": state.section,
         "input_shape": shape,
-        "input_dtype": str(data.example_input().dtype).removeprefix("torch."),
+        "input_dtype": inputs.dtype_name(data.example_input()),
         "num_classes": classes,
         "extra": extra,
         "steps": steps,

@@ -19,11 +19,15 @@ One example per kind (each runs as written; ``split_arrays`` makes a seeded spli
     ...     loss=lambda out, y: (out[:, 0] - y).abs().mean(),
     ...     metrics=lambda out, y: {"mae": float((out[:, 0] - y).abs().mean())},
     ...     metric_modes={"mae": "min"})
+    >>> # several input tensors: x is a tuple per split, input_shape one shape per tensor
+    >>> two = TaskData("two", *[t for n in (150, 25, 25) for t in (
+    ...     (torch.randn(n, 4), torch.randint(0, 3, (n,))), torch.randint(0, 2, (n,)))],
+    ...     input_shape=((4,), ()), num_classes=2)
     >>> # data that does not fit in memory: datasets, read through a DataLoader
     >>> sets = [TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,))) for _ in range(3)]
     >>> big = TaskData.from_datasets("big", *sets, num_classes=2, loader={"num_workers": 2})
-    >>> [check_task_data(t) for t in (clf, reg, tags, tok, own, big)]
-    [[], [], [], [], [], []]
+    >>> [check_task_data(t) for t in (clf, reg, tags, tok, own, two, big)]
+    [[], [], [], [], [], [], []]
     >>> sorted(reg.metric_modes_all())[:3], tags.num_classes, tok.x_train.dtype
     (['test_loss', 'test_mae', 'test_r2'], 3, torch.int64)
 """
@@ -39,7 +43,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from workers import inputs
 from workers.errors import WorkerError
+from workers.inputs import Inputs
 from workers.registry import Registry, is_plugin_ref, load_plugin
 from workers.tasks._kinds import CUSTOM, KINDS, Kind, Loss, Metrics
 
@@ -60,11 +66,18 @@ class TaskData:
       pinned memory on a GPU), for data that does not fit in memory. :meth:`from_datasets`.
 
     Inputs keep their dtype and shape: float features, images ``(C, H, W)``, int64 token ids.
+    A model of several inputs (numbers beside a category id, a user's and an item's ids) gets
+    each split's ``x`` as a tuple of tensors with one row per example, ``input_shape`` as one
+    shape per tensor (``((9,), ())``), and is called as ``model(*x)``; a dataset's items are then
+    ``((x0, x1, ...), y)``. Its exported and served model has inputs ``input_0``, ``input_1``...
+    Built-in architectures, compression recipes and adversarial training take one tensor.
 
     Attributes:
         name: the task's name as the spec gives it.
-        x_train, y_train, x_val, y_val, x_test, y_test: in-memory splits (``(n, *input_shape)``).
-        input_shape: one example's shape, e.g. ``(64,)``, ``(1, 28, 28)``, ``(200,)`` tokens.
+        x_train, y_train, x_val, y_val, x_test, y_test: in-memory splits (``(n, *input_shape)``;
+            for several inputs, a tuple of such tensors).
+        input_shape: one example's shape, e.g. ``(64,)``, ``(1, 28, 28)``, ``(200,)`` tokens; for
+            several inputs, one shape per tensor, e.g. ``((9,), ())``.
         num_classes: the model's output width: classes, regression targets or labels.
         kind: ``classification``, ``regression``, ``multilabel`` (see ``workers.tasks._kinds``)
             or ``custom`` (the task's own ``loss`` and ``metrics`` only).
@@ -89,13 +102,13 @@ class TaskData:
     """
 
     name: str
-    x_train: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
+    x_train: Any = None  # Inputs: a tensor, or a tuple of them; None: a dataset task
     y_train: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
-    x_val: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
+    x_val: Any = None  # Inputs: a tensor, or a tuple of them; None: a dataset task
     y_val: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
-    x_test: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
+    x_test: Any = None  # Inputs: a tensor, or a tuple of them; None: a dataset task
     y_test: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
-    input_shape: tuple[int, ...] = ()
+    input_shape: tuple = ()  # one shape, or one per input tensor
     num_classes: int = 0
     kind: str = "classification"
     train_set: Dataset | None = None
@@ -104,7 +117,7 @@ class TaskData:
     loss: Loss | None = None
     metrics: Metrics | None = None
     metric_modes: Mapping[str, str] = field(default_factory=dict)
-    example: torch.Tensor | None = None
+    example: Any = None  # Inputs, or None: the first test inputs
     feature_names: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     loader: Mapping[str, Any] = field(default_factory=dict)
@@ -124,7 +137,11 @@ class TaskData:
             (4,)
         """
         if "input_shape" not in fields:
-            fields["input_shape"] = tuple(train[0][0].shape)
+            first = train[0][0]
+            several = inputs.is_multi(first)
+            fields["input_shape"] = (
+                tuple(tuple(t.shape) for t in first) if several else tuple(first.shape)
+            )
         return cls(name, train_set=train, val_set=val, test_set=test, **fields)
 
     @property
@@ -134,28 +151,33 @@ class TaskData:
     def split_size(self, split: str) -> int:
         """Examples in ``split`` (``train``, ``val`` or ``test``)."""
         if self.in_memory:
-            return len(getattr(self, f"x_{split}"))
+            return inputs.rows(getattr(self, f"x_{split}"))
         return len(getattr(self, f"{split}_set"))  # type: ignore[arg-type]
 
-    def example_input(self, n: int = 4) -> torch.Tensor:
+    @property
+    def input_count(self) -> int:
+        """How many tensors the model takes (1, or each of several inputs)."""
+        return len(self.input_shape) if inputs.is_multi_shape(self.input_shape) else 1
+
+    def example_input(self, n: int = 4) -> Inputs:
         """Up to ``n`` inputs (batch > 1 keeps an ONNX export's batch axis dynamic)."""
         if self.example is not None:
-            return self.example[:n]
+            return inputs.take(self.example, slice(0, n))
         if self.in_memory:
-            return self.x_test[:n]  # type: ignore[index]
+            return inputs.take(self.x_test, slice(0, n))
         if n <= EXAMPLES:
-            return self._first_test_inputs[:n]
+            return inputs.take(self._first_test_inputs, slice(0, n))
         return self._test_inputs(n)
 
     @functools.cached_property
-    def _first_test_inputs(self) -> torch.Tensor:
+    def _first_test_inputs(self) -> Inputs:
         # Read once: a dataset's items may come from disk, and every checkpoint saves them.
         return self._test_inputs(EXAMPLES)
 
-    def _test_inputs(self, n: int) -> torch.Tensor:
+    def _test_inputs(self, n: int) -> Inputs:
         assert self.test_set is not None
         count = min(n, len(self.test_set))  # type: ignore[arg-type]
-        return torch.stack([self.test_set[i][0] for i in range(count)])
+        return inputs.stack([self.test_set[i][0] for i in range(count)])
 
     def loss_fn(self) -> Loss:
         return self.loss or _kind(self.kind).loss
@@ -225,21 +247,33 @@ def check_task_data(data: Any) -> list[str]:
         p += _check_tensors(data)
     if not (isinstance(data.num_classes, int) and data.num_classes >= 1):
         p.append(f"num_classes (the model's output width) must be >= 1, got {data.num_classes!r}")
-    if not all(isinstance(d, int) and d > 0 for d in data.input_shape):
-        p.append(f"input_shape must be positive ints, got {data.input_shape!r}")
+    if inputs.shapes(data.input_shape) is None:
+        p.append(
+            "input_shape must be positive ints, or one such shape per input tensor, "
+            f"got {data.input_shape!r}"
+        )
     return p
 
 
 def _check_tensors(data: TaskData) -> list[str]:
     p = []
+    declared = inputs.shapes(data.input_shape) or []
     for split in SPLITS:
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        if len(x) != len(y):
-            p.append(f"x_{split} has {len(x)} rows but y_{split} has {len(y)}")
-        if len(x) == 0:
+        tensors = inputs.parts(x)
+        if inputs.is_multi(x) != inputs.is_multi_shape(data.input_shape):
+            p.append(
+                f"x_{split} is {len(tensors)} tensor(s), input_shape {data.input_shape!r} says "
+                f"{len(declared)}"
+            )
+            continue
+        if any(len(t) != len(y) for t in tensors):
+            p.append(f"x_{split} has {[len(t) for t in tensors]} rows but y_{split} has {len(y)}")
+        if len(y) == 0:
             p.append(f"x_{split} is empty")
-        if tuple(x.shape[1:]) != tuple(data.input_shape):
-            shape = tuple(x.shape[1:])
+        found = [tuple(t.shape[1:]) for t in tensors]
+        if found != declared:
+            shape = found if inputs.is_multi(x) else found[0]
             p.append(f"x_{split} examples are {shape}, input_shape says {data.input_shape}")
         if data.kind == "classification" and y.dtype != torch.int64:
             p.append(f"classification labels must be int64 class ids; y_{split} is {y.dtype}")
