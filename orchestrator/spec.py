@@ -826,7 +826,12 @@ def _check_promotion(pr: PromotionSpec) -> list[Problem]:
         not isinstance(pr.model_name, str) or not NAME_RE.match(pr.model_name)
     ):
         p.append(
-            Problem("promotion.model_name", pr.model_name, "letters, digits, '_', '.', '-' only")
+            Problem(
+                "promotion.model_name",
+                pr.model_name,
+                f"{pr.model_name!r}: a registered model's name starts with a letter or digit, "
+                "then letters, digits, '_', '.', '-' (at most 100)",
+            )
         )
     if (
         not isinstance(pr.alias, str)

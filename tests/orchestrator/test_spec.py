@@ -238,3 +238,9 @@ def test_overrides_inside_a_choice_of_sections():
     with pytest.raises(SpecError) as e:
         load_spec(overrides=["search.num_samples.x=3"])
     assert "set the whole of it instead (--set search.num_samples=...)" in str(e.value)
+
+
+def test_a_bad_model_name_is_shown_with_the_rule():
+    with pytest.raises(SpecError) as err:
+        parse_spec({"name": "x", "promotion": {"model_name": "a/b"}})
+    assert "promotion.model_name: 'a/b': a registered model's name starts with" in str(err.value)
