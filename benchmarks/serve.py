@@ -187,7 +187,7 @@ def main() -> None:
             finally:
                 stop(proc)
 
-        results["podium serve (ONNX Runtime, ThreadingHTTPServer)"] = serve_and_drive(
+        results["podium serve (ONNX Runtime, uvicorn)"] = serve_and_drive(
             [sys.executable, "-m", "tracking.serve", str(onnx_path.parent), "--port", "{port}"]
         )
         if args.compare_mlflow:

@@ -20,8 +20,8 @@ Only formats that cannot execute code on load are served:
 A pickled model (``model.pth``, ``*.pkl``, a ``pt2`` archive, whose loader unpickles) from a store
 we do not control is refused with :class:`UnsafeModelError`: unpickling runs arbitrary code.
 
-The server is a stdlib ``ThreadingHTTPServer`` with HTTP/1.1 keep-alive: the model call dominates,
-and ONNX Runtime releases the GIL while it runs, so threads serve requests in parallel.
+The HTTP server is Starlette on uvicorn (:mod:`tracking.serve_http`: timeouts, a bound on
+requests in flight, columns matched by name, CSV); this module finds, checks and loads the model.
 
 Example (a shell)::
 
@@ -39,8 +39,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -324,85 +322,6 @@ def parse_request(payload: Any, scorer: Scorer) -> np.ndarray | dict[str, np.nda
     return out
 
 
-def make_server(scorer: Scorer, host: str = "127.0.0.1", port: int = 5001) -> ThreadingHTTPServer:
-    """An HTTP server (not yet serving) answering MLflow's scoring protocol with ``scorer``.
-
-    ``port=0`` picks a free port; read it back from ``server.server_address[1]``.
-    """
-    handler = type("Handler", (_Handler,), {"scorer": scorer})
-    return _Server((host, port), handler)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # socketserver's default listen backlog is 5: a burst of new clients beyond that is reset.
-    request_queue_size = 256
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse one connection
-    # Headers and body leave in separate writes; with Nagle on, the second waits for the
-    # client's delayed ACK (~40 ms on Linux) on every keep-alive request.
-    disable_nagle_algorithm = True
-    scorer: Scorer
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if self.path in ("/ping", "/health"):
-            self._send(HTTPStatus.OK, b"\n", "text/plain")
-        elif self.path == "/version":
-            self._send(HTTPStatus.OK, self.scorer.description.encode(), "text/plain")
-        else:
-            self._error(HTTPStatus.NOT_FOUND, "ENDPOINT_NOT_FOUND", f"no route {self.path}")
-
-    def do_POST(self) -> None:  # noqa: N802
-        if self.path != "/invocations":
-            return self._error(HTTPStatus.NOT_FOUND, "ENDPOINT_NOT_FOUND", f"no route {self.path}")
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            return self._error(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                "BAD_REQUEST",
-                f"body of {length} bytes exceeds {MAX_BODY_BYTES}",
-            )
-        body = self.rfile.read(length)
-        if ctype != "application/json":
-            return self._error(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                "BAD_REQUEST",
-                f"Content-Type must be application/json, got {ctype!r}",
-            )
-        try:
-            x = parse_request(json.loads(body), self.scorer)
-        except ValueError as e:  # json.JSONDecodeError is a ValueError
-            return self._error(HTTPStatus.BAD_REQUEST, "BAD_REQUEST", str(e))
-        try:
-            y = self.scorer.predict(x)
-        except Exception as e:  # noqa: BLE001 - report, keep serving
-            return self._error(HTTPStatus.BAD_REQUEST, "BAD_REQUEST", f"prediction failed: {e}")
-        self._send(
-            HTTPStatus.OK, json.dumps({"predictions": y.tolist()}).encode(), "application/json"
-        )
-
-    def _error(self, status: HTTPStatus, code: str, message: str) -> None:
-        self._send(
-            status,
-            json.dumps({"error_code": code, "message": message}).encode(),
-            "application/json",
-        )
-
-    def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass  # one line per request would dominate a benchmark; errors go back to the client
-
-
 def serve(
     model_uri: str,
     port: int = 5001,
@@ -424,21 +343,25 @@ def serve(
     Raises:
         UnsafeModelError, ServeError: see :func:`load_scorer` and :func:`fetch_model`.
     """
+    from tracking import serve_http
+
     # The download lives in a folder of Podium's own, removed on every path: MLflow's default
     # temporary folder outlived a failed fetch (and every served model).
     with tempfile.TemporaryDirectory(prefix="podium-serve-") as tmp:
-        scorer = load_scorer(fetch_model(model_uri, tracking_uri, tmp), build_model)
-    server = make_server(scorer, host, port)
-    url = f"http://{host}:{server.server_address[1]}"
+        folder = fetch_model(model_uri, tracking_uri, tmp)
+        scorer = load_scorer(folder, build_model)
+        columns = serve_http.signature_columns(folder)
+    sock = serve_http.bind(host, port)
+    url = f"http://{host}:{sock.getsockname()[1]}"
     (ready or (lambda u: print(f"serving {model_uri} ({scorer.description}) at {u}", flush=True)))(
         url
     )
     try:
-        server.serve_forever()
+        serve_http.run(serve_http.make_app(scorer, columns), sock)
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        sock.close()
 
 
 def main(argv: list[str] | None = None, build_model: Callable[..., Any] | None = None) -> int:

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from tracking import keys
-from tracking.serve import ServeError, UnsafeModelError, load_scorer, make_server, parse_inputs
+from tracking.serve import ServeError, UnsafeModelError, load_scorer, parse_inputs
+from tracking.serve_http import Background, make_app
 from workers.models import build_model
 from workers.tasks import load_task
 
@@ -314,9 +315,8 @@ def test_in_process_server_answers_concurrent_clients(tmp_path, trained):
     """Threads answer in parallel and every answer is the right one."""
     model, data = trained
     scorer = load_scorer(export_onnx(model, data.x_test, tmp_path / "m.onnx"))
-    srv = make_server(scorer, port=0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_address[1]}/invocations"
+    srv = Background(make_app(scorer))
+    url = f"{srv.url}/invocations"
     x, want = expected_logits(trained, 100)
     errors: list[str] = []
 
@@ -342,8 +342,7 @@ def test_in_process_server_answers_concurrent_clients(tmp_path, trained):
         t.start()
     for t in threads:
         t.join()
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
     assert errors == [] and time.perf_counter() - t0 < 30
 
 
@@ -366,10 +365,9 @@ def test_a_text_model_is_served_token_ids_as_json_numbers(tmp_path):
     (folder / keys.ARCH_ARTIFACT).write_text(json.dumps(arch))
     onnx_file = export_example(model, ids, tmp_path / "onnx" / keys.ONNX_ARTIFACT)
     for scorer in (load_scorer(onnx_file), load_scorer(folder, build_model)):
-        srv = make_server(scorer, port=0)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        srv = Background(make_app(scorer))
         req = urllib.request.Request(
-            f"http://127.0.0.1:{srv.server_address[1]}/invocations",
+            f"{srv.url}/invocations",
             json.dumps({"inputs": ids.tolist()}).encode(),
             {"Content-Type": "application/json"},
         )
@@ -377,8 +375,7 @@ def test_a_text_model_is_served_token_ids_as_json_numbers(tmp_path):
             with urllib.request.urlopen(req, timeout=30) as r:
                 got = np.asarray(json.loads(r.read())["predictions"])
         finally:
-            srv.shutdown()
-            srv.server_close()
+            srv.stop()
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -416,9 +413,8 @@ def test_a_model_of_two_inputs_is_served_by_name_from_onnx_and_from_its_state_di
         load_scorer(folder, lambda *a: NumbersAndId()),
     ]
     for scorer in scorers:
-        srv = make_server(scorer, port=0)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{srv.server_address[1]}/invocations"
+        srv = Background(make_app(scorer))
+        url = f"{srv.url}/invocations"
         try:
             status, answer = post(url, body)
             assert status == 200, answer
@@ -432,5 +428,4 @@ def test_a_model_of_two_inputs_is_served_by_name_from_onnx_and_from_its_state_di
             status, answer = post(url, uneven)
             assert status == 400 and "one row per example" in answer["message"]
         finally:
-            srv.shutdown()
-            srv.server_close()
+            srv.stop()
