@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# Debian packages the project uses: real data, the team stack's database, compose validation.
-DEB_PACKAGES := dataset-fashion-mnist postgresql docker-compose
+# Debian packages the project uses: real data, the team stack's database, compose validation,
+# headless Chromium for the UI test.
+DEB_PACKAGES := dataset-fashion-mnist postgresql docker-compose chromium
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-fast lint bench clean constraints

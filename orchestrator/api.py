@@ -231,6 +231,29 @@ def _newest_sweep(store: Store, experiment: str) -> tuple[str, Any]:
     return exp.experiment_id, runs[0]
 
 
+# MLflow 3's UI opens in its GenAI view (traces, judges) unless the browser chose "Model
+# training" before; a link with this parameter opens the training view: runs, models, registry.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_links(
+    base: str, tracking_uri: str | None = None, workdir: str | os.PathLike = ".", top: int = 5
+) -> list[tuple[str, str]]:
+    """``(experiment name, URL)`` for the newest ``top`` experiments of the store, each opening
+    in the UI's model-training view; [] when the store has none yet."""
+    uri = resolve_tracking_uri(tracking_uri, None, workdir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    found = Store(uri).client.search_experiments(
+        max_results=top + 1, order_by=["creation_time DESC"]
+    )
+    return [
+        (e.name, f"{base}/#/experiments/{e.experiment_id}?{TRAINING_VIEW}")
+        for e in found
+        if e.name != "Default"
+    ][:top]
+
+
 def existing_store(uri: str, experiment: str) -> Store:
     """The store at ``uri`` for a command that only reads it: an embedded SQLite store that does
     not exist is not created (MLflow would make an empty one) but reported.

@@ -223,7 +223,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator import api
 
     proc = api.ui(args.tracking_uri, args.port, args.host)
-    print(f"MLflow UI: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI: {base}/#/experiments?{api.TRAINING_VIEW}  (Ctrl-C stops it)")
+    for name, url in api.ui_links(base, args.tracking_uri):
+        print(f"  {name}: {url}")
+    sys.stdout.flush()
     with _sigterm_as_interrupt():
         try:
             return proc.wait()
