@@ -450,6 +450,39 @@ def rollback(
         raise PodiumError(str(e)) from e
 
 
+def _serve_replicas(
+    model_uri: str,
+    uri: str,
+    replicas: int,
+    host: str,
+    port: int,
+    plugins: Sequence[str],
+    address: str | None,
+) -> None:
+    """Fetch and check the model here (the same loader, refusing the same things), then hand its
+    files to Ray Serve replicas (:mod:`orchestrator.serve_replicas`)."""
+    import tempfile
+
+    from orchestrator.serve_replicas import model_files, serve_replicas
+    from tracking.serve import fetch_model, load_scorer
+    from workers.models import guarded_builder
+
+    builder = guarded_builder(plugins)
+    with tempfile.TemporaryDirectory(prefix="podium-serve-") as tmp:
+        folder = fetch_model(model_uri, uri, tmp)
+        scorer = load_scorer(folder, builder)
+        files = model_files(folder)
+
+    def ready(url: str) -> None:
+        print(
+            f"serving {model_uri} ({scorer.description}) at {url} on {replicas} Ray Serve "
+            "replica(s)",
+            flush=True,
+        )
+
+    serve_replicas(files, replicas, host, port, builder, address, ready)
+
+
 def serve(
     model_uri: str,
     port: int = 5001,
@@ -457,8 +490,12 @@ def serve(
     tracking_uri: str | None = None,
     workdir: str | os.PathLike = ".",
     plugins: Sequence[str] = (),
+    replicas: int = 0,
+    address: str | None = None,
 ) -> None:
-    """Serve ``models:/<name>@champion`` over HTTP (MLflow scoring protocol) until interrupted.
+    """Serve ``models:/<name>@champion`` over HTTP (MLflow scoring protocol) until interrupted:
+    in this process, or with ``replicas`` on that many Ray Serve replicas (on a local Ray, or
+    the cluster at ``address``).
 
     Only ONNX and weights-only state dicts are loaded; a pickled model is refused. A state dict
     is rebuilt from its ``arch.json`` only for a built-in architecture or one from a module in
@@ -473,7 +510,10 @@ def serve(
 
     try:
         uri = resolve_tracking_uri(tracking_uri, None, workdir)
-        _serve(model_uri, port, host, uri, guarded_builder(plugins))
+        if replicas:
+            _serve_replicas(model_uri, uri, replicas, host, port, plugins, address)
+        else:
+            _serve(model_uri, port, host, uri, guarded_builder(plugins))
     except UntrustedModelError as e:
         raise UntrustedModel(f"refusing to serve {model_uri}: {e}") from e
     except ServeError as e:

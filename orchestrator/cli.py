@@ -410,7 +410,25 @@ def _add_serve(sub: Any) -> None:
         help="a module whose architectures a state-dict version may name (repeatable); by "
         "default only built-in architectures are rebuilt, and an ONNX version needs none",
     )
+    p.add_argument(
+        "--replicas",
+        type=_positive,
+        default=0,
+        metavar="N",
+        help="serve on N Ray Serve replicas behind Ray's HTTP proxy (a local Ray, or --address)",
+    )
+    p.add_argument("--address", help="the Ray cluster for --replicas (default: a local Ray)")
     p.set_defaults(func=cmd_serve)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 SUBCOMMANDS.extend([_add_promote, _add_rollback, _add_serve, _add_schema])
@@ -442,7 +460,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     with _sigterm_as_interrupt():
         try:
-            api.serve(args.model_uri, args.port, args.host, args.tracking_uri, plugins=args.plugins)
+            api.serve(
+                args.model_uri,
+                args.port,
+                args.host,
+                args.tracking_uri,
+                plugins=args.plugins,
+                replicas=args.replicas,
+                address=args.address,
+            )
         except KeyboardInterrupt:
             pass
     return 0

@@ -146,8 +146,10 @@ def make_app(
     max_in_flight: int = MAX_IN_FLIGHT,
     read_timeout: float = READ_TIMEOUT_S,
     max_body: int = MAX_BODY_BYTES,
+    served_by: str | None = None,
 ) -> Any:
-    """The Starlette application answering MLflow's scoring protocol with ``scorer``."""
+    """The Starlette application answering MLflow's scoring protocol with ``scorer``;
+    ``served_by`` names the process in an ``X-Served-By`` header (a replica among several)."""
     import anyio
     from starlette.applications import Starlette
     from starlette.requests import ClientDisconnect, Request
@@ -216,7 +218,7 @@ def make_app(
             waiting -= 1
         return JSONResponse({"predictions": y.tolist()})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/ping", ping),
             Route("/health", ping),
@@ -224,6 +226,21 @@ def make_app(
             Route("/invocations", invocations, methods=["POST"]),
         ]
     )
+    return app if served_by is None else _with_header(app, b"x-served-by", served_by.encode())
+
+
+def _with_header(app: Any, name: bytes, value: bytes) -> Any:
+    """``app`` with one more header on every response."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        async def send_with(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (name, value)]}
+            await send(message)
+
+        await app(scope, receive, send_with)
+
+    return wrapped
 
 
 def _rows(x: Any) -> int:
