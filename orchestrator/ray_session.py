@@ -106,6 +106,32 @@ def check_address(address: str | None, resume: bool, timeout_s: float = 5.0) -> 
         ) from e
 
 
+# Tune saves the sweep's state into a staging folder while the previous upload of that folder
+# may still run; the upload then meets a file the save has just renamed ("...-tmp-...state...json")
+# and Tune logs a FileNotFoundError with a traceback. Benign: every upload starts after a save and
+# copies the renamed file, and the forced save at the end of the sweep uploads once more and waits
+# for it (ray/tune/execution/experiment_state.py, sync_up_experiment_state). Hidden so
+# that a sweep that succeeds prints no traceback (seen with one sweep and with 8 at once).
+STATE_LOGGER = "ray.tune.execution.experiment_state"
+
+
+def is_state_sync_race(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is Tune's log of that race."""
+    error = record.exc_info[1] if record.exc_info else None
+    return isinstance(error, FileNotFoundError) and "-tmp-" in str(error)
+
+
+def _not_the_sync_race(record: logging.LogRecord) -> bool:
+    return not is_state_sync_race(record)
+
+
+def hide_state_sync_race() -> None:
+    """Filter the race out of Tune's experiment-state log (once per process)."""
+    state_log = logging.getLogger(STATE_LOGGER)
+    if _not_the_sync_race not in state_log.filters:
+        state_log.addFilter(_not_the_sync_race)
+
+
 def init_ray(
     address: str | None, verbosity: int, runtime_env: dict[str, Any] | None = None
 ) -> bool:
@@ -120,6 +146,7 @@ def init_ray(
     """
     import ray
 
+    hide_state_sync_race()
     if ray.is_initialized():
         return False
     # "local" always starts a fresh Ray: a stale /tmp/ray/ray_current_cluster would otherwise make

@@ -66,3 +66,32 @@ def test_garbage_goes_while_ray_is_up_and_none_is_collected_while_it_stops():
     assert gc.isenabled()
     with collector_paused(False):  # Ray does not stop in there: the collector is left alone
         assert gc.isenabled()
+
+
+def test_tunes_benign_state_upload_race_is_hidden_and_other_errors_are_not():
+    import logging
+
+    from orchestrator.ray_session import STATE_LOGGER, hide_state_sync_race
+
+    def record(error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            STATE_LOGGER,
+            logging.ERROR,
+            __file__,
+            1,
+            "Saving experiment state",
+            None,
+            (type(error), error, None),
+        )
+
+    hide_state_sync_race()
+    hide_state_sync_race()  # once only
+    state_log = logging.getLogger(STATE_LOGGER)
+    assert len(state_log.filters) == len(set(state_log.filters))
+    race = FileNotFoundError(
+        "[Errno 2] Failed to open local file '/tmp/ray/session/artifacts/x/driver_artifacts/"
+        ".3b7f-tmp-basic-variant-state-2026.json'"
+    )
+    assert not state_log.filter(record(race))
+    assert state_log.filter(record(FileNotFoundError("[Errno 2] /data/ckpt/state.pt")))
+    assert state_log.filter(record(OSError(28, "No space left on device")))
