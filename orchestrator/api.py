@@ -461,15 +461,12 @@ def _serve_replicas(
 ) -> None:
     """Fetch and check the model here (the same loader, refusing the same things), then hand its
     files to Ray Serve replicas (:mod:`orchestrator.serve_replicas`)."""
-    import tempfile
-
     from orchestrator.serve_replicas import model_files, serve_replicas
-    from tracking.serve import fetch_model, load_scorer
+    from tracking.serve import fetched, load_scorer
     from workers.models import guarded_builder
 
     builder = guarded_builder(plugins)
-    with tempfile.TemporaryDirectory(prefix="podium-serve-") as tmp:
-        folder = fetch_model(model_uri, uri, tmp)
+    with fetched(model_uri, uri) as folder:
         scorer = load_scorer(folder, builder)
         files = model_files(folder)
 

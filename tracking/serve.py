@@ -38,7 +38,8 @@ import pickle
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -322,6 +323,14 @@ def parse_request(payload: Any, scorer: Scorer) -> np.ndarray | dict[str, np.nda
     return out
 
 
+@contextmanager
+def fetched(model_uri: str, tracking_uri: str | None) -> Iterator[Path]:
+    """The model's files (:func:`fetch_model`) in a folder of Podium's own, removed on every
+    path: MLflow's default temporary folder outlived a failed fetch (and every served model)."""
+    with tempfile.TemporaryDirectory(prefix="podium-serve-") as tmp:
+        yield fetch_model(model_uri, tracking_uri, tmp)
+
+
 def serve(
     model_uri: str,
     port: int = 5001,
@@ -345,10 +354,7 @@ def serve(
     """
     from tracking import serve_http
 
-    # The download lives in a folder of Podium's own, removed on every path: MLflow's default
-    # temporary folder outlived a failed fetch (and every served model).
-    with tempfile.TemporaryDirectory(prefix="podium-serve-") as tmp:
-        folder = fetch_model(model_uri, tracking_uri, tmp)
+    with fetched(model_uri, tracking_uri) as folder:
         scorer = load_scorer(folder, build_model)
         columns = serve_http.signature_columns(folder)
     sock = serve_http.bind(host, port)

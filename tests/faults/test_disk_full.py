@@ -36,6 +36,11 @@ def tmpfs(disk: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def grow(disk: Path, size: str = "64m") -> None:
+    """Give ``disk`` more room, as an operator freeing space would."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+
 @pytest.fixture
 def small_disk(tmp_path) -> Iterator[Path]:
     with tmpfs(tmp_path / "disk", "3m") as disk:
@@ -119,6 +124,7 @@ def test_a_full_checkpoint_disk_ends_the_sweep_and_resume_finishes_it(small_disk
         torch.load(folder / "state.pt", weights_only=True)
 
     filler.unlink()
+    grow(small_disk)  # the rest of the sweep's checkpoints need more than the 3 MB disk had
     assert_resumed_and_promoted(podium(*args, "--resume", cwd=work), uri)
 
 
@@ -175,4 +181,5 @@ def test_a_full_artifact_disk_at_promotion_registers_nothing_and_resume_promotes
     assert all(r.info.status == "FINISHED" for r in runs(uri) if keys.TAG_TRIAL_ID in r.data.tags)
 
     filler.unlink()
+    grow(small_disk)  # the rest of the sweep's checkpoints need more than the 3 MB disk had
     assert_resumed_and_promoted(podium(*args, "--resume", cwd=work), uri)

@@ -51,6 +51,12 @@ def test_two_replicas_share_the_requests_and_answer_as_the_champion(tmp_path):
     )
     url = f"http://127.0.0.1:{port}/invocations"
     try:
+        # Ray's proxy answers (404) before the app is routed: wait for the ready line.
+        assert server.stdout is not None
+        line = b""
+        while b"Ray Serve replica(s)" not in line:
+            line = server.stdout.readline()
+            assert line, "podium serve --replicas exited before it was ready"
         first = post_when_up(url, {"inputs": x.tolist()}, server, timeout=180)
         np.testing.assert_allclose(first["predictions"], want, rtol=1e-4, atol=1e-4)
         served_by: collections.Counter[str] = collections.Counter()
@@ -79,7 +85,7 @@ def test_two_replicas_share_the_requests_and_answer_as_the_champion(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         rc = server.wait(timeout=60)
-    output = server.stdout.read().decode()
+    output = line.decode() + server.stdout.read().decode()
     assert rc == 0, output[-3000:]
     assert "on 2 Ray Serve replica(s)" in output and "Traceback" not in output, output[-3000:]
     deadline = time.monotonic() + 30

@@ -32,16 +32,22 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_sigterm_stops_podium_ui_and_nothing_is_left_on_its_port(tmp_path: Path):
-    port = free_port()
+def start_ui(folder: Path, port: int) -> subprocess.Popen:
+    """``podium ui --port PORT`` in ``folder``, its output (text) on a pipe."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    ui = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port)],
-        cwd=tmp_path,
+        cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
+
+
+def test_sigterm_stops_podium_ui_and_nothing_is_left_on_its_port(tmp_path: Path):
+    port = free_port()
+    ui = start_ui(tmp_path, port)
     try:
         deadline = time.monotonic() + 120
         while not _serving(port):
@@ -110,15 +116,7 @@ def test_the_ui_shows_a_sweep_in_the_training_view_and_the_champion_on_its_model
     trials = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == keys.ROLE_TRIAL]
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    ui = start_ui(tmp_path, port)
     try:
         lines = [ui.stdout.readline() for _ in range(2)]
         link = lines[1].split(": ", 1)[1].strip()  # the sweep's experiment, as podium ui prints it
