@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 the run failed, 2 usage or spec errors.
 
-    podium run [SPEC] [--set PATH=VALUE]... [--tracking-uri URI] [--address ADDR] [--resume]
+    podium run [SPEC] [--set PATH=VALUE]... [--tracking-uri URI] [--address ADDR]
+               [--resume | --more N]
     podium validate SPEC [--set PATH=VALUE]...
     podium leaderboard EXPERIMENT [--top N]
     podium ui [--port 5000]
@@ -43,8 +44,17 @@ def _add_run(sub: Any) -> None:
         "--tracking-uri", help="MLflow tracking URI (beats MLFLOW_TRACKING_URI and the spec)"
     )
     p.add_argument("--address", help="Ray cluster to join: auto, ray://host:port or host:port")
-    p.add_argument(
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume", action="store_true", help="finish the interrupted sweep of this spec"
+    )
+    again.add_argument(
+        "--more",
+        type=_positive,
+        default=0,
+        metavar="N",
+        help="extend the finished sweep of this spec by N trials (same parent run; a "
+        "model-based searcher is seeded with its trials) and choose among all of them",
     )
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print at the end")
     loud = p.add_mutually_exclusive_group()
@@ -137,7 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     verbosity = 0 if args.quiet else 2 if args.verbose else 1
     if verbosity:
         print(
-            f"podium: running {spec.name!r} ({spec.search.num_samples} samples, "
+            f"podium: running {spec.name!r} ({args.more or spec.search.num_samples} "
+            f"{'more ' if args.more else ''}samples, "
             f"scheduler {spec.search.scheduler}, searcher {spec.search.searcher})",
             file=sys.stderr,
         )
@@ -147,6 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             address=args.address,
             resume=args.resume,
+            more=args.more,
             verbosity=verbosity,
         )
     except StorageFailure as e:
@@ -184,8 +196,14 @@ def _resume_command(args: argparse.Namespace) -> str:
     """This ``podium run`` command line, with ``--resume``: what goes on after a fault."""
     import shlex
 
-    argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a != "--resume"]
-    return shlex.join(["podium", *argv, "--resume"])
+    argv, out = list(getattr(args, "argv", None) or sys.argv[1:]), []
+    while argv:  # an interrupted --more resumes like any sweep (its new trials are in its state)
+        a = argv.pop(0)
+        if a == "--more" and argv:
+            argv.pop(0)
+        elif a != "--resume" and not a.startswith("--more="):
+            out.append(a)
+    return shlex.join(["podium", *out, "--resume"])
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

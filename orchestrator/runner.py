@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -90,6 +92,7 @@ def run_experiment(
     verbosity: int = 1,
     workdir: str | os.PathLike = ".",
     keep_finished: bool = False,
+    more: int = 0,
 ) -> SweepResult:
     """Run ``spec`` as one sweep and promote its best model.
 
@@ -98,6 +101,9 @@ def run_experiment(
         tracking_uri: overrides ``MLFLOW_TRACKING_URI`` and the spec.
         address: a Ray cluster to join (overrides ``cluster.address``); None starts a local Ray.
         resume: continue the newest interrupted sweep of this experiment (same trials, same runs).
+        more: extend the newest finished sweep of this experiment by ``more`` trials, under the
+            same parent run, its searcher seeded with the sweep's own trials; the winner is
+            chosen among all of them.
         verbosity: 0 quiet, 1 progress lines, 2 one line per result plus worker logs.
         workdir: where the embedded store (``podium-runs/``) lives when no URI is given.
         keep_finished: let Ray Tune keep every ended trial in the driver's memory and in its
@@ -126,13 +132,15 @@ def run_experiment(
     teachers = _fetch_teachers(spec, uri, workdir)
     ray_address = address or spec.cluster.address
     check_address(ray_address or os.environ.get("RAY_ADDRESS"), resume)
+    if more and has_grid(spec) or more and spec.search.searcher == "grid":
+        raise SpecError(
+            [Problem("search.searcher", "grid", "--more adds sampled trials; a grid has run them")]
+        )
     # Ray Tune's import (seconds) happens while Ray starts its processes and MLflow migrates a
     # new store.
     threading.Thread(target=_preload, name="podium-preload", daemon=True).start()
-    if resume:  # nothing to resume is an error before Ray starts
-        store, experiment_id, parent_id, ray_path, existing = _prepare_tracking(
-            spec, uri, resume, workdir
-        )
+    if resume or more:  # nothing to resume or extend is an error before Ray starts
+        sweep = _prepare_tracking(spec, uri, resume, workdir, more)
         started_ray = init_ray(ray_address, verbosity, runtime_env_for(spec))
     else:
         # A new SQLite store migrates its schema (seconds) while Ray starts its processes.
@@ -144,19 +152,27 @@ def run_experiment(
                 _discard_parent(prepared)
                 raise
             try:
-                store, experiment_id, parent_id, ray_path, existing = prepared.result()
-            except RunError:
+                sweep = prepared.result()
+            except (RunError, SpecError):
                 shutdown_ray(started_ray)
                 raise
+    store, experiment_id, parent_id = sweep.store, sweep.experiment_id, sweep.parent_id
+    ray_path = sweep.ray_path
     clock.mark("start")  # Ray up, store and parent run ready
     from orchestrator.fail_fast import FailFast, clear_faults, post_fault
 
     clear_faults()
     writer = RunWriter(
-        store, experiment_id, parent_id, existing, on_fault=lambda f: post_fault(f.as_text())
+        store, experiment_id, parent_id, sweep.existing, on_fault=lambda f: post_fault(f.as_text())
     )
     template = template_of(spec)
-    extras: dict[str, Any] = {"teachers": teachers}
+    extras: dict[str, Any] = {
+        "teachers": teachers,
+        "seeding": sweep.seeding,
+        "more": more,
+        # A sampler seeded as the earlier trials' was would draw their configs again.
+        "seed_offset": len(sweep.seeding.points) if sweep.seeding else 0,
+    }
     # What the end of the run needs (MLflow's PyTorch flavor, the ONNX exporter, matplotlib)
     # is made ready while trials train, once the first result shows the trial processes are up:
     # start-up is bound by this process's one interpreter lock, and the first trials' imports
@@ -205,6 +221,9 @@ def run_experiment(
     if fault is not None:
         what = "the sweep's checkpoints"
         raise _failed_on(store, experiment_id, parent_id, fault, what, ray_path)
+    finished = {**_earlier_trials(sweep.earlier), **finished}
+    if sweep.seeding is not None:
+        store.client.set_tag(parent_id, keys.TAG_WARM_START, sweep.seeding.tag())
     # Ray's processes take a second or two to stop; selection, promotion and the reports need
     # nothing from Ray (checkpoints are files), so they go on meanwhile.
     with collector_paused(started_ray):
@@ -216,6 +235,8 @@ def run_experiment(
         try:
             result = _conclude(spec, uri, store, parent_id, finished, template, writer, clock)
             result.extra["stopped"] = stopper.reason
+            if sweep.seeding is not None:
+                result.extra["seeding"] = sweep.seeding
             return result
         except Exception as e:
             late = storage_fault(e)
@@ -330,21 +351,86 @@ class _Phases:
         self._last = now
 
 
+@dataclass
+class _Sweep:
+    """The tracking side of a sweep, set up in the driver before any trial starts."""
+
+    store: Store
+    experiment_id: str
+    parent_id: str
+    ray_path: str  # where Tune keeps this run of the sweep's trials
+    existing: dict[str, Any]  # child runs by trial id (resume, --more)
+    earlier: list[str] = field(default_factory=list)  # Tune folders of the sweep's earlier runs
+    seeding: Any = None  # orchestrator.warm_start.Seeding: earlier trials for the searcher
+
+
 def _prepare_tracking(
-    spec: ExperimentSpec, uri: str, resume: bool, workdir: str | os.PathLike
-) -> tuple[Store, str, str, str, dict[str, Any]]:
+    spec: ExperimentSpec, uri: str, resume: bool, workdir: str | os.PathLike, more: int = 0
+) -> _Sweep:
     """The store, experiment and parent run, created in the driver before any trial starts.
 
     Raises:
-        RunError: MLflow could not be reached, or there is nothing to resume.
+        RunError: MLflow could not be reached, or there is nothing to resume or extend.
+        SpecError: ``search.warm_start`` names an experiment the store lacks.
     """
+    from orchestrator import warm_start
+
     try:
         store = Store(uri)
         experiment_id = store.ensure_experiment(spec.name, spec.tracking.artifact_location)
+        seeding = None
+        if spec.search.warm_start and not resume:
+            seeding = warm_start.from_experiment(store, spec, template_of(spec))
+        if more:
+            sweep = _extend_parent(store, experiment_id, spec, more)
+            own = warm_start.from_sweep(
+                store, spec, template_of(spec), experiment_id, sweep.parent_id
+            )
+            if seeding is not None:
+                own.points += seeding.points
+                own.skipped += seeding.skipped
+                own.source += f" and {seeding.source}"
+            sweep.seeding = own
+            return sweep
         parent_id, ray_path, existing = _parent_run(store, experiment_id, spec, resume, workdir)
+        earlier = _earlier_paths(store, parent_id) if resume else []
     except TrackingError as e:
         raise RunError(str(e)) from e
-    return store, experiment_id, parent_id, ray_path, existing
+    return _Sweep(store, experiment_id, parent_id, ray_path, existing, earlier, seeding)
+
+
+def _earlier_paths(store: Store, parent_id: str) -> list[str]:
+    tags = store.client.get_run(parent_id).data.tags
+    return list(json.loads(tags.get(keys.TAG_EARLIER_RAY_PATHS, "[]")))
+
+
+def _extend_parent(store: Store, experiment_id: str, spec: ExperimentSpec, more: int) -> _Sweep:
+    """``--more``: the newest finished sweep, reopened, its trials so far in ``earlier``, and a
+    new Tune folder for the added trials (Tune cannot add samples to a finished experiment)."""
+    parent = store.find_parent(experiment_id, spec.name)
+    if parent is None:
+        raise RunError(f"nothing to extend: experiment {spec.name!r} has no sweep run")
+    run = store.client.get_run(parent)
+    if run.info.status == "RUNNING" or keys.TAG_FAULT in run.data.tags:
+        raise RunError(
+            f"the newest sweep of {spec.name!r} did not finish: finish it with --resume first"
+        )
+    path = run.data.tags.get(keys.TAG_RAY_PATH, "")
+    earlier = [*_earlier_paths(store, parent), path]
+    new_path = f"{earlier[0]}-more{len(earlier)}"
+    store.client.set_tag(parent, keys.TAG_EARLIER_RAY_PATHS, json.dumps(earlier))
+    store.client.set_tag(parent, keys.TAG_RAY_PATH, new_path)
+    store.client.update_run(parent, status="RUNNING")
+    children = store.child_runs(experiment_id, parent)
+    return _Sweep(store, experiment_id, parent, new_path, children, earlier)
+
+
+def _earlier_trials(paths: list[str]) -> dict[str, FinishedTrial]:
+    """The trials of a sweep's earlier runs (before ``--more``), from their ledgers."""
+    out: dict[str, FinishedTrial] = {}
+    for path in paths:
+        out.update(TrialLedger(Path(path, LEDGER_FILE)).entries())
+    return out
 
 
 def _preload() -> None:
@@ -446,6 +532,14 @@ def _parent_run(
         path = run.data.tags.get(keys.TAG_RAY_PATH)
         if not path or not Path(path).exists():
             raise RunError(f"cannot resume {spec.name!r}: its Tune state {path!r} is gone")
+        cut = _cut_off_state(Path(path))
+        if cut is not None:
+            # Tune would start the sweep afresh over it, and lose the trials it had.
+            raise RunError(
+                f"cannot resume {spec.name!r}: Tune's saved state {str(cut)!r} is empty (the "
+                "driver was killed while Tune copied it there); the trials that ended are in "
+                "MLflow; run the sweep again without --resume"
+            )
         store.client.update_run(parent, status="RUNNING")
         children = store.child_runs(experiment_id, parent)
         if _take_up_faulted(store, [run, *children.values()]):
@@ -466,6 +560,12 @@ def _parent_run(
     return parent, path, {}
 
 
+def _cut_off_state(folder: Path) -> Path | None:
+    """The newest Tune state file in ``folder`` if a kill cut its copy off (left it empty)."""
+    states = sorted(folder.glob("experiment_state-*.json"))
+    return states[-1] if states and states[-1].stat().st_size == 0 else None
+
+
 def _take_up_faulted(store: Store, runs: list[Any]) -> bool:
     """Runs a storage fault ended FAILED (:func:`_failed_on`) are unfinished, not failed:
     open again, without the fault's status and error, for the resumed sweep to end. True if
@@ -482,10 +582,10 @@ def _take_up_faulted(store: Store, runs: list[Any]) -> bool:
 def _discard_parent(prepared: Any) -> None:
     """Delete the parent run a sweep that never started created (it would stay RUNNING)."""
     try:
-        store, _, parent_id, _, _ = prepared.result()
-    except RunError:
+        sweep = prepared.result()
+    except (RunError, SpecError):
         return  # tracking failed too; nothing was created
-    store.client.delete_run(parent_id)
+    sweep.store.client.delete_run(sweep.parent_id)
 
 
 def _fit(
@@ -522,7 +622,7 @@ def _fit(
             ProgressView(
                 spec.search.metric,
                 spec.search.mode,
-                None if has_grid(spec) else spec.search.num_samples,
+                None if has_grid(spec) else extras.get("more") or spec.search.num_samples,
                 verbosity,
                 # Kept trials are still in Tune's list; counting the ledger too would count
                 # them twice.
@@ -541,7 +641,12 @@ def _fit(
             finished = _finished_trials(tuner.fit(), ledger)
         _settle_ended_trials(finished, logger)
         return finished
-    param_space, search_alg = build_param_space(spec)
+    param_space, search_alg = build_param_space(spec, seed_offset=extras.get("seed_offset", 0))
+    seeding = extras.get("seeding")
+    if seeding is not None:
+        seeding.seeded = search_alg.seed_with(seeding.points) if search_alg is not None else 0
+        if verbosity:
+            print(f"podium: {seeding.line()}", file=sys.stderr)
     s = spec.search
     tuner = tune.Tuner(
         trainable,
@@ -549,7 +654,7 @@ def _fit(
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
-            num_samples=s.num_samples,
+            num_samples=extras.get("more") or s.num_samples,
             search_alg=search_alg,
             scheduler=build_scheduler(spec),
             max_concurrent_trials=s.max_concurrent,
@@ -571,7 +676,8 @@ def _fit(
 
 
 def _finished_trials(grid: Any, ledger: TrialLedger) -> dict[str, FinishedTrial]:
-    """The trials Tune let go of during the sweep (the ledger) and those it still held."""
+    """The trials Tune let go of during the sweep (the ledger) and those it still held; the
+    latter are added to the ledger, which then holds the whole sweep (what ``--more`` reads)."""
     finished = ledger.entries()
     for result in grid:
         trial = _from_result(result)
@@ -581,6 +687,8 @@ def _finished_trials(grid: Any, ledger: TrialLedger) -> dict[str, FinishedTrial]
             and (trial.trial_id in finished or not trial.config)
         ):
             continue  # never started (the sweep ended first), or the ledger knows more
+        if finished.get(trial.trial_id) != trial:
+            ledger.append(trial)
         finished[trial.trial_id] = trial
     return finished
 

@@ -49,27 +49,36 @@ def checkpoints_to_keep(spec: ExperimentSpec) -> int | None:
     return None if spec.search.scheduler == "pbt" else 2
 
 
-def build_param_space(spec: ExperimentSpec) -> tuple[dict[str, Any], Any]:
-    """(Tuner param_space, search_alg or None) for the spec's searcher."""
+def build_param_space(spec: ExperimentSpec, seed_offset: int = 0) -> tuple[dict[str, Any], Any]:
+    """(Tuner param_space, search_alg or None) for the spec's searcher; a model-based one's
+    sampler is seeded from the spec's seed plus ``seed_offset``."""
     from orchestrator.space import template_of
+    from orchestrator.spec import MODEL_BASED
 
     template = template_of(spec)
     s = spec.search
-    if s.searcher == "optuna":
+    if s.searcher in MODEL_BASED:
         import optuna
 
-        from orchestrator.searchers import StoppedAsPrunedOptuna
+        from orchestrator.searchers import build_searcher
+        from orchestrator.warm_start import searcher_metrics
 
         # Optuna announces every study it creates on the console, inside the progress view.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-        if not any(True for _ in iter_leaves(template, "")):
+        n_dims = sum(1 for _ in iter_leaves(template, ""))
+        if not n_dims:
             return {}, None  # nothing to search: plain repeats
-        searcher = StoppedAsPrunedOptuna(
-            space=OptunaSpace(template),
-            metric=s.metric,
-            mode=s.mode,
-            seed=spec.training_seed(),
+        metrics, modes = searcher_metrics(spec)
+        searcher = build_searcher(
+            s.searcher,
+            OptunaSpace(template),
+            metrics,
+            modes,
+            spec.training_seed() + seed_offset,
+            n_dims,
+            s.num_samples,
+            s.metric,
         )
         return {}, searcher
     return flat_space(template, grid_choices=s.searcher == "grid"), None

@@ -144,6 +144,17 @@ class OptunaSpace:
     def __call__(self, trial: Any) -> None:
         self._sample(trial, self.template, "")
 
+    def distributions(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The Optuna distribution of each parameter a trial with ``params`` samples (the
+        active branches' only), for adding a trial the searcher did not run.
+
+        Raises:
+            KeyError: ``params`` lacks a parameter its branches sample.
+        """
+        replay = _Replay(params)
+        self._sample(replay, self.template, "")
+        return replay.distributions
+
     def _sample(self, trial: Any, node: Any, path: str) -> None:
         if is_space(node):
             kind, arg = space_kind(node), node[space_kind(node)]
@@ -167,6 +178,34 @@ class OptunaSpace:
         elif isinstance(node, list):
             for i, v in enumerate(node):
                 self._sample(trial, v, f"{path}.{i}")
+
+
+class _Replay:
+    """An Optuna trial stand-in that answers each suggestion from fixed params and records the
+    distribution asked for."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+        self.distributions: dict[str, Any] = {}
+
+    def _answer(self, name: str, distribution: Any) -> Any:
+        self.distributions[name] = distribution
+        return self.params[name]
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        from optuna.distributions import CategoricalDistribution
+
+        return self._answer(name, CategoricalDistribution(choices))
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> Any:
+        from optuna.distributions import FloatDistribution
+
+        return self._answer(name, FloatDistribution(low, high, log=log))
+
+    def suggest_int(self, name: str, low: int, high: int) -> Any:
+        from optuna.distributions import IntDistribution
+
+        return self._answer(name, IntDistribution(low, high))
 
 
 def resolve(template: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -213,3 +252,74 @@ def flatten_params(concrete: dict[str, Any], prefix: str = "") -> dict[str, Any]
         else:
             out[key] = v
     return out
+
+
+def point_of(template: dict[str, Any], params: dict[str, str]) -> dict[str, Any] | None:
+    """The Optuna params (as :class:`OptunaSpace` names them) of an earlier trial whose MLflow
+    params (:func:`flatten_params` of its concrete spec, values as strings) are ``params``; None
+    when it is not a point of ``template``'s space: a value outside a space, or a fixed setting
+    that differs (its metric then measured something else).
+
+    Example:
+        >>> t = {"optimizer": {"name": "adam", "lr": {"uniform": [0.1, 0.2]}}}
+        >>> point_of(t, {"optimizer.name": "adam", "optimizer.lr": "0.15"})
+        {'optimizer.lr': 0.15}
+        >>> point_of(t, {"optimizer.name": "sgd", "optimizer.lr": "0.15"}) is None
+        True
+    """
+    return _match(template, "", "", params)
+
+
+def _match(node: Any, path: str, key: str, params: dict[str, str]) -> dict[str, Any] | None:
+    """``path``: the concrete spec's dotted path (a param name); ``key``: the space's flat key
+    (branch indices included)."""
+    if is_space(node):
+        return _match_space(node, path, key, params)
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            sub = _match(v, _dot(path, k), _dot(key, k), params)
+            if sub is None:
+                return None
+            out.update(sub)
+        return out
+    if isinstance(node, list) and node and all(isinstance(x, dict) for x in node):
+        out = {}
+        for i, v in enumerate(node):
+            sub = _match(v, f"{path}.{i}", f"{key}.{i}", params)
+            if sub is None:
+                return None
+            out.update(sub)
+        return out
+    return {} if params.get(path) == str(node) else None
+
+
+def _match_space(node: dict, path: str, key: str, params: dict[str, str]) -> dict[str, Any] | None:
+    kind, arg = space_kind(node), node[space_kind(node)]
+    if is_section_space(node):
+        for i, branch in enumerate(arg):
+            sub = _match(branch, path, f"{key}[{i}]", params)
+            if sub is not None:
+                return {key: i, **sub}
+        return None
+    raw = params.get(path)
+    if raw is None:
+        return None
+    if kind in ("choice", "grid"):
+        scalar = all(isinstance(a, (str, int, float, bool)) or a is None for a in arg)
+        for i, candidate in enumerate(arg):
+            if str(candidate) == raw:
+                return {key: candidate} if scalar else {key + "#": i}
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    lo, hi = float(arg[0]), float(arg[1])
+    if not lo <= value <= hi:
+        return None
+    return {key: int(value)} if kind == "randint" else {key: value}
+
+
+def _dot(prefix: str, k: str) -> str:
+    return f"{prefix}.{k}" if prefix else str(k)

@@ -45,7 +45,11 @@ from workers.tasks import TASKS
 
 SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo", "hyperband", "median", "pbt")
-SEARCHERS = ("grid", "optuna", "random")
+SEARCHERS = ("bohb", "grid", "motpe", "nsga2", "optuna", "random")
+# Searchers with a model of the space, which earlier trials can seed (search.warm_start).
+MODEL_BASED = ("bohb", "motpe", "nsga2", "optuna")
+# Searchers of the Pareto front of promotion.objectives: they need two or more objectives.
+MULTI_OBJECTIVE = ("motpe", "nsga2")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_SPEC = Path(__file__).parent / "defaults" / "digits.yaml"
 
@@ -122,6 +126,11 @@ class SearchSpec:
         "trials at once (default: as many as resources allow)", default=None
     )
     grace_period: int = _doc("epochs before asha/hyperband/median may stop a trial", default=1)
+    warm_start: dict[str, Any] | None = _doc(
+        "{experiment: NAME, top: K}: seed a model-based searcher with the K best finished "
+        "trials of that experiment's sweeps whose configs fit this space (default K 50)",
+        default=None,
+    )
 
 
 @dataclass
@@ -766,12 +775,12 @@ def _check_search(s: SearchSpec, spec: ExperimentSpec) -> list[Problem]:
     if s.max_concurrent is not None:
         p += _leaf("search.max_concurrent", s.max_concurrent, _positive_int)
     kinds = set(_space_kinds(spec))
-    if s.searcher == "optuna" and "grid" in kinds:
+    if s.searcher in MODEL_BASED and "grid" in kinds:
         p.append(
             Problem(
                 "search.searcher",
                 s.searcher,
-                "optuna cannot run grid spaces; use choice, or set search.searcher: random",
+                f"{s.searcher} cannot run grid spaces; use choice, or set search.searcher: random",
             )
         )
     if s.searcher == "grid" and kinds & {"uniform", "loguniform", "randint"}:
@@ -783,10 +792,50 @@ def _check_search(s: SearchSpec, spec: ExperimentSpec) -> list[Problem]:
                 "spaces; this spec has ranges (uniform/loguniform/randint)",
             )
         )
+    p += _check_warm_start(s)
+    if s.searcher in MULTI_OBJECTIVE and len(spec.promotion.objectives or []) < 2:
+        p.append(
+            Problem(
+                "search.searcher",
+                s.searcher,
+                "searches the Pareto front of promotion.objectives and needs two or more "
+                "of them; with one objective use searcher: optuna",
+            )
+        )
     if s.scheduler == "pbt" and s.searcher != "random":
         p.append(
             Problem(
                 "search.scheduler", s.scheduler, "pbt mutates trials itself; use searcher: random"
+            )
+        )
+    return p
+
+
+WARM_START_KEYS = ("experiment", "top")
+
+
+def _check_warm_start(s: SearchSpec) -> list[Problem]:
+    w = s.warm_start
+    if w is None:
+        return []
+    if not isinstance(w, dict):
+        return [Problem("search.warm_start", w, "must be a mapping {experiment: NAME, top: K}")]
+    p = [
+        Problem(f"search.warm_start.{k}", w[k], f"unknown key; valid: {', '.join(WARM_START_KEYS)}")
+        for k in sorted(set(w) - set(WARM_START_KEYS))
+    ]
+    name = w.get("experiment")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        p.append(Problem("search.warm_start.experiment", name, "must be an experiment's name"))
+    if "top" in w:
+        p += _leaf("search.warm_start.top", w["top"], _positive_int)
+    if s.searcher not in MODEL_BASED:
+        p.append(
+            Problem(
+                "search.warm_start",
+                w,
+                f"searcher {s.searcher!r} does not learn from earlier trials; use one of: "
+                + ", ".join(MODEL_BASED),
             )
         )
     return p

@@ -77,6 +77,9 @@ TAG_EXPLOITS = "podium.exploits"  # JSON list of PBT exploits: [{"source": trial
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 TAG_RAY_PATH = "podium.ray_experiment_path"  # where Tune keeps the sweep's state, for --resume
+# JSON list: the Tune folders of a sweep's runs before its newest --more (their ledgers count too)
+TAG_EARLIER_RAY_PATHS = "podium.earlier_ray_paths"
+TAG_WARM_START = "podium.warm_start"  # JSON: which earlier trials seeded the searcher
 
 # Artifacts.
 SPEC_ARTIFACT = "spec.yaml"

@@ -77,7 +77,7 @@ def test_pbt_runs_the_default_spec_and_records_what_trained_each_trial(tmp_path)
 
 
 @pytest.mark.parametrize("scheduler", ["asha", "fifo", "hyperband", "median"])
-@pytest.mark.parametrize("searcher", ["random", "optuna"])
+@pytest.mark.parametrize("searcher", ["random", "optuna", "bohb"])
 def test_every_searcher_with_every_scheduler_runs_the_default_spec(tmp_path, scheduler, searcher):
     result, _ = _run(
         tmp_path,
@@ -88,6 +88,26 @@ def test_every_searcher_with_every_scheduler_runs_the_default_spec(tmp_path, sch
     )
     assert len(result.rows) == 2 and result.failed == 0
     assert result.decision.winner is not None
+
+
+@pytest.mark.parametrize(("searcher", "scheduler"), [("motpe", "asha"), ("nsga2", "hyperband")])
+def test_a_multi_objective_searcher_searches_the_front_the_sweep_promotes_from(
+    tmp_path, searcher, scheduler
+):
+    result, _ = _run(
+        tmp_path,
+        f"search.searcher={searcher}",
+        f"search.scheduler={scheduler}",
+        "search.num_samples=4",
+        "training.max_epochs=2",
+        "promotion.strategy=pareto",
+        "promotion.objectives=[{metric: test_accuracy, mode: max}, "
+        "{metric: model_size_bytes, mode: min}]",
+    )
+    assert len(result.rows) == 4 and result.failed == 0
+    assert result.decision.winner is not None
+    assert any("Pareto front over val_accuracy (max), model_size_bytes (min)" in r
+               for r in result.decision.reasons)  # fmt: skip
 
 
 def test_the_searchers_that_cannot_run_a_space_say_so():
