@@ -36,3 +36,13 @@ def test_the_compression_headline_is_the_fastest_recipe_within_the_policy():
     assert decision.winner.trial_id == "structured 75% + int8"
     assert decision.rejected["static int8"].startswith("breaks size_ratio >= 5")
     assert compression.headline(rows[:1], max_drop=0.5).winner is None
+
+
+def test_the_search_benchmark_counts_trial_epochs_to_the_target_in_time_order():
+    search = _load("search")
+    events = [(10.0, 0.5), (11.0, 0.8), (12.5, 0.86), (13.0, 0.9)]
+    assert search.to_target(events, 9.0, 0.85) == {"epochs": 3, "seconds": 3.5}
+    assert search.to_target(events, 9.0, 0.95) == {"epochs": None, "seconds": None}
+    # A method that missed on any seed has no median: it is not faster.
+    assert search.median_or_none([3, None, 5]) is None
+    assert search.median_or_none([3, 9, 5]) == 5
