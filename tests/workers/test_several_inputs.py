@@ -122,3 +122,16 @@ def test_shapes_survive_a_json_round_trip():
     shape = ((9,), ())
     assert inputs.as_shape(json.loads(json.dumps(inputs.json_shape(shape)))) == shape
     assert inputs.as_shape(json.loads(json.dumps(inputs.json_shape((1, 8, 8))))) == (1, 8, 8)
+
+
+def test_a_checkpoints_example_inputs_hold_only_their_rows(tmp_path):
+    import io
+
+    from workers import inputs
+
+    split = torch.randn(10_000, 784)  # a test split: the example is its first rows
+    example = inputs.detached((split[:4], torch.arange(40_000).view(10_000, 4)[:4]))
+    buf = io.BytesIO()
+    torch.save(example, buf)
+    assert buf.tell() < 20_000  # 4 rows each, not the 31 MB the split's storage holds
+    assert torch.equal(example[0], split[:4])
