@@ -36,10 +36,12 @@ from workers.tasks._rotten_tomatoes import (
 
 ARCHS = {
     "embedding_bag": {"arch": "embedding_bag", "dim": 32, "dropout": 0.5},
+    "fasttext": {"arch": "fasttext", "dim": 32, "buckets": 5000, "dropout": 0.5},
     "textcnn": {"arch": "textcnn", "dim": 32, "filters": 32, "dropout": 0.5},
     "lstm": {"arch": "lstm", "dim": 32, "units": 32},
 }
-EPOCHS = {"embedding_bag": 6, "textcnn": 2, "lstm": 2}  # each ~1 s on 3,000 snippets, one thread
+# Epochs for each to learn from 3,000 snippets: ~1 s each, one thread.
+EPOCHS = {"embedding_bag": 6, "fasttext": 6, "textcnn": 2, "lstm": 2}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -163,6 +165,46 @@ def test_padding_does_not_count_in_the_bag_mean(data):
         assert torch.isfinite(model(torch.zeros(1, 6, dtype=torch.int64))).all()  # empty text
 
 
+def test_fasttext_hashes_each_bigram_to_one_row_of_its_own(data):
+    vocab_size, buckets = data.extra["vocab_size"], 200_000
+    model = build_model({"arch": "fasttext", "buckets": buckets, "dim": 4}, (36,), 2, data.extra)
+    assert model.embed.num_embeddings == vocab_size + buckets
+    x = data.x_train
+    rows = model.bigram_ids(x)
+    assert rows.shape == (len(x), 35)
+    real = (x[:, :-1] != 0) & (x[:, 1:] != 0)
+    assert (rows[~real] == 0).all()  # a pair that touches padding reads the zero row
+    assert ((rows[real] >= vocab_size) & (rows[real] < vocab_size + buckets)).all()
+    # One row per pair, and mostly one pair per row: ~82,000 distinct training bigrams in
+    # 200,000 buckets share a row with another for ~18% of them at random; a weak hash (3a + b, as
+    # a multiplier that is 3 mod the bucket count gives) folds them into ~20,000 rows.
+    pairs: dict[tuple[int, int], int] = {}
+    firsts, seconds = x[:, :-1][real].tolist(), x[:, 1:][real].tolist()
+    for a, b, row in zip(firsts, seconds, rows[real].tolist(), strict=True):
+        assert pairs.setdefault((a, b), row) == row
+    assert len(set(pairs.values())) > 0.75 * len(pairs)
+    good, movie = (data.extra["vocab"].index(t) for t in ("good", "movie"))
+    swapped = model.bigram_ids(torch.tensor([[good, movie], [movie, good]]))
+    assert swapped[0, 0] != swapped[1, 0]  # word order counts: "good movie" is not "movie good"
+
+
+def test_fasttext_pools_tokens_plus_scaled_bigrams_over_the_token_count():
+    extra = {"vocab_size": 50}
+    model = build_model({"arch": "fasttext", "dim": 8, "buckets": 7}, (6,), 2, extra).eval()
+    ids = torch.tensor([[5, 7, 9, 0, 0, 0]])
+    with torch.no_grad():
+        bigrams = model.embed(model.bigram_ids(ids)[:, :2]).sum(1)
+        pooled = (model.embed(ids[:, :3]).sum(1) + model.bigram_scale * bigrams) / 3
+        assert torch.allclose(model(ids), model.head(pooled), atol=1e-6)
+        assert torch.isfinite(model(torch.zeros(1, 6, dtype=torch.int64))).all()  # empty text
+    # With bigram_scale 0 it is embedding_bag: the mean of the token vectors.
+    plain = build_model({"arch": "fasttext", "dim": 8, "bigram_scale": 0}, (6,), 2, extra).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(ids), plain.head(plain.embed(ids[:, :3]).mean(1)), atol=1e-6)
+    with pytest.raises(ValueError, match="model.buckets"):
+        build_model({"arch": "fasttext", "buckets": 0}, (6,), 2, extra)
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_text_models_export_to_onnx_with_int64_inputs(data, arch, tmp_path):
     model = build_model(ARCHS[arch], data.input_shape, data.num_classes, data.extra).eval()
@@ -214,6 +256,18 @@ def test_int8_covers_the_embedding_table(data, bag, tmp_path, mode):
     assert session.get_inputs()[0].type == "tensor(int64)"
     logits = onnx_predict(session, data.x_test.numpy())
     assert float((logits.argmax(1) == data.y_test.numpy()).mean()) == m[keys.TEST_ACCURACY]
+
+
+def test_int8_covers_the_fasttext_table_of_tokens_and_bigrams(data, tmp_path):
+    section = {**ARCHS["fasttext"], "dim": 64}
+    model = _train(data, section, epochs=3)
+    ctx = {"workdir": tmp_path, "latency_iters": 30}
+    result = run_recipe([{"step": "quantize", "mode": "dynamic"}], model, data, ctx)
+    m, int8 = result.metrics, result.artifacts[keys.ONNX_ARTIFACT]
+    rows = data.extra["vocab_size"] + section["buckets"]
+    assert _table(int8, rows).data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    assert m[keys.SIZE_RATIO] >= 3.5 and abs(m[keys.ACCURACY_DROP_PTS]) <= 1.0
+    assert m[keys.TEST_ACCURACY] > 0.7
 
 
 def test_artifacts_rebuild_a_text_model(data, bag, tmp_path):
