@@ -184,7 +184,9 @@ def to_target(events: list[tuple[float, float]], start: float, target: float) ->
     return {"epochs": None, "seconds": None}
 
 
-def one_seed(seed: int, quick: bool, uri: str, clock: SearcherClock) -> dict[str, Any]:
+def one_seed(
+    seed: int, quick: bool, uri: str, clock: SearcherClock, workdir: Path
+) -> dict[str, Any]:
     from orchestrator.runner import run_experiment
 
     samples = grid_size(quick)  # as many trials as grid: each may stop once it has the target
@@ -195,7 +197,8 @@ def one_seed(seed: int, quick: bool, uri: str, clock: SearcherClock) -> dict[str
         name = f"bench-{label}-s{seed}".replace("_", "-")
         spec = spec_for(name, method, seed, quick, samples, warm)
         before, started = clock.seconds, time.perf_counter()
-        result = run_experiment(spec, tracking_uri=uri, verbosity=0)
+        # Tune's folders go to the temporary folder too, not the working directory.
+        result = run_experiment(spec, tracking_uri=uri, verbosity=0, workdir=workdir)
         wall = time.perf_counter() - started
         events, start = epoch_timeline(uri, result.parent_run_id)
         winner = result.decision.winner
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     clock.install()
     with tempfile.TemporaryDirectory(prefix="podium-search-bench-") as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        per_seed = [one_seed(seed, args.quick, uri, clock) for seed in range(seeds)]
+        per_seed = [one_seed(seed, args.quick, uri, clock, Path(tmp)) for seed in range(seeds)]
     print(json.dumps(summary(per_seed)))
     return 0
 
