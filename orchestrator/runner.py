@@ -638,7 +638,10 @@ def _fit(
         )
         relay.install(tuner)
         with relay:
-            finished = _finished_trials(tuner.fit(), ledger)
+            grid = tuner.fit()
+        # After the relay's last progress line: the ledger then completes, and the view (which
+        # counts kept trials and the ledger's) would count the kept ones twice.
+        finished = _finished_trials(grid, ledger)
         _settle_ended_trials(finished, logger)
         return finished
     param_space, search_alg = build_param_space(spec, seed_offset=extras.get("seed_offset", 0))
@@ -672,7 +675,8 @@ def _fit(
         ),
     )
     with relay:
-        return _finished_trials(tuner.fit(), ledger)
+        grid = tuner.fit()
+    return _finished_trials(grid, ledger)  # after the relay, as above
 
 
 def _finished_trials(grid: Any, ledger: TrialLedger) -> dict[str, FinishedTrial]:
