@@ -50,14 +50,16 @@ def checkpoints_to_keep(spec: ExperimentSpec) -> int | None:
 
 
 def build_param_space(spec: ExperimentSpec, seed_offset: int = 0) -> tuple[dict[str, Any], Any]:
-    """(Tuner param_space, search_alg or None) for the spec's searcher; a model-based one's
-    sampler is seeded from the spec's seed plus ``seed_offset``."""
+    """(Tuner param_space, search_alg) for the spec's searcher, seeded from the spec's seed plus
+    ``seed_offset``: a model-based one's sampler, or random's draws (Tune's own generator draws
+    from numpy's global state, so two runs of one spec would sample different configs)."""
     from orchestrator.space import template_of
     from orchestrator.spec import MODEL_BASED
 
     template = template_of(spec)
     s = spec.search
-    if s.searcher in MODEL_BASED:
+    n_dims = sum(1 for _ in iter_leaves(template, ""))
+    if s.searcher in MODEL_BASED and n_dims:  # with nothing to search: plain repeats
         import optuna
 
         from orchestrator.searchers import build_searcher
@@ -66,9 +68,6 @@ def build_param_space(spec: ExperimentSpec, seed_offset: int = 0) -> tuple[dict[
         # Optuna announces every study it creates on the console, inside the progress view.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-        n_dims = sum(1 for _ in iter_leaves(template, ""))
-        if not n_dims:
-            return {}, None  # nothing to search: plain repeats
         metrics, modes = searcher_metrics(spec)
         searcher = build_searcher(
             s.searcher,
@@ -81,7 +80,12 @@ def build_param_space(spec: ExperimentSpec, seed_offset: int = 0) -> tuple[dict[
             s.metric,
         )
         return {}, searcher
-    return flat_space(template, grid_choices=s.searcher == "grid"), None
+    from ray.tune.search import BasicVariantGenerator
+
+    draws = BasicVariantGenerator(
+        max_concurrent=s.max_concurrent or 0, random_state=spec.training_seed() + seed_offset
+    )
+    return flat_space(template, grid_choices=s.searcher == "grid"), draws
 
 
 def has_grid(spec: ExperimentSpec) -> bool:

@@ -69,8 +69,8 @@ def from_experiment(store: Store, spec: ExperimentSpec, template: dict[str, Any]
         raise SpecError([Problem("search.warm_start.experiment", name, why)])
     runs = _trial_runs(store, experiment.experiment_id, None, completed_only=True)
     seeding = _points(spec, template, runs, f"experiment {name!r}")
-    ranked = sorted(seeding.points, key=lambda p: p.order, reverse=spec.search.mode == "max")
-    seeding.points = [p.point for p in ranked[: int(w.get("top", 50))]]
+    ranked = sorted(seeding.points, key=lambda p: p.last, reverse=spec.search.mode == "max")
+    seeding.points = ranked[: int(w.get("top", 50))]
     return seeding
 
 
@@ -79,15 +79,7 @@ def from_sweep(
 ) -> Seeding:
     """``--more``: every ended trial of the sweep ``parent`` (stopped ones as pruned)."""
     runs = _trial_runs(store, experiment_id, parent, completed_only=False)
-    seeding = _points(spec, template, runs, "this sweep")
-    seeding.points = [p.point for p in seeding.points]
-    return seeding
-
-
-@dataclass
-class _Ranked:
-    point: Any
-    order: float
+    return _points(spec, template, runs, "this sweep")
 
 
 def _trial_runs(store: Store, experiment_id: str, parent: str | None, completed_only: bool) -> list:
@@ -122,5 +114,5 @@ def _points(spec: ExperimentSpec, template: dict[str, Any], runs: list, source: 
             values = tuple(float(observed[m]) for m in metrics)
         pruned_at = int(observed.get(keys.EPOCH, 0)) if status == "stopped" else None
         point = Evaluated(params, values, pruned_at, float(last), run.info.run_id)
-        seeding.points.append(_Ranked(point, float(last)))
+        seeding.points.append(point)
     return seeding

@@ -176,3 +176,26 @@ def test_a_resume_command_after_more_resumes_without_it():
 
     args = argparse.Namespace(argv=["run", "s.yaml", "--more", "4", "--set", "a=1"])
     assert _resume_command(args) == "podium run s.yaml --set a=1 --resume"
+
+
+# ---------------------------------------------------------------- random draws
+
+
+def _random_draws(seed_offset: int, *overrides: str) -> list[dict]:
+    from ray import tune
+
+    spec = load_spec(overrides=["search.num_samples=3", *overrides])
+    space, draws = build_param_space(spec, seed_offset=seed_offset)
+    draws.add_configurations(
+        [tune.Experiment("x", run=lambda c: None, config=space, num_samples=3)]
+    )
+    return [t.config for t in iter(draws.next_trial, None)]
+
+
+def test_random_draws_follow_the_spec_seed_and_the_offset():
+    # Two runs of one spec sample the same configs; --more (an offset) samples new ones.
+    first = _random_draws(0)
+    assert first == _random_draws(0)
+    assert len({repr(c) for c in first}) == 3
+    assert first != _random_draws(3)
+    assert first != _random_draws(0, "training.seed=1")
