@@ -400,17 +400,41 @@ def promote(
 
 def _log_winner(store: Store, parent: Any, decision: Any) -> str:
     """Log the winner's model from its Tune checkpoint (weights-only) to its run."""
-    from orchestrator.promotion import log_checkpoint_model
+    from orchestrator.promotion import log_checkpoint_model, winner_checkpoint
 
     winner = decision.winner
-    ray_path = parent.data.tags.get(keys.TAG_RAY_PATH)
-    found = sorted(Path(ray_path).glob(f"*{winner.trial_id}*/checkpoint_*")) if ray_path else []
-    if not found:
+    location = _checkpoint_of(parent, winner.trial_id)
+    if location is None:
         raise PodiumError(
-            f"trial {winner.trial_id}'s model was not logged and its checkpoint is "
-            f"not under {ray_path!r} any more; re-run the sweep"
+            f"trial {winner.trial_id}'s model was not logged and its checkpoint is not in "
+            f"the sweep's storage ({parent.data.tags.get(keys.TAG_RAY_PATH)!r}) any more; "
+            "re-run the sweep"
         )
-    return log_checkpoint_model(winner.run_id, found[-1], store.uri)
+    with winner_checkpoint(winner.trial_id, location) as folder:
+        return log_checkpoint_model(winner.run_id, folder, store.uri)
+
+
+def _checkpoint_of(parent: Any, trial_id: str) -> str | None:
+    """Where trial ``trial_id``'s newest checkpoint is: in the sweep's ledgers (every Tune
+    folder it ran in, ``--more`` included), else the newest in its Tune folder."""
+    import json
+
+    from orchestrator.ledger import open_ledger
+    from workers import storage
+
+    tags = parent.data.tags
+    paths = [*json.loads(tags.get(keys.TAG_EARLIER_RAY_PATHS, "[]")), tags.get(keys.TAG_RAY_PATH)]
+    for path in (p for p in paths if p):
+        entry = open_ledger(path).entries().get(trial_id)
+        if entry is not None and entry.checkpoint:
+            return entry.checkpoint
+    for path in (p for p in reversed(paths) if p):
+        folders = [n for n in storage.names(path) if trial_id in n]
+        for folder in (storage.join(path, f) for f in reversed(folders)):
+            found = [n for n in storage.names(folder) if n.startswith("checkpoint_")]
+            if found:
+                return storage.join(folder, found[-1])
+    return None
 
 
 def _publish_reports(

@@ -3,13 +3,36 @@ registered under the spec's model name and alias (:mod:`tracking.registry` decid
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import RunError
 from orchestrator.spec import ExperimentSpec
 from tracking import keys
 from tracking.registry import Promotion, log_trial_model, register_and_alias
 from tracking.selection import Decision
+
+
+@contextlib.contextmanager
+def winner_checkpoint(trial_id: str, location: str) -> Iterator[Path]:
+    """The winner's checkpoint at ``location`` (a folder or a URI) as a local folder, checked
+    whole first: a checkpoint whose upload was cut off is never promoted.
+
+    Raises:
+        RunError: it is gone, or not whole.
+    """
+    from workers import storage
+    from workers.trainable import checkpoint_problem
+
+    if not storage.exists(location):
+        raise RunError(f"not promoting trial {trial_id}: its checkpoint {location} is gone")
+    with storage.local_copy(location) as folder:
+        why = checkpoint_problem(folder)
+        if why is not None:
+            raise RunError(f"not promoting trial {trial_id}: its checkpoint {location} {why}")
+        yield folder
 
 
 def promote_trial(

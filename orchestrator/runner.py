@@ -14,17 +14,26 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Problem, RunError, SpecError, StorageFailure
-from orchestrator.ledger import LEDGER_FILE, FinishedTrial, TrialLedger, last_result
+from orchestrator.ledger import (
+    FinishedTrial,
+    TrialLedger,
+    checkpoint_location,
+    last_result,
+    open_ledger,
+)
 from orchestrator.plugins import make_importable, runtime_env_for
-from orchestrator.promotion import promote_trial
+from orchestrator.promotion import promote_trial, winner_checkpoint
 from orchestrator.ray_session import check_address, collector_paused, init_ray, shutdown_ray
 from orchestrator.results import result_metrics, trial_error_text
 from orchestrator.schedulers import (
@@ -43,6 +52,7 @@ from tracking.registry import (
 )
 from tracking.selection import Candidate, Decision, Policy, policy_from, select_best, within_sweep
 from tracking.store import RunWriter, Store, TrackingError, resolve_tracking_uri
+from workers import storage
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +142,7 @@ def run_experiment(
     teachers = _fetch_teachers(spec, uri, workdir)
     ray_address = address or spec.cluster.address
     check_address(ray_address or os.environ.get("RAY_ADDRESS"), resume)
-    if more and has_grid(spec) or more and spec.search.searcher == "grid":
+    if more and (has_grid(spec) or spec.search.searcher == "grid"):
         raise SpecError(
             [Problem("search.searcher", "grid", "--more adds sampled trials; a grid has run them")]
         )
@@ -328,7 +338,8 @@ def _conclude(
         checkpoint = finished[decision.winner.trial_id].checkpoint
         if checkpoint is None:
             raise RunError(f"the winner {decision.winner.trial_id} left no checkpoint to promote")
-        promotion = promote_trial(spec, uri, decision, checkpoint, policy)
+        with winner_checkpoint(decision.winner.trial_id, checkpoint) as folder:
+            promotion = promote_trial(spec, uri, decision, str(folder), policy)
     clock.mark("promote")
     _publish(store, parent_id, rows, candidates, chooser, decision, promotion, spec.search.metric)
     store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
@@ -429,7 +440,7 @@ def _earlier_trials(paths: list[str]) -> dict[str, FinishedTrial]:
     """The trials of a sweep's earlier runs (before ``--more``), from their ledgers."""
     out: dict[str, FinishedTrial] = {}
     for path in paths:
-        out.update(TrialLedger(Path(path, LEDGER_FILE)).entries())
+        out.update(open_ledger(path).entries())
     return out
 
 
@@ -472,16 +483,34 @@ def _check_teachers(spec: ExperimentSpec, uri: str) -> None:
 def _fetch_teachers(spec: ExperimentSpec, uri: str, workdir: str | os.PathLike) -> dict[str, str]:
     """Download registry teachers once, in the driver: workers never talk to MLflow.
 
-    The local copies serve a single-machine Ray; a cluster needs a shared ``cluster.storage_path``.
+    They go where the trials' checkpoints go: beside them in a folder (every node of a cluster
+    mounts ``cluster.storage_path``), or uploaded to object storage, from which each trial
+    process downloads them once.
     """
-    from tracking.onnx_model import fetch_teachers
     from workers.recipes import registry_teachers
 
     uris = registry_teachers(spec.recipe)
     if not uris:
         return {}
-    base = Path(spec.cluster.storage_path or Path(workdir, "podium-runs")).resolve()
-    fetched = fetch_teachers(uris, uri, base / "teachers")
+    shared = spec.cluster.storage_path
+    if not (shared and storage.is_uri(shared)):
+        base = Path(shared or Path(workdir, "podium-runs")).resolve()
+        return _trusted_teachers(spec, uris, uri, base / "teachers")
+    with tempfile.TemporaryDirectory(prefix="podium-teachers-") as tmp:
+        fetched = _trusted_teachers(spec, uris, uri, Path(tmp))
+        out = {}
+        for teacher, folder in fetched.items():
+            out[teacher] = storage.join(storage.normalise(shared), "teachers", Path(folder).name)
+            storage.upload(folder, out[teacher])
+        return out
+
+
+def _trusted_teachers(spec: ExperimentSpec, uris: list[str], uri: str, dst: Path) -> dict[str, str]:
+    """Registry teachers downloaded into ``dst``, refused (a spec error) where their metadata
+    names code this spec does not."""
+    from tracking.onnx_model import fetch_teachers
+
+    fetched = fetch_teachers(uris, uri, dst)
     problems = [
         Problem("recipe.teacher", teacher, why)
         for teacher, folder in fetched.items()
@@ -530,9 +559,9 @@ def _parent_run(
             raise RunError(f"nothing to resume: experiment {spec.name!r} has no sweep run")
         run = store.client.get_run(parent)
         path = run.data.tags.get(keys.TAG_RAY_PATH)
-        if not path or not Path(path).exists():
+        if not path or not storage.exists(path):
             raise RunError(f"cannot resume {spec.name!r}: its Tune state {path!r} is gone")
-        cut = _cut_off_state(Path(path))
+        cut = _cut_off_state(path)
         if cut is not None:
             # Tune would start the sweep afresh over it, and lose the trials it had.
             raise RunError(
@@ -550,20 +579,21 @@ def _parent_run(
         spec.name,
         {keys.TAG_EXPERIMENT: spec.name, keys.TAG_SPEC_HASH: spec.spec_hash()},
     )
-    storage = Path(
+    base = storage.normalise(
         spec.cluster.storage_path or Path(workdir, "podium-runs", "ray_results")
-    ).resolve()
-    path = str(storage / f"{spec.name}-{parent[:8]}")
+    )
+    path = storage.join(base, f"{spec.name}-{parent[:8]}")
     store.client.set_tag(parent, keys.TAG_RAY_PATH, path)
     store.log_artifact_text(parent, spec.to_yaml(), keys.SPEC_ARTIFACT)
     store.client.log_batch(parent, params=[])  # params live on the child runs
     return parent, path, {}
 
 
-def _cut_off_state(folder: Path) -> Path | None:
+def _cut_off_state(folder: str) -> str | None:
     """The newest Tune state file in ``folder`` if a kill cut its copy off (left it empty)."""
-    states = sorted(folder.glob("experiment_state-*.json"))
-    return states[-1] if states and states[-1].stat().st_size == 0 else None
+    states = [n for n in storage.names(folder) if fnmatch(n, "experiment_state-*.json")]
+    newest = storage.join(folder, states[-1]) if states else None
+    return newest if newest is not None and storage.size(newest) == 0 else None
 
 
 def _take_up_faulted(store: Store, runs: list[Any]) -> bool:
@@ -609,7 +639,7 @@ def _fit(
     from orchestrator.tune_memory import ForgetFinishedTrials, SilentTrialProgress
 
     trainable = tune.with_resources(make_trainable(template, spec, extras), _resources(spec))
-    ledger = TrialLedger(Path(ray_path, LEDGER_FILE))
+    ledger = open_ledger(ray_path)
     # Under Ray Client, Tune's driver runs on the head: the relay keeps the MLflow logger and the
     # progress view here, and finished trials there only lose their statistics (the ledger is
     # here).
@@ -647,7 +677,9 @@ def _fit(
     param_space, search_alg = build_param_space(spec, seed_offset=extras.get("seed_offset", 0))
     seeding = extras.get("seeding")
     if seeding is not None:
-        seeding.seeded = search_alg.seed_with(seeding.points) if search_alg is not None else 0
+        seeding.seeded = (
+            search_alg.seed_with(seeding.points) if hasattr(search_alg, "seed_with") else 0
+        )
         if verbosity:
             print(f"podium: {seeding.line()}", file=sys.stderr)
     s = spec.search
@@ -660,13 +692,14 @@ def _fit(
             num_samples=extras.get("more") or s.num_samples,
             search_alg=search_alg,
             scheduler=build_scheduler(spec),
-            max_concurrent_trials=s.max_concurrent,
+            # Random draws carry their own bound (Tune ignores this one for them, with a warning).
+            max_concurrent_trials=s.max_concurrent if hasattr(search_alg, "seed_with") else None,
             # One process per slot, not per trial: start-up dominates short trials.
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=Path(ray_path).name,
-            storage_path=str(Path(ray_path).parent),
+            storage_path=storage.split(ray_path)[0],
+            name=storage.split(ray_path)[1],
             callbacks=relay.callbacks,
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(spec)),
@@ -705,7 +738,7 @@ def _from_result(result: Any) -> FinishedTrial:
         _result_trial_id(result),
         last_result(result.metrics),
         dict(result.config or {}),
-        result.checkpoint.path if result.checkpoint is not None else None,
+        checkpoint_location(result.checkpoint),
         error,
     )
 
@@ -718,7 +751,8 @@ def _settle_ended_trials(finished: dict[str, FinishedTrial], logger: Any) -> Non
     for trial in finished.values():
         if not logger.needs_settling(trial.trial_id):
             continue  # the common case, decided without reading the checkpoint
-        history = checkpoint_history(trial.checkpoint)
+        with storage.local_copy(trial.checkpoint) if trial.checkpoint else nullcontext() as at:
+            history = checkpoint_history(at)
         logger.settle(trial.trial_id, trial.last, trial.error, history)
 
 

@@ -161,8 +161,9 @@ class ClusterSpec:
         "None: a local Ray; 'auto', 'ray://host:port' or 'host:port'", default=None
     )
     storage_path: str | None = _doc(
-        "folder where trial checkpoints go; on a cluster, one every node mounts "
-        "(default ./podium-runs/ray_results)",
+        "where Tune's state and trial checkpoints go: a folder (on a cluster, one every node "
+        "mounts) or object storage, s3://BUCKET/PREFIX or gs://... (default "
+        "./podium-runs/ray_results)",
         default=None,
     )
     max_failures: int = _doc(
@@ -548,7 +549,7 @@ def validate(spec: ExperimentSpec) -> list[Problem]:
     p += _check_strings(
         "cluster", {k: v for k, v in asdict(spec.cluster).items() if k != "max_failures"}
     )
-    p += _leaf("cluster.storage_path", spec.cluster.storage_path, _mounted_path)
+    p += _leaf("cluster.storage_path", spec.cluster.storage_path, _storage_location)
     p += _leaf(
         "cluster.max_failures",
         spec.cluster.max_failures,
@@ -908,16 +909,16 @@ def _check_strings(section: str, values: dict[str, Any]) -> list[Problem]:
     ]
 
 
-def _mounted_path(v: Any) -> str | None:
-    # Podium's ledger of finished trials is appended to, and promotion and --resume read
-    # checkpoints, as files in this folder: object storage (s3://, gs://) would need all of that
-    # through pyarrow's file systems, which is not built; a mounted bucket or shared volume works.
-    if isinstance(v, str) and "://" in v:
-        return (
-            f"must be a folder every Ray node mounts (NFS, a ReadWriteMany volume, a mounted "
-            f"bucket), not a URI: {v!r}"
-        )
-    return None
+def _storage_location(v: Any) -> str | None:
+    # A folder, or an object-store URI Podium reads and writes through pyarrow's file systems
+    # (workers.storage); checked without I/O.
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v:
+        return f"must be a folder or an object-store URI (s3://BUCKET/PREFIX), got {v!r}"
+    from workers.storage import location_problem
+
+    return location_problem(v)
 
 
 def _positive_int(v: Any) -> str | None:

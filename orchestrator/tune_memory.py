@@ -43,7 +43,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.progress_reporter import TrialProgressCallback
 
-from orchestrator.ledger import FinishedTrial, TrialLedger, last_result
+from orchestrator.ledger import FinishedTrial, TrialLedger, checkpoint_location, last_result
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,11 @@ def forget_statistics(trial: Any) -> None:
 
 def finished_trial(trial: Any) -> FinishedTrial:
     """The ledger's record of a terminated Tune trial."""
-    checkpoint = trial.checkpoint
     return FinishedTrial(
         trial.trial_id,
         last_result(trial.last_result),
         dict(trial.config),
-        checkpoint.path if checkpoint is not None else None,
+        checkpoint_location(trial.checkpoint),
     )
 
 

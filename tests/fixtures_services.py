@@ -161,10 +161,14 @@ class RayNodes:
     head whose client server cannot bind its port shuts itself down.
     """
 
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(
+        self, token: str | None = None, ip: str = "127.0.0.1", env: dict[str, str] | None = None
+    ) -> None:
         self.token = token or secrets.token_hex(16)
+        self.ip = ip  # the head's address (a veth end for a node in a network namespace)
+        self.extra_env = dict(env or {})  # every node's, e.g. object storage's endpoint and keys
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"{ip}:{self.port}"
         self.client_port = free_port()
         self.client_address = f"ray://127.0.0.1:{self.client_port}"
         self.temp_dir = Path(tempfile.mkdtemp(prefix="podium-ray-"))
@@ -182,15 +186,18 @@ class RayNodes:
         resources: dict[str, float] | None = None,
         timeout: float = 120,
         hide: Path | None = None,
+        netns: NetNamespace | None = None,
     ) -> subprocess.Popen:
         """Start one node; ``hide``: a folder this node's processes see empty (a tmpfs mounted
-        over it in a mount namespace of their own), as a machine without the driver's disk."""
+        over it in a mount namespace of their own), as a machine without the driver's disk;
+        ``netns``: the node runs in that network namespace and reaches the head across its veth
+        link, as a second machine would."""
         ray_bin = Path(sys.executable).parent / "ray"
         cmd = [
             str(ray_bin),
             "start",
             "--block",
-            "--node-ip-address=127.0.0.1",
+            f"--node-ip-address={netns.inner_ip if netns else self.ip}",
             f"--node-name={name}",
             f"--num-cpus={num_cpus}",
             f"--num-gpus={num_gpus}",
@@ -210,10 +217,12 @@ class RayNodes:
         if hide is not None:
             mount = f'mount -t tmpfs tmpfs {shlex.quote(str(hide))} && exec "$@"'
             cmd = ["unshare", "--mount", "sh", "-c", mount, "sh", *cmd]
+        if netns is not None:
+            cmd = ["ip", "netns", "exec", netns.name, *cmd]
         log_path = self.temp_dir / f"{name}.log"
         proc = subprocess.Popen(
             cmd,
-            env={**os.environ, **self.env()},
+            env={**os.environ, **self.extra_env, **self.env()},
             stdout=open(log_path, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -257,6 +266,129 @@ class RayNodes:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class NetNamespace:
+    """A network namespace joined to this one by a veth pair: processes in it reach this host
+    only at ``outer_ip``, across a real (virtual) link, and this host reaches them at
+    ``inner_ip``. Needs root and ``ip`` (iproute2); :meth:`unavailable` says why not."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.name = f"podium-{tag}"
+        self._outer, self._inner = f"pv{tag}o", f"pv{tag}i"  # interface names: 15 chars at most
+        net = 200 + secrets.randbelow(50)
+        subnet = f"10.{net}.{secrets.randbelow(250)}"
+        self.outer_ip, self.inner_ip = f"{subnet}.1", f"{subnet}.2"
+
+    @staticmethod
+    def unavailable() -> str | None:
+        if shutil.which("ip") is None:
+            return "iproute2's ip is not installed"
+        if os.geteuid() != 0:
+            return "network namespaces need root"
+        return None
+
+    def create(self) -> NetNamespace:
+        inside = ["ip", "netns", "exec", self.name, "ip"]
+        for cmd in (
+            ["ip", "netns", "add", self.name],
+            ["ip", "link", "add", self._outer, "type", "veth", "peer", "name", self._inner],
+            ["ip", "link", "set", self._inner, "netns", self.name],
+            ["ip", "addr", "add", f"{self.outer_ip}/24", "dev", self._outer],
+            ["ip", "link", "set", self._outer, "up"],
+            [*inside, "addr", "add", f"{self.inner_ip}/24", "dev", self._inner],
+            [*inside, "link", "set", self._inner, "up"],
+            [*inside, "link", "set", "lo", "up"],
+        ):
+            subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+        return self
+
+    def cleanup(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", self._outer], capture_output=True, timeout=30)
+
+
+class S3Server:
+    """moto's standalone S3 server (``python -m moto.server``, a dev dependency) on ``host``: a
+    real S3 HTTP API that pyarrow, Ray Tune and Podium reach as they would MinIO or AWS, with
+    the endpoint and keys in the standard variables (:meth:`env`)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host, self.port = host, free_port()
+        self.url = f"http://{host}:{self.port}"
+        self.home = Path(tempfile.mkdtemp(prefix="podium-s3-"))
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "podium-test",
+            "AWS_SECRET_ACCESS_KEY": "podium-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def start(self, timeout: float = 60) -> S3Server:
+        cmd = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        log = open(self.home / "moto.log", "wb")  # noqa: SIM115 (kept open for the process)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.url, timeout=2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (self.home / "moto.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"moto server did not start:\n{tail}") from None
+                time.sleep(0.3)
+
+    def client(self):
+        import boto3
+
+        e = self.env()
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=e["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"],
+            region_name=e["AWS_DEFAULT_REGION"],
+        )
+
+    def bucket(self) -> str:
+        """A new, empty bucket."""
+        name = f"podium-{secrets.token_hex(4)}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Every object's key and size under ``prefix``."""
+        out: dict[str, int] = {}
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        )
+        for page in pages:
+            out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+        return out
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One S3 server on loopback for the session; each test makes its own bucket."""
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 def write_cluster_spec(folder: Path, name: str, model_name: str | None = None) -> Path:

@@ -44,6 +44,7 @@ ARTIFACTS_DIR = "artifacts"  # files a recipe produced (e.g. model.onnx), logged
 FINAL_FILE = "final.json"  # the last report, kept with the last checkpoint (see run_trial)
 # The per-epoch metrics up to the checkpoint and the trial that reported them (see keys.REPLAY).
 HISTORY_FILE = "history.json"
+MANIFEST_FILE = "manifest.json"  # every other file of the checkpoint and its size, written last
 
 
 @dataclass
@@ -235,6 +236,34 @@ def _save(
     (folder / HISTORY_FILE).write_text(json.dumps({"trial_id": trial_id, "epochs": state.history}))
     if final is not None:
         (folder / FINAL_FILE).write_text(json.dumps(_without_replay(final)))
+    _write_manifest(folder)
+
+
+def _write_manifest(folder: Path) -> None:
+    """List every file of the checkpoint with its size, last: Tune uploads a checkpoint file by
+    file, and a copy cut off (a killed worker, a lost connection) lacks files or has short
+    ones; :func:`checkpoint_problem` finds that against this list."""
+    files = {
+        p.relative_to(folder).as_posix(): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(files))
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why the checkpoint in ``folder`` is not whole (a cut-off upload), or None."""
+    try:
+        listed = json.loads(Path(folder, MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return f"has no readable {MANIFEST_FILE} (its upload was cut off)"
+    for name, size in sorted(listed.items()):
+        path = Path(folder, name)
+        if not path.is_file():
+            return f"lacks {name} (its upload was cut off)"
+        if path.stat().st_size != size:
+            return f"has {name} cut short: {path.stat().st_size} of {size} bytes"
+    return None
 
 
 def trial_meta(trial: dict[str, Any], data: TaskData) -> dict[str, Any]:

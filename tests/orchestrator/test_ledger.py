@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.ledger import FinishedTrial, TrialLedger, last_result
+from orchestrator.ledger import (
+    LEDGER_FILE,
+    FinishedTrial,
+    ObjectLedger,
+    TrialLedger,
+    last_result,
+    open_ledger,
+)
 from tracking import keys
 
 
@@ -81,3 +88,39 @@ def test_a_line_after_a_torn_one_is_read(tmp_path):
         f.write('{"trial_id": "t2", "la')
     TrialLedger(ledger.path).append(trial("t3", **{keys.DONE: True}))
     assert sorted(TrialLedger(ledger.path).entries()) == ["t1", "t3"]
+
+
+# ---------------------------------------------------------------- on object storage
+
+
+def test_on_object_storage_each_trial_is_one_object_and_a_torn_one_costs_only_itself(
+    s3_server, monkeypatch, caplog
+):
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    bucket = s3_server.bucket()
+    experiment = f"s3://{bucket}/runs/exp-1"
+    ledger = open_ledger(experiment)
+    assert isinstance(ledger, ObjectLedger) and ledger.entries() == {}
+    ledger.append(trial("t1", epoch=3))
+    ledger.append(trial("t1", epoch=6, **{keys.DONE: True}))  # recorded again: overwritten
+    ledger.append(FinishedTrial("t2", {"epoch": 2}, {}, f"s3://{bucket}/runs/exp-1/c"))
+    assert sorted(s3_server.objects(bucket)) == [
+        "runs/exp-1/podium-trials/t1.json",
+        "runs/exp-1/podium-trials/t2.json",
+    ]
+    # What no S3 upload leaves, but a hand-edited bucket might: it is skipped, the rest read.
+    s3_server.client().put_object(
+        Bucket=bucket, Key="runs/exp-1/podium-trials/t3.json", Body=b'{"trial_id": "t3", "la'
+    )
+    resumed = open_ledger(experiment)
+    got = resumed.entries()
+    assert sorted(got) == ["t1", "t2"] and got["t1"].last == {"epoch": 6, keys.DONE: True}
+    assert got["t2"].checkpoint == f"s3://{bucket}/runs/exp-1/c"
+    assert "t3.json: skipping an unreadable record" in caplog.text
+    assert resumed.counts == {"completed": 1, "stopped": 1}
+
+
+def test_a_folder_keeps_the_one_file_ledger(tmp_path):
+    ledger = open_ledger(str(tmp_path / "exp"))
+    assert type(ledger) is TrialLedger and ledger.path == tmp_path / "exp" / LEDGER_FILE

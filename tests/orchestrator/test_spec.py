@@ -80,12 +80,23 @@ def test_all_problems_reported_at_once_with_path_and_value():
     assert "'mnist'" in found["task"] and "digits" in found["task"]
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/ray", "gs://bucket/ray", "file:///srv/ray"])
-def test_checkpoint_storage_must_be_a_mounted_folder(uri):
+@pytest.mark.parametrize("uri", ["s3://bucket/ray", "gs://bucket/ray/", "/shared/ray"])
+def test_storage_is_a_folder_or_an_object_store_uri(uri):
+    spec = parse_spec({"name": "x", "cluster": {"storage_path": uri}})
+    assert spec.cluster.storage_path == uri
+
+
+@pytest.mark.parametrize(
+    ("uri", "why"),
+    [
+        ("ftp://host/ray", "scheme 'ftp' is not one of"),
+        ("s3:///ray", "names no bucket"),
+        ("s3://bucket/ray?endpoint_override=minio:9000", "AWS_ENDPOINT_URL"),
+    ],
+)
+def test_a_storage_uri_podium_cannot_use_is_refused_with_the_reason(uri, why):
     found = problems_of({"name": "x", "cluster": {"storage_path": uri}})
-    assert uri in found["cluster.storage_path"] and "mounts" in found["cluster.storage_path"]
-    spec = parse_spec({"name": "x", "cluster": {"storage_path": "/shared/ray"}})
-    assert spec.cluster.storage_path == "/shared/ray"
+    assert why in found["cluster.storage_path"]
 
 
 def test_bad_values_inside_spaces_are_found():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tracking import keys
+from workers import storage
 from workers.errors import WorkerError
 from workers.models import MODELS, build_from_metadata, build_model
 from workers.optimizers._base import HParam
@@ -125,7 +127,22 @@ def _teacher(state: RecipeState, teacher: str, ctx: RecipeContext) -> nn.Module 
             f"recipe distill.teacher {teacher!r} was not resolved by the driver; "
             "registry teachers are fetched before trials start"
         )
-    return teacher_file(Path(path))
+    return teacher_file(_local_teacher(path))
+
+
+# Registry teachers the driver put on object storage, downloaded once per trial process (a
+# reused actor runs many trials with the same teachers).
+_DOWNLOADED: dict[str, Path] = {}
+
+
+def _local_teacher(location: str) -> Path:
+    if not storage.is_uri(location):
+        return Path(location)
+    if location not in _DOWNLOADED:
+        _DOWNLOADED[location] = storage.download(
+            location, tempfile.mkdtemp(prefix="podium-teacher-")
+        )
+    return _DOWNLOADED[location]
 
 
 def teacher_file(path: Path) -> Path:

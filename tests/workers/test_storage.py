@@ -1,0 +1,83 @@
+"""The storage layer on a folder and on a real S3 server (moto's, on loopback), and the check
+that finds a checkpoint whose upload was cut off."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workers import storage
+from workers.trainable import MANIFEST_FILE, _write_manifest, checkpoint_problem
+
+
+@pytest.fixture
+def bucket(s3_server, monkeypatch):
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_server.bucket()
+
+
+def _roundtrip(base: str) -> None:
+    target = storage.join(base, "exp", "a.json")
+    assert not storage.exists(target) and storage.size(target) is None
+    storage.write_text(target, '{"x": 1}')
+    storage.write_text(storage.join(base, "exp", "b.json"), "")
+    assert storage.exists(target) and storage.read_text(target) == '{"x": 1}'
+    assert storage.names(storage.join(base, "exp")) == ["a.json", "b.json"]
+    assert storage.size(storage.join(base, "exp", "b.json")) == 0
+    assert storage.names(storage.join(base, "nothing")) == []
+
+
+def test_a_folder_and_a_bucket_read_and_write_alike(tmp_path, bucket):
+    _roundtrip(str(tmp_path))
+    _roundtrip(f"s3://{bucket}/prefix")
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # renamed into place
+
+
+def test_a_folder_uploads_and_comes_back_whole(tmp_path, bucket, s3_server):
+    src = tmp_path / "src"
+    (src / "artifacts").mkdir(parents=True)
+    (src / "state.pt").write_bytes(b"\0" * 1000)
+    (src / "artifacts" / "model.onnx").write_bytes(b"onnx")
+    location = f"s3://{bucket}/runs/trial/checkpoint_000001"
+    storage.upload(src, location)
+    files = {k: n for k, n in s3_server.objects(bucket).items() if not k.endswith("/")}
+    assert files == {
+        "runs/trial/checkpoint_000001/state.pt": 1000,
+        "runs/trial/checkpoint_000001/artifacts/model.onnx": 4,
+    }
+    with storage.local_copy(location) as folder:
+        kept = folder
+        assert (folder / "artifacts" / "model.onnx").read_bytes() == b"onnx"
+    assert not kept.exists()  # the temporary copy goes
+    with pytest.raises(FileNotFoundError, match="nothing at"):
+        storage.download(f"s3://{bucket}/runs/missing", tmp_path / "dst")
+
+
+def test_locations_split_and_print_back_as_written(bucket):
+    assert storage.split("s3://b/runs/exp-1") == ("s3://b/runs", "exp-1")
+    assert storage.split("/srv/runs/exp-1") == ("/srv/runs", "exp-1")
+    assert storage.normalise("gs://b/runs/") == "gs://b/runs"
+    checkpoint = f"s3://{bucket}/runs/exp-1/checkpoint_000000"
+    assert storage.location_of(*storage.filesystem(checkpoint)) == checkpoint
+    local, where = storage.filesystem("/srv/runs")
+    assert storage.location_of(local, where) == "/srv/runs"
+
+
+def test_a_checkpoint_cut_off_is_found_and_a_whole_one_passes(tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "state.pt").write_bytes(b"\1" * 64)
+    (tmp_path / "trial.json").write_text("{}")
+    (tmp_path / "artifacts" / "model.onnx").write_bytes(b"\2" * 32)
+    _write_manifest(tmp_path)
+    listed = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert listed == {"artifacts/model.onnx": 32, "state.pt": 64, "trial.json": 2}
+    assert checkpoint_problem(tmp_path) is None
+
+    (tmp_path / "state.pt").write_bytes(b"\1" * 10)
+    assert checkpoint_problem(tmp_path) == "has state.pt cut short: 10 of 64 bytes"
+    (tmp_path / "state.pt").unlink()
+    assert checkpoint_problem(tmp_path) == "lacks state.pt (its upload was cut off)"
+    (tmp_path / MANIFEST_FILE).unlink()
+    assert "no readable manifest.json" in (checkpoint_problem(tmp_path) or "")

@@ -1,0 +1,212 @@
+"""Where a sweep keeps its files: a folder (local, or one every Ray node mounts) or object
+storage (``s3://bucket/prefix``, ``gs://bucket/prefix``, any URI pyarrow's file systems take).
+
+Ray Tune writes its experiment state and the trials' checkpoints there itself. Podium reads and
+writes the rest through this module, with the same pyarrow file systems Tune uses: the sweep's
+ledger, ``--resume``'s checks, the winner's checkpoint for promotion, registry teachers. A
+location is a plain string (a folder's path or a URI), so it travels in MLflow tags and in the
+ledger unchanged.
+
+Object storage has no append and no rename, but a single object appears whole or not at all:
+what must survive a kill is written as one object (:func:`write_text`).
+
+S3's endpoint and credentials come from the standard variables, which pyarrow reads itself
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``):
+so MinIO or any S3-compatible server works. Every Ray node needs them.
+
+Example:
+    >>> write_text(join("s3://runs/podium", "x.json"), "{}")   # doctest: +SKIP
+    >>> names("s3://runs/podium")                               # doctest: +SKIP
+    ['x.json']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+# URI scheme -> the type name of the pyarrow file system that serves it.
+SCHEMES = {
+    "s3": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "hdfs": "hdfs",
+    "viewfs": "hdfs",
+    "abfs": "abfs",
+    "abfss": "abfs",
+}
+# The other way: how a file system's paths are written back as URIs.
+_SCHEME_OF_TYPE = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    return "://" in str(location)
+
+
+def location_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a sweep's storage location, or None (no I/O: a spec check)."""
+    if not is_uri(value):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in SCHEMES:
+        return (
+            f"scheme {parts.scheme!r} is not one of: {', '.join(sorted(SCHEMES))} "
+            "(or give a folder)"
+        )
+    if not parts.netloc:
+        return f"names no bucket: {value!r} (write {parts.scheme}://BUCKET/PREFIX)"
+    if parts.query or parts.fragment:
+        # Podium joins paths onto the location; options belong in the standard variables.
+        return (
+            f"takes no query options: {value!r}; the S3 endpoint and keys come from "
+            "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    return None
+
+
+def normalise(location: str | os.PathLike) -> str:
+    """A folder as an absolute path; a URI without its trailing slash."""
+    text = str(location)
+    return text.rstrip("/") if is_uri(text) else str(Path(text).resolve())
+
+
+def join(location: str, *parts: str) -> str:
+    if is_uri(location):
+        return posixpath.join(location.rstrip("/"), *parts)
+    return os.path.join(location, *parts)
+
+
+def split(location: str) -> tuple[str, str]:
+    """(parent location, last name): what Tune's ``storage_path`` and ``name`` take."""
+    if is_uri(location):
+        head, _, name = location.rstrip("/").rpartition("/")
+        return head, name
+    path = Path(location)
+    return str(path.parent), path.name
+
+
+def filesystem(location: str) -> tuple[Any, str]:
+    """(pyarrow file system, path inside it) for ``location``."""
+    import pyarrow.fs as pafs
+
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def location_of(fs: Any, path: str) -> str:
+    """A location string for ``path`` in ``fs``: how Tune's checkpoints (a file system and a
+    path) are recorded in the ledger."""
+    scheme = _SCHEME_OF_TYPE.get(fs.type_name)
+    return f"{scheme}://{path.lstrip('/')}" if scheme else path
+
+
+def exists(location: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def names(location: str) -> list[str]:
+    """The names directly inside ``location``, sorted ([] if it does not exist)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+
+
+def size(location: str) -> int | None:
+    """Bytes of the file at ``location``; None if there is none."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def read_text(location: str) -> str:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return bytes(f.read()).decode("utf-8")
+
+
+def write_text(location: str, text: str) -> None:
+    """Write ``location`` whole: an object store shows a new object only once its upload
+    completes; a folder gets a temporary file renamed over it."""
+    if is_uri(location):
+        fs, path = filesystem(location)
+        with fs.open_output_stream(path) as f:
+            f.write(text.encode("utf-8"))
+        return
+    target = Path(location)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def upload(folder: str | os.PathLike, location: str) -> None:
+    """Copy a local folder's files to ``location``."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    pafs.copy_files(str(Path(folder).resolve()), path, pafs.LocalFileSystem(), fs)
+
+
+def download(location: str, folder: str | os.PathLike) -> Path:
+    """Copy the folder at ``location`` into the local ``folder``; returns ``folder``.
+
+    Raises:
+        FileNotFoundError: nothing is at ``location``.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"nothing at {location}")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(Path(folder).resolve()), fs, pafs.LocalFileSystem())
+    return Path(folder)
+
+
+@contextlib.contextmanager
+def local_copy(location: str) -> Iterator[Path]:
+    """The folder at ``location`` as a local folder: itself, or a temporary download of it
+    (removed afterwards)."""
+    if not is_uri(location):
+        yield Path(location)
+        return
+    tmp = tempfile.mkdtemp(prefix="podium-copy-")
+    try:
+        yield download(location, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = [
+    "SCHEMES",
+    "download",
+    "exists",
+    "filesystem",
+    "is_uri",
+    "join",
+    "local_copy",
+    "location_of",
+    "location_problem",
+    "names",
+    "normalise",
+    "read_text",
+    "size",
+    "split",
+    "upload",
+    "write_text",
+]
