@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -200,6 +201,61 @@ def fasttext(
     embed = _embedding(vocab_size + buckets, dim)
     head = _head(dim, hidden, num_classes, batch_norm, dropout)
     return BagOfNgrams(embed, head, vocab_size, buckets, float(bigram_scale))
+
+
+def fold_head(model: nn.Module) -> nn.Module:
+    """An exact, narrower copy of a bag model (``embedding_bag``, ``fasttext``): its head's first
+    Linear ``W`` (``dim → k``) multiplied into the embedding table, ``E' = E Wᵀ``, so the table
+    is ``k`` wide and that Linear becomes the identity (its bias kept).
+
+    Exact because the pooling is linear in the table's rows (a mean, or fasttext's weighted sum
+    over the token count) and the dropout before ``W`` is the identity in eval mode: ``W pool(E)
+    = pool(E Wᵀ)``. With no hidden layers ``k`` is ``num_classes``: a 64-wide model of two
+    classes becomes a 2-wide one with the same logits, 32x smaller before int8. The result is
+    what ``build_model`` makes of the same section with ``dim: k``, so it saves, reloads and
+    exports like any other model. A model whose first Linear is not narrower than its table is
+    returned as a copy, unchanged.
+
+    Raises:
+        TypeError: ``model`` is not a bag model (a textcnn's or lstm's pooling is not linear).
+
+    Example:
+        >>> model = embedding_bag((36,), 2, vocab_size=100, dim=8).eval()
+        >>> ids = torch.randint(0, 100, (4, 36))
+        >>> folded = fold_head(model)
+        >>> folded.embed.embedding_dim, bool(torch.allclose(folded(ids), model(ids), atol=1e-6))
+        (2, True)
+    """
+    if not isinstance(model, (BagOfEmbeddings, BagOfNgrams)):
+        raise TypeError(
+            f"only embedding_bag and fasttext models fold (pooling linear in the table), "
+            f"not {type(model).__name__}"
+        )
+    folded = copy.deepcopy(model)
+    first = _first_linear(model.head)
+    linear = model.head[first]
+    assert isinstance(linear, nn.Linear)  # _first_linear found it
+    k = linear.out_features
+    if k >= model.embed.embedding_dim:
+        return folded
+    with torch.no_grad():
+        folded.embed = nn.Embedding(model.embed.num_embeddings, k, padding_idx=PAD_ID)
+        folded.embed.weight.copy_(model.embed.weight @ linear.weight.T)  # padding row stays 0
+        identity = nn.Linear(k, k)
+        identity.weight.copy_(torch.eye(k))
+        identity.bias.copy_(linear.bias)
+    folded.head[first] = identity
+    return folded
+
+
+def _first_linear(head: nn.Sequential) -> int:
+    """The index of the head's first Linear; ``_head`` puts only dropout before it."""
+    for i, layer in enumerate(head):
+        if isinstance(layer, nn.Linear):
+            return i
+        if not isinstance(layer, nn.Dropout):
+            break
+    raise TypeError("a bag model's head must start with [Dropout →] Linear")
 
 
 class TextCNN(nn.Module):
