@@ -23,7 +23,13 @@ from workers.text_models import fold_head
 VOCAB, LENGTH = 500, 36
 BAGS = {
     "embedding_bag": {"arch": "embedding_bag", "dim": 32, "dropout": 0.5},
-    "fasttext": {"arch": "fasttext", "dim": 32, "buckets": 700, "bigram_scale": 0.3},
+    "fasttext": {
+        "arch": "fasttext",
+        "dim": 32,
+        "buckets": 700,
+        "bigram_scale": 0.3,
+        "token_dropout": 0.2,
+    },
     "hidden": {"arch": "embedding_bag", "dim": 32, "hidden": [8, 4], "batch_norm": True},
 }
 
