@@ -5,12 +5,13 @@ logistic-regression baseline on the very same split, both measured in one run.
 
 The sweep (``SPEC``) is a real ``podium run``: local Ray, an SQLite MLflow store in a temporary
 folder, one CPU per trial. Trials draw ``embedding_bag`` or ``fasttext`` (tokens + hashed
-bigrams) and their learning rate, width or buckets and bigram weight, and dropout; ASHA stops the
-weak ones on ``val_accuracy``. Each finished trial runs the same recipe: distil into a student of
-its own arch and width 32, then dynamic int8 (embedding table included). The champion is the trial
-with the best validation accuracy among those whose int8 artifact meets the constraints (batch-1
-p50 <= 1 ms, size ratio >= 4), as a baseline whose C is tuned on the validation split is chosen;
-selecting on test accuracy (Podium's default objective) would flatter the sweep.
+bigrams) and their learning rate, width or buckets, bigram weight and word dropout, and dropout;
+ASHA stops the weak ones on ``val_accuracy``. Each finished trial runs the same recipe: ``fold``
+(the head's Linear multiplied into the embedding table, which leaves it 2 columns wide with the
+same logits), then dynamic int8 (that table included). The champion is the trial with the best
+validation accuracy among those whose int8 artifact meets the constraints (batch-1 p50 <= 1 ms,
+size ratio >= 4), as a baseline whose C is tuned on the validation split is chosen; selecting on
+test accuracy (Podium's default objective) would flatter the sweep.
 
 The baseline: ``TfidfVectorizer`` (the task's own token pattern; unigrams or unigrams + bigrams)
 and ``LogisticRegression``, its ``C`` and n-gram range chosen on the validation split, fitted on
@@ -19,8 +20,8 @@ the task's training split, scored on its test split (``split_indices``: the very
 The champion is measured as served: its ONNX file is fetched back from the registry
 (``models:/rt-sentiment@champion``) and timed by ONNX Runtime on CPU, one intra-op thread, batch
 1, ``--latency-iters`` calls after a warm-up; its test accuracy is recomputed from that file.
-``size_ratio`` is Podium's: the trial's own fp32 model (the trained teacher, as ONNX) over the
-served int8 file; ``int8_size_ratio`` compares the int8 file with the distilled student's fp32.
+``size_ratio`` is Podium's: the trial's own fp32 model (as trained, before the fold, as ONNX)
+over the served int8 file; ``int8_size_ratio`` compares the int8 file with the folded fp32 one.
 
 Prints per-trial lines on stderr, then ONE JSON line. Targets: champion_test_accuracy >=
 baseline_test_accuracy - 0.005, latency_ms_p50 <= 1.0, size_ratio >= 4.
@@ -51,20 +52,12 @@ from workers.tasks._rotten_tomatoes import (  # noqa: E402
 )
 
 MODEL_NAME = "rt-sentiment"
-# Distil into a 32-wide student of the trial's own arch (a fasttext keeps its buckets and
-# bigram_scale), then int8: int8 alone cannot pass 4x on a model whose bytes are one float32 table
-# (8 bits + a scale per tensor: 3.96x measured); the narrower student is where the rest comes from.
-RECIPE = [
-    {
-        "step": "distill",
-        "dim": 32,
-        "epochs": 8,
-        "temperature": 4.0,
-        "alpha": 0.7,
-        "lr": 0.003,
-    },
-    {"step": "quantize", "mode": "dynamic"},
-]
+# Fold, then int8. int8 alone cannot pass 4x on a model whose bytes are one float32 table (8 bits
+# plus a scale per tensor: 3.96-3.99x measured). Folding the head's Linear into the table
+# (``W pool(E) = pool(E Wᵀ)``: the pooling is linear) leaves a table of 2 columns, one per class,
+# with the same logits: 32x smaller than a 64-wide table at no cost in accuracy, where
+# distilling into a 32-wide student cost up to 0.8 test points.
+RECIPE = [{"step": "fold"}, {"step": "quantize", "mode": "dynamic"}]
 SPEC = {
     "name": "text-bench",
     "task": "rotten-tomatoes",
@@ -78,12 +71,16 @@ SPEC = {
             # Bigrams, as the baseline's validation picks on seeds 1 and 2. More buckets, fewer
             # collisions (~80,000 distinct training bigrams): 50,000 gained 0.2-1.0 validation
             # points over 20,000 on seeds 0-2; 100,000 costs twice the time per epoch.
+            # Word dropout in training (token_dropout): seeds 0-2, dim 64, 100,000 buckets, lr
+            # 0.004, 5 epochs: mean validation accuracy 0.7879 without, 0.7918 at 0.1, 0.7912
+            # at 0.25.
             {
                 "arch": "fasttext",
                 "dim": 64,
                 "buckets": {"choice": [50_000, 100_000]},
                 "bigram_scale": {"choice": [0.1, 0.2, 0.3]},
                 "dropout": {"uniform": [0.3, 0.6]},
+                "token_dropout": {"uniform": [0.0, 0.3]},
             },
         ]
     },
@@ -192,17 +189,17 @@ def main() -> None:
         params = next(r.params for r in result.rows if r.trial_id == winner.trial_id)
         champ = served(uri, args.seed, args.latency_iters, Path(tmp))
     m = winner.metrics
-    student_fp32 = m[keys.recipe_metric("0_distill", keys.MODEL_SIZE_BYTES)]
+    folded_fp32 = m[keys.recipe_metric("0_fold", keys.MODEL_SIZE_BYTES)]
     out = {
         "champion_test_accuracy": round(champ[keys.TEST_ACCURACY], 4),
         "baseline_test_accuracy": round(float(base["test_accuracy"]), 4),
         "latency_ms_p50": round(champ[keys.LATENCY_MS_P50], 4),
         "size_ratio": round(m[keys.SIZE_RATIO], 2),
-        "int8_size_ratio": round(student_fp32 / champ[keys.MODEL_SIZE_BYTES], 2),
+        "int8_size_ratio": round(folded_fp32 / champ[keys.MODEL_SIZE_BYTES], 2),
         "champion_val_accuracy": round(m[keys.VAL_ACCURACY], 4),
         "baseline_val_accuracy": round(float(base["val_accuracy"]), 4),
         "champion_arch": params.get("model.arch"),
-        "champion_teacher_test_accuracy": round(
+        "champion_fp32_test_accuracy": round(
             m[keys.recipe_metric(keys.RECIPE_BASELINE_EAGER, keys.TEST_ACCURACY)], 4
         ),
         "champion_model_size_bytes": int(champ[keys.MODEL_SIZE_BYTES]),

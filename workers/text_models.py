@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -52,6 +53,20 @@ def masked_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     length)`` is true; an all-padding row gives zeros."""
     weights = keep.unsqueeze(-1).to(x.dtype)
     return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def drop_tokens(ids: torch.Tensor, p: float) -> torch.Tensor:
+    """Word dropout (Iyyer et al. 2015): each token id becomes padding with probability ``p``,
+    so the bag is pooled over the tokens left. Bag models apply it in training only."""
+    if p <= 0:
+        return ids
+    return ids.masked_fill(torch.rand(ids.shape, device=ids.device) < p, PAD_ID)
+
+
+def _check_token_dropout(p: float) -> float:
+    if not 0 <= p < 1:
+        raise ValueError(f"model.token_dropout must be in [0, 1), got {p}")
+    return float(p)
 
 
 def _head(
@@ -90,11 +105,15 @@ class BagOfEmbeddings(nn.Module):
     masked mean export as ``Gather``, ``Mul``, ``ReduceSum``, ``Div``.
     """
 
-    def __init__(self, embed: nn.Embedding, head: nn.Sequential) -> None:
+    def __init__(
+        self, embed: nn.Embedding, head: nn.Sequential, token_dropout: float = 0.0
+    ) -> None:
         super().__init__()
-        self.embed, self.head = embed, head
+        self.embed, self.head, self.token_dropout = embed, head, token_dropout
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            ids = drop_tokens(ids, self.token_dropout)
         return self.head(masked_mean(self.embed(ids), ids != PAD_ID))
 
 
@@ -107,11 +126,14 @@ def embedding_bag(
     hidden: Sequence[int] = (),
     batch_norm: bool = False,
     dropout: float = 0.0,
+    token_dropout: float = 0.0,
 ) -> nn.Module:
-    """Embedding (``dim``) → mean over the non-padding tokens → head → logits."""
+    """Embedding (``dim``) → mean over the non-padding tokens → head → logits; in training each
+    token is dropped with probability ``token_dropout`` (``drop_tokens``)."""
     _max_len("embedding_bag", input_shape)
     embed = _embedding(vocab_size, dim)
-    return BagOfEmbeddings(embed, _head(dim, hidden, num_classes, batch_norm, dropout))
+    head = _head(dim, hidden, num_classes, batch_norm, dropout)
+    return BagOfEmbeddings(embed, head, _check_token_dropout(token_dropout))
 
 
 # Bigram hashing: (first * BIGRAM_HASH_MULT + second) mod buckets. Knuth's multiplicative-hash
@@ -150,9 +172,10 @@ class BagOfNgrams(nn.Module):
         vocab_size: int,
         buckets: int,
         bigram_scale: float,
+        token_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.embed, self.head = embed, head
+        self.embed, self.head, self.token_dropout = embed, head, token_dropout
         self.vocab_size, self.buckets, self.bigram_scale = vocab_size, buckets, bigram_scale
 
     def bigram_ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -164,6 +187,8 @@ class BagOfNgrams(nn.Module):
         return torch.where(real, hashed, torch.zeros_like(hashed))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.training:  # before the bigrams: a dropped token takes its two bigrams with it
+            ids = drop_tokens(ids, self.token_dropout)
         # One Gather over tokens and bigrams together: (batch, 2 * length - 1, dim).
         vectors = self.embed(torch.cat([ids, self.bigram_ids(ids)], 1))
         length = ids.shape[1]
@@ -184,9 +209,11 @@ def fasttext(
     hidden: Sequence[int] = (),
     batch_norm: bool = False,
     dropout: float = 0.0,
+    token_dropout: float = 0.0,
 ) -> nn.Module:
     """Embedding (``dim``) of tokens and of bigrams hashed into ``buckets`` rows → pooled over
-    the non-padding ones, bigrams weighted by ``bigram_scale`` → head → logits.
+    the non-padding ones, bigrams weighted by ``bigram_scale`` → head → logits; in training each
+    token is dropped with probability ``token_dropout``, with the bigrams that touch it.
 
     ``buckets`` trades collisions for size and time (Adam updates the whole table each step):
     rotten-tomatoes' training split has ~82,000 distinct bigrams, ~18,000 of them seen twice or
@@ -199,7 +226,64 @@ def fasttext(
         raise ValueError(f"model.bigram_scale must be >= 0, got {bigram_scale}")
     embed = _embedding(vocab_size + buckets, dim)
     head = _head(dim, hidden, num_classes, batch_norm, dropout)
-    return BagOfNgrams(embed, head, vocab_size, buckets, float(bigram_scale))
+    return BagOfNgrams(
+        embed, head, vocab_size, buckets, float(bigram_scale), _check_token_dropout(token_dropout)
+    )
+
+
+def fold_head(model: nn.Module) -> nn.Module:
+    """An exact, narrower copy of a bag model (``embedding_bag``, ``fasttext``): its head's first
+    Linear ``W`` (``dim → k``) multiplied into the embedding table, ``E' = E Wᵀ``, so the table
+    is ``k`` wide and that Linear becomes the identity (its bias kept).
+
+    Exact because the pooling is linear in the table's rows (a mean, or fasttext's weighted sum
+    over the token count) and the dropout before ``W`` is the identity in eval mode: ``W pool(E)
+    = pool(E Wᵀ)``. With no hidden layers ``k`` is ``num_classes``: a 64-wide model of two
+    classes becomes a 2-wide one with the same logits, 32x smaller before int8. The result is
+    what ``build_model`` makes of the same section with ``dim: k``, so it saves, reloads and
+    exports like any other model. A model whose first Linear is not narrower than its table is
+    returned as a copy, unchanged.
+
+    Raises:
+        TypeError: ``model`` is not a bag model (a textcnn's or lstm's pooling is not linear).
+
+    Example:
+        >>> model = embedding_bag((36,), 2, vocab_size=100, dim=8).eval()
+        >>> ids = torch.randint(0, 100, (4, 36))
+        >>> folded = fold_head(model)
+        >>> folded.embed.embedding_dim, bool(torch.allclose(folded(ids), model(ids), atol=1e-6))
+        (2, True)
+    """
+    if not isinstance(model, (BagOfEmbeddings, BagOfNgrams)):
+        raise TypeError(
+            f"only embedding_bag and fasttext models fold (pooling linear in the table), "
+            f"not {type(model).__name__}"
+        )
+    folded = copy.deepcopy(model)
+    first = _first_linear(model.head)
+    linear = model.head[first]
+    assert isinstance(linear, nn.Linear)  # _first_linear found it
+    k = linear.out_features
+    if k >= model.embed.embedding_dim:
+        return folded
+    with torch.no_grad():
+        folded.embed = nn.Embedding(model.embed.num_embeddings, k, padding_idx=PAD_ID)
+        folded.embed.weight.copy_(model.embed.weight @ linear.weight.T)  # padding row stays 0
+        identity = nn.Linear(k, k)
+        identity.weight.copy_(torch.eye(k))
+        identity.bias.copy_(linear.bias)
+    folded.head[first] = identity
+    return folded
+
+
+def _first_linear(head: nn.Sequential) -> int:
+    """The index of the head's first Linear; ``_head`` puts only dropout before it."""
+    for i, layer in enumerate(head):
+        if isinstance(layer, nn.Linear):
+            return i
+        if not isinstance(layer, nn.Dropout):
+            break
+    raise TypeError("a bag model's head must start with [Dropout →] Linear")
 
 
 class TextCNN(nn.Module):

@@ -33,6 +33,7 @@ from workers.tasks._rotten_tomatoes import (
     split_indices,
     tokenize,
 )
+from workers.text_models import drop_tokens
 
 ARCHS = {
     "embedding_bag": {"arch": "embedding_bag", "dim": 32, "dropout": 0.5},
@@ -203,6 +204,39 @@ def test_fasttext_pools_tokens_plus_scaled_bigrams_over_the_token_count():
         assert torch.allclose(plain(ids), plain.head(plain.embed(ids[:, :3]).mean(1)), atol=1e-6)
     with pytest.raises(ValueError, match="model.buckets"):
         build_model({"arch": "fasttext", "buckets": 0}, (6,), 2, extra)
+
+
+def test_drop_tokens_turns_a_fraction_of_the_tokens_into_padding(data):
+    x = data.x_train[:2000]
+    torch.manual_seed(0)
+    dropped = drop_tokens(x, 0.25)
+    assert (dropped[x == 0] == 0).all()  # padding stays padding
+    kept = dropped[x != 0]
+    assert ((kept == 0) | (kept == x[x != 0])).all()  # a token is kept as it is, or dropped
+    assert 0.24 < float((kept == 0).float().mean()) < 0.26
+    assert drop_tokens(x, 0.0) is x
+
+
+@pytest.mark.parametrize("arch", ["embedding_bag", "fasttext"])
+def test_token_dropout_drops_tokens_and_their_bigrams_in_training_only(arch):
+    """In training, the model equals its eval self on the ids ``drop_tokens`` leaves (so a
+    fasttext computes bigrams after the drop: a dropped token's pairs read the zero row); in
+    eval, token_dropout changes nothing."""
+    extra, ids = {"vocab_size": 50}, torch.randint(1, 50, (16, 6))
+    section = {"arch": arch, "dim": 8, "token_dropout": 0.3}
+    torch.manual_seed(0)
+    model = build_model(section, (6,), 2, extra)
+    torch.manual_seed(0)
+    plain = build_model({**section, "token_dropout": 0.0}, (6,), 2, extra).eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        trained = model.train()(ids)
+        torch.manual_seed(1)
+        assert torch.allclose(trained, plain(drop_tokens(ids, 0.3)), atol=1e-6)
+        assert not torch.allclose(trained, plain(ids), atol=1e-3)
+        assert torch.equal(model.eval()(ids), plain(ids))
+    with pytest.raises(ValueError, match=r"model.token_dropout must be in \[0, 1\)"):
+        build_model({**section, "token_dropout": 1.0}, (6,), 2, extra)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -1,8 +1,10 @@
 """Compression recipes (spec ``recipe``): an ordered list of steps, each ``{step: NAME, ...}``.
 
 Steps: ``prune`` (l1_unstructured, global_magnitude, structured), ``distill`` (a student trained on
-a teacher's softened outputs), ``quantize`` (int8 with ONNX Runtime: dynamic, static, or ``qat``:
-static after quantization-aware fine-tuning), ``export`` (ONNX always; TorchScript on request).
+a teacher's softened outputs), ``fold`` (a bag text model's head Linear multiplied into its
+embedding table: exact, no training), ``quantize`` (int8 with ONNX Runtime: dynamic, static, or
+``qat``: static after quantization-aware fine-tuning), ``export`` (ONNX always; TorchScript on
+request).
 After each step the model is exported and measured, so a user sees where each gain came from.
 
 Contract used by the spec and the trial:
@@ -18,7 +20,7 @@ Example spec::
 
 from __future__ import annotations
 
-from workers.recipes import _distill, _export, _prune, _quantize  # noqa: F401  (register steps)
+from workers.recipes import _distill, _export, _fold, _prune, _quantize  # noqa: F401 (steps)
 from workers.recipes._base import STEPS, RecipeContext, RecipeState, StepEntry
 from workers.recipes._distill import is_registry_teacher
 from workers.recipes._quantize import check_qat_order

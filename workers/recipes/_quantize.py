@@ -15,7 +15,7 @@ export of the recipe state is quantized after the fp32 ONNX export:
   ranges; the artifact is ORT's static QDQ int8 of the fine-tuned weights with the activation
   ranges learned in training (``TensorQuantOverrides``). Same graph, size and kernels as
   ``static``. BatchNorm is folded into the layer before it, so the model's section says
-  ``batch_norm: false`` afterwards. Put it after every prune and distill step.
+  ``batch_norm: false`` afterwards. Put it after every prune, distill and fold step.
 
 On x86 CPUs without VNNI, ONNX Runtime's default u8 x s8 kernels add pairs of products in int16
 with saturation (VPMADDUBSW), which neither calibration nor training models: there the int8
@@ -48,7 +48,7 @@ from workers.tasks import TaskData
 
 CALIBRATION_BATCH = 64
 MODES = ("dynamic", "static", "qat")
-MODEL_STEPS = ("prune", "distill")  # steps that replace the torch model
+MODEL_STEPS = ("prune", "distill", "fold")  # steps that replace the torch model
 QAT_QPARAMS = "activation_qparams"  # the settings key of qat's learned {point: [scale, zero_point]}
 # What dynamic int8 quantizes, named rather than left to ONNX Runtime's default: the weights of
 # MatMul (Linear layers; ORT turns Gemm into MatMul first), Conv, LSTM and Attention, and the
@@ -151,7 +151,8 @@ def check_qat_order(steps: list[Any]) -> Problems:
                     f"[{i}].step",
                     name,
                     f"{name!r} after quantize mode 'qat' (recipe[{qat_at}]) would change the "
-                    "model whose int8 ranges qat trained; put qat after every prune and distill",
+                    "model whose int8 ranges qat trained; put qat after every prune, distill "
+                    "and fold",
                 )
             )
     return problems
