@@ -22,7 +22,7 @@ from torch import nn
 from tracking import keys
 from workers import inputs
 from workers.adversarial import make_adversary, robust_accuracy
-from workers.device import pick_device, task_on
+from workers.device import move, pick_device, resident_task, task_on
 from workers.errors import TrialDivergedError
 from workers.loop import batch_size_for, eval_batches, evaluate_split, train_batches, train_epoch
 from workers.measure import nonzero_params, param_count, state_dict_bytes
@@ -94,7 +94,7 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
         cudnn_benchmark=bool(training.get("cudnn_benchmark", False)),
     )
     ctx.device = device.torch_device
-    data = task_on(device.torch_device, load_task(trial["task"], training["seed"]))
+    data = _task_data(trial, device)
     state = _setup(trial, data, device.torch_device)
     trial_id = tune.get_context().get_trial_id()
     _restore(state, tune.get_checkpoint(), trial_id)
@@ -147,7 +147,8 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
         n = ROBUST_VAL_SAMPLES
         adversarial = training.get("adversarial")  # validated: in-memory classification only
         if adversarial is not None:
-            robust = robust_accuracy(state.model, data.x_val[:n], data.y_val[:n], adversarial)
+            x, y = move(device, data.x_val[:n], data.y_val[:n])  # host data that did not fit
+            robust = robust_accuracy(state.model, x, y, adversarial)
             if robust is not None:
                 scores[keys.ROBUST_ACCURACY] = robust
         state.history.append(scores)
@@ -163,6 +164,14 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
                 _report_checkpoint(metrics, folder)
             else:
                 tune.report(metrics)
+
+
+def _task_data(trial: dict[str, Any], device: Any) -> TaskData:
+    """The trial's task on its device, shared with the trials this process ran before on the
+    same task and split seed (a reused actor): loaded and moved once, not per trial."""
+    task, seed = trial["task"], trial["training"]["seed"]
+    key = (json.dumps(task, sort_keys=True, default=str), seed)
+    return resident_task(device, key, lambda: load_task(task, seed))
 
 
 def _report_checkpoint(metrics: dict[str, Any], folder: str) -> None:
@@ -349,7 +358,8 @@ def _finish(
     }
     adversarial = trial["training"].get("adversarial")
     if adversarial is not None:
-        robust = robust_accuracy(state.model, data.x_test, data.y_test, adversarial)
+        x, y = data.x_test.to(ctx.device), data.y_test.to(ctx.device)  # host data that did not fit
+        robust = robust_accuracy(state.model, x, y, adversarial)
         if robust is not None:
             final[keys.TEST_ROBUST_ACCURACY] = robust
     if trial.get("recipe"):
