@@ -138,7 +138,12 @@ class ResourcesSpec:
     """What one trial asks Ray for."""
 
     cpu: float = _doc("CPUs per trial", default=1.0)
-    gpu: float = _doc("GPUs per trial; fractions share a GPU", default=0.0)
+    gpu: float | str = _doc(
+        "GPUs per trial; fractions share a GPU (0.25: four trials per GPU, each capped at a "
+        "quarter of its memory); 'auto': the share that one trial's measured memory needs "
+        "(1, 1/2, 1/4 or 1/8, decided before the sweep starts)",
+        default=0.0,
+    )
     tpu: float = _doc("TPU chips per trial (Ray custom resource 'TPU')", default=0.0)
     memory_mb: int | None = _doc("memory reserved per trial, in MiB", default=None)
 
@@ -859,15 +864,25 @@ def _space_kinds(spec: ExperimentSpec) -> Iterator[str]:
         yield from walk(section)
 
 
+AUTO_GPU = "auto"  # resources.gpu: the runner measures a trial and picks its share of a GPU
+
+
 def _check_resources(r: ResourcesSpec) -> list[Problem]:
     nonneg = lambda v: None if _is_number(v) and v >= 0 else f"must be a number >= 0, got {v!r}"  # noqa: E731
-    p = _leaf("resources.cpu", r.cpu, nonneg) + _leaf("resources.gpu", r.gpu, nonneg)
+    p = _leaf("resources.cpu", r.cpu, nonneg) + _leaf("resources.gpu", r.gpu, _gpu_amount)
     p += _leaf("resources.tpu", r.tpu, nonneg)
-    if _is_number(r.cpu) and _is_number(r.gpu) and _is_number(r.tpu) and r.cpu + r.gpu + r.tpu == 0:
+    amounts = (r.cpu, r.gpu, r.tpu)  # gpu: auto is always some GPU
+    if all(_is_number(v) for v in amounts) and sum(amounts) == 0:  # type: ignore[arg-type]
         p.append(Problem("resources.cpu", r.cpu, "a trial needs at least some cpu, gpu or tpu"))
     if r.memory_mb is not None:
         p += _leaf("resources.memory_mb", r.memory_mb, _positive_int)
     return p
+
+
+def _gpu_amount(v: Any) -> str | None:
+    if v == AUTO_GPU or (_is_number(v) and v >= 0):
+        return None
+    return f"must be a number >= 0 or {AUTO_GPU!r}, got {v!r}"
 
 
 def _check_promotion(pr: PromotionSpec) -> list[Problem]:

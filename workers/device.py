@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -76,6 +76,8 @@ class Device:
         reason: why this device; names the fallback when an assigned accelerator was unusable.
         amp: mixed precision (bfloat16 autocast) is on; only ever on CUDA.
         name: the accelerator's product name (``NVIDIA H100 80GB HBM3``), or ``cpu``.
+        share: the fraction of the GPU Ray assigned (``resources.gpu``); below 1, the trial's
+            CUDA allocations are capped at that fraction of the card (see :func:`pick_device`).
     """
 
     torch_device: torch.device
@@ -85,12 +87,16 @@ class Device:
     reason: str
     amp: bool = False
     name: str = "cpu"
+    share: float = 1.0
 
     @property
     def label(self) -> str:
-        """What ``podium.device`` records, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3)`` or ``cpu``."""
+        """What ``podium.device`` records: ``cuda:0 (NVIDIA H100 80GB HBM3)``, with the share of
+        a packed GPU (``cuda:0 (NVIDIA H100 80GB HBM3, 0.25 GPU)``), or ``cpu``."""
         if self.kind == "cpu":
             return "cpu"
+        if self.kind == "cuda" and self.share < 1:
+            return f"{self.torch_device} ({self.name}, {self.share:g} GPU)"
         return f"{self.torch_device} ({self.name})"
 
     @contextlib.contextmanager
@@ -155,6 +161,12 @@ def pick_device(
         use_amp = amp and torch.cuda.is_bf16_supported()
         if amp and not use_amp:
             reason += "; amp off: this GPU has no bfloat16"
+        share = memory_cap(assigned.get("GPU", 1.0))
+        if share is not None:
+            # Ray's fractions are bookkeeping only: without a cap, one trial's caching allocator
+            # could take the whole card and make the trials beside it fail out of memory.
+            torch.cuda.set_per_process_memory_fraction(share, 0)
+            reason += f"; memory capped at {share:g} of the card"
         return Device(
             torch.device("cuda", 0),
             "cuda",
@@ -163,12 +175,57 @@ def pick_device(
             reason,
             use_amp,
             torch.cuda.get_device_name(0),
+            share or 1.0,
         )
     if kind == "xla":
         return Device(_xla_device(), "xla", node, node_id, reason, name="TPU")
     if amp:
         reason += "; amp off: mixed precision is used on CUDA only"
     return Device(torch.device("cpu"), "cpu", node, node_id, reason)
+
+
+def memory_cap(gpus: float) -> float | None:
+    """The fraction of the card a trial assigned ``gpus`` GPUs may allocate: its share when it
+    shares a GPU (``0 < gpus < 1``), else None (a whole GPU, or several: no cap)."""
+    return gpus if 0 < gpus < 1 else None
+
+
+# The shares ``resources.gpu: auto`` picks from. Not below 1/8: each trial process holds its own
+# CUDA context (a few hundred MB, outside the allocator's cap) and the GPU time-slices between
+# processes, so past eight small trials per card the overhead grows faster than the packing gains.
+GPU_SHARES = (0.125, 0.25, 0.5, 1.0)
+DEFAULT_MARGIN = 0.25  # headroom on the probe's peak: allocator fragmentation, later batches
+CUDA_CONTEXT_BYTES = 512 * 1024**2  # per process, outside set_per_process_memory_fraction
+
+
+def gpu_share(
+    peak_bytes: int, card_bytes: int, margin: float = DEFAULT_MARGIN
+) -> tuple[float, str]:
+    """The smallest share of one GPU that holds one trial: what ``resources.gpu: auto`` asks for.
+
+    Args:
+        peak_bytes: one trial's measured (or estimated) peak memory: its data on the device,
+            model, gradients, optimizer state and a training batch's activations.
+        card_bytes: the GPU's total memory.
+        margin: headroom on ``peak_bytes``, as a fraction (0.25: a quarter more).
+
+    Returns:
+        ``(share, reason)``: one of :data:`GPU_SHARES` and why. A trial that does not fit even a
+        whole card gets 1 and a reason that says so (it may still run, or fail out of memory).
+
+    Example:
+        >>> gpu_share(2 * 1024**3, 80 * 1024**3)[0]
+        0.125
+        >>> gpu_share(30 * 1024**3, 80 * 1024**3)[0]
+        0.5
+    """
+    need = peak_bytes * (1 + margin) + CUDA_CONTEXT_BYTES
+    gib = f"{need / 1024**3:.2f} GiB per trial (peak {peak_bytes / 1024**3:.2f} GiB"
+    gib += f" + {margin:.0%} + CUDA context) on a {card_bytes / 1024**3:.1f} GiB card"
+    for share in GPU_SHARES:
+        if need <= share * card_bytes:
+            return share, f"{gib}: {round(1 / share)} trials per GPU"
+    return 1.0, f"{gib}: does not fit even a whole GPU; one trial per GPU"
 
 
 def _ray_assigned() -> dict[str, float]:
@@ -240,3 +297,70 @@ def task_on(device: torch.device, data: Any) -> Any:
         for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
     }
     return dataclasses.replace(data, **moved)
+
+
+# A task's tensors may take at most half of a trial's device memory: the rest is for the model,
+# its gradients and optimizer state, and the batches' activations.
+DATA_FRACTION = 0.5
+
+
+def data_fits(data_bytes: int, budget_bytes: int, fraction: float = DATA_FRACTION) -> bool:
+    """Whether a task's in-memory tensors (``data_bytes``) should live on a device whose trial
+    may use ``budget_bytes``; the rest are batched on the host and copied through pinned memory.
+
+    Example:
+        >>> data_fits(220 * 1024**2, 10 * 1024**3), data_fits(8 * 1024**3, 10 * 1024**3)
+        (True, False)
+    """
+    return data_bytes <= fraction * budget_bytes
+
+
+def task_bytes(data: Any) -> int:
+    """Bytes of a task's in-memory splits (0 for a dataset task: its batches are read lazily)."""
+    from workers import inputs
+
+    if not data.in_memory:
+        return 0
+    splits = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+    return sum(t.numel() * t.element_size() for f in splits for t in inputs.parts(getattr(data, f)))
+
+
+def device_budget(device: Device) -> int | None:
+    """Bytes the trial may allocate on its GPU (its share of the card); None off CUDA, where the
+    task's tensors are already in the memory the trial computes from."""
+    if device.kind != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device.torch_device).total_memory * device.share)
+
+
+# key -> the task's data as the trials of this process use it (on the device when it fits).
+_resident: dict[Hashable, Any] = {}
+
+
+def resident_task(device: Device, key: Hashable, load: Callable[[], Any]) -> Any:
+    """A task's data where the trial trains, loaded and moved once per process.
+
+    A reused Ray actor runs trial after trial of one sweep: they share one copy on the device
+    instead of each decoding the task and copying it over again. ``key`` names the task (its
+    spec and split seed); with the device it keys the copy, and a new key drops the old copy
+    first, so one process never holds two tasks' data on its GPU.
+
+    Args:
+        device: the trial's device (:func:`pick_device`).
+        key: what identifies the task's data, e.g. ``(task name, seed)``.
+        load: loads the task (``workers.tasks.load_task``) when no copy is kept.
+
+    Returns:
+        The ``TaskData``: moved to the device when its tensors fit the trial's share
+        (:func:`data_fits`); else as loaded, and batches are copied as they are needed.
+    """
+    full_key = (key, str(device.torch_device))
+    if full_key in _resident:
+        return _resident[full_key]
+    _resident.clear()
+    data = load()
+    budget = device_budget(device)
+    if budget is None or data_fits(task_bytes(data), budget):
+        data = task_on(device.torch_device, data)
+    _resident[full_key] = data
+    return data

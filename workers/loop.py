@@ -9,7 +9,6 @@ line-search (cg) and extragradient methods can re-evaluate the loss; the rest ca
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,34 +53,107 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def shuffled_batches(
     x: Inputs, y: torch.Tensor, batch_size: int, generator: torch.Generator
 ) -> Iterator[Batch]:
-    """``(x, y)`` in batches of a seeded random order (indexing: tensors already in memory)."""
-    perm = torch.randperm(len(y), generator=generator).to(y.device)
-    for start in range(0, len(y), batch_size):
-        idx = perm[start : start + batch_size]
+    """``(x, y)`` in batches of a seeded random order (indexing: tensors already in memory).
+
+    The order is drawn on the CPU from the trial's generator, so a seed gives the same batches
+    on every device and a checkpoint's generator state resumes it; the permutation then moves
+    to the data's device once per epoch, and every batch is indexed there (no per-step copy).
+    """
+    for idx in _index_batches(len(y), batch_size, generator, y.device):
         yield inputs.take(x, idx), y[idx]
+
+
+def _index_batches(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=generator).to(device)
+    return list(perm.split(batch_size))
 
 
 def train_batches(
     data: Any, batch_size: int, generator: torch.Generator, device: torch.device | None = None
 ) -> Iterator[Batch]:
-    """One epoch of a task's training split: indexed tensors, or its ``train_set`` through a
-    shuffling ``DataLoader`` (seeded by ``generator``)."""
-    if data.in_memory:
+    """One epoch of a task's training split on ``device``: indexed tensors where they lie on the
+    device; in-memory tensors left on the host (too large for the device, see
+    ``workers.device.resident_task``) batched there and copied through pinned memory; a dataset
+    task's ``train_set`` through a shuffling ``DataLoader``. Seeded by ``generator``."""
+    if data.in_memory and _on(data, device):
         return shuffled_batches(data.x_train, data.y_train, batch_size, generator)
+    if data.in_memory:
+        return _host_batches(data, "train", batch_size, device, generator)
     return _loader(data, data.train_set, batch_size, device, generator)
 
 
+# Evaluation needs no gradients or optimizer state, so a GPU takes far larger batches than
+# training: fewer launches and fewer round-trips per split. The CPU gains nothing from them.
+EVAL_BATCH_SIZE = {"cuda": 8192}
+DEFAULT_EVAL_BATCH_SIZE = 2048
+
+
+def eval_batch_size(device: torch.device | None) -> int:
+    """The evaluation batch size on ``device``: 8192 on CUDA, else 2048."""
+    return EVAL_BATCH_SIZE.get(device.type if device else "cpu", DEFAULT_EVAL_BATCH_SIZE)
+
+
 def eval_batches(
-    data: Any, split: str, batch_size: int = 2048, device: torch.device | None = None
+    data: Any, split: str, batch_size: int | None = None, device: torch.device | None = None
 ) -> Iterator[Batch]:
-    """A split (``val`` or ``test``) in order, in batches."""
-    if data.in_memory:
+    """A split (``val`` or ``test``) in order, in batches (default: :func:`eval_batch_size`)."""
+    batch_size = batch_size or eval_batch_size(device)
+    if data.in_memory and _on(data, device):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         return (
             (inputs.take(x, slice(i, i + batch_size)), y[i : i + batch_size])
             for i in range(0, len(y), batch_size)
         )
+    if data.in_memory:
+        return _host_batches(data, split, batch_size, device, None)
     return _loader(data, getattr(data, f"{split}_set"), batch_size, device, None)
+
+
+def _on(data: Any, device: torch.device | None) -> bool:
+    return device is None or data.y_train.device == torch.device(device)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A split's in-memory tensors, read a whole batch of rows per item: the sampler hands over
+    an index tensor, so batching stays one indexing operation, not one ``__getitem__`` per row."""
+
+    def __init__(self, x: Inputs, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, idx: torch.Tensor) -> Batch:
+        return inputs.take(self.x, idx), self.y[idx]
+
+
+def _host_batches(
+    data: Any,
+    split: str,
+    batch_size: int,
+    device: torch.device | None,
+    generator: torch.Generator | None,
+) -> Iterator[Batch]:
+    """Host tensors batched on the host (in the order :func:`shuffled_batches` would give, or
+    in order without a generator), pinned and copied to ``device`` without blocking."""
+    from torch.utils.data import DataLoader
+
+    device = device or torch.device("cpu")
+    y = getattr(data, f"y_{split}")
+    if generator is not None:
+        order = _index_batches(len(y), batch_size, generator, y.device)
+    else:
+        order = list(torch.arange(len(y)).split(batch_size))
+    # batch_size=None: each sampled item is already a whole batch (see _Rows).
+    rows = _Rows(getattr(data, f"x_{split}"), y)
+    loader = DataLoader(rows, batch_size=None, sampler=order, pin_memory=device.type == "cuda")
+    for xb, yb in loader:
+        yield inputs.to(xb, device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+CUDA_PREFETCH = 4  # batches each loader worker keeps ready for a GPU trial
 
 
 def _loader(
@@ -98,6 +170,9 @@ def _loader(
     if not options.get("num_workers"):
         options.pop("prefetch_factor", None)  # only valid with worker processes
         options.pop("persistent_workers", None)
+    elif device.type == "cuda":
+        # Workers keep batches queued ahead, so the GPU does not wait on the next one's loading.
+        options.setdefault("prefetch_factor", CUDA_PREFETCH)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -126,11 +201,17 @@ def train_epoch(
 ) -> EpochResult:
     """One pass over ``batches`` (see :func:`train_batches`), minimising ``loss_fn(out, y)``.
 
+    Each step's loss stays a tensor on the device until the epoch ends: reading it per step
+    (``float(loss)``) would make the CPU wait for the GPU at every step, and for small models
+    that wait, not the GPU's work, sets the pace.
+
     Raises:
-        TrialDivergedError: the loss became NaN or infinite (the trial fails with this reason).
+        TrialDivergedError: the loss became NaN or infinite (the trial fails with this reason);
+            checked once, at the end of the epoch, naming the first step it happened at.
     """
     model.train()
-    total, seen, steps = 0.0, 0, 0
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
     for xb, yb in batches:
         if adversary is not None:  # validated: one input tensor
             xb = adversary(model, inputs.parts(xb)[0], yb)
@@ -151,15 +232,25 @@ def train_epoch(
             optimizer.step()
         if schedule is not None:
             schedule.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrialDivergedError(
-                f"training loss became {value} at step {steps + 1} of the epoch"
-            )
-        total += value * len(yb)
-        seen += len(yb)
-        steps += 1
-    return EpochResult(total / max(seen, 1), steps)
+        # as_tensor: a closure optimizer may hand back the loss as a float.
+        losses.append(torch.as_tensor(loss, device=yb.device).detach().reshape(()))
+        sizes.append(len(yb))
+    return _epoch_result(losses, sizes)
+
+
+def _epoch_result(losses: list[torch.Tensor], sizes: list[int]) -> EpochResult:
+    """The epoch's mean loss over examples: the one read of the device per epoch."""
+    if not losses:
+        return EpochResult(0.0, 0)
+    per_step = torch.stack([t.float() for t in losses]).cpu().double()
+    bad = (~torch.isfinite(per_step)).nonzero()
+    if len(bad):
+        step = int(bad[0, 0])
+        raise TrialDivergedError(
+            f"training loss became {float(per_step[step])} at step {step + 1} of the epoch"
+        )
+    weights = torch.tensor(sizes, dtype=torch.float64)
+    return EpochResult(float((per_step * weights).sum() / weights.sum()), len(losses))
 
 
 @torch.no_grad()
@@ -172,31 +263,36 @@ def evaluate_split(
     """``{"loss": mean loss, **metrics}`` of ``model`` over a split, in eval mode.
 
     The metrics see the whole split's outputs and targets at once (F1 and R^2 are not means of
-    per-batch values); the outputs are gathered on the CPU.
+    per-batch values). Outputs and the loss sum stay on the device until the split ends, then
+    come to the CPU in one copy: no wait for the GPU per batch.
     """
     model.eval()
-    outs, ys, loss_sum, n = [], [], 0.0, 0
+    outs, ys, losses, n = [], [], [], 0
     for xb, yb in batches:
         out = inputs.forward(model, xb).float()
-        loss_sum += float(loss_fn(out, yb)) * len(yb)
+        losses.append(torch.as_tensor(loss_fn(out, yb)).float() * len(yb))
         n += len(yb)
-        outs.append(out.cpu())
-        ys.append(yb.cpu())
+        outs.append(out)
+        ys.append(yb)
     if not n:
         return {"loss": float("nan")}
-    return {"loss": loss_sum / n, **metrics_fn(torch.cat(outs), torch.cat(ys))}
+    loss_sum = float(torch.stack(losses).sum())
+    return {"loss": loss_sum / n, **metrics_fn(torch.cat(outs).cpu(), torch.cat(ys).cpu())}
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
 ) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of a classifier on in-memory ``(x, y)``."""
+    """(mean cross-entropy loss, accuracy) of a classifier on in-memory ``(x, y)``, summed on
+    the device and read once (batches of :func:`eval_batch_size` by default)."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    batch_size = batch_size or eval_batch_size(x.device)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
     for start in range(0, len(x), batch_size):
-        out = model(x[start : start + batch_size])
+        out = model(x[start : start + batch_size]).float()
         yb = y[start : start + batch_size]
-        loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    return loss_sum / len(x), correct / len(x)
+        loss_sum += nn.functional.cross_entropy(out, yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
+    return float(loss_sum) / len(x), int(correct) / len(x)

@@ -89,3 +89,73 @@ def test_cpu_trials_run_anywhere_on_the_cluster(cluster, tmp_path):
     for tags in child_tags(uri, result):
         assert tags[keys.TAG_NODE].rsplit("/", 1)[-1] in {"worker-1", "gpu-node", "tpu-node"}
         assert tags[keys.TAG_DEVICE_REASON] == "no accelerator assigned"
+
+
+@pytest.fixture
+def barrier(cluster):
+    """A named actor the trials of ``plugin_task:packed`` wait at; it answers how many arrived
+    before it let them go (all four, or whoever came within its time)."""
+    import ray
+
+    from tests.workers.plugin_task import PACKING_BARRIER
+
+    @ray.remote(num_cpus=0)
+    class Barrier:
+        def __init__(self, expected: int) -> None:
+            self.expected, self.arrived = expected, 0
+
+        async def arrive(self) -> tuple[int, int]:
+            import asyncio
+            import time
+
+            self.arrived += 1
+            deadline = time.monotonic() + 120
+            while self.arrived < self.expected and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return self.arrived, self.expected
+
+    name, namespace = PACKING_BARRIER
+    ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
+    actor = Barrier.options(name=name, namespace=namespace, lifetime="detached").remote(4)
+    ray.get(actor.__ray_ready__.remote())
+    ray.shutdown()  # run_experiment joins the cluster itself, as a user's driver would
+    yield
+    ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
+    ray.kill(ray.get_actor(name, namespace=namespace))
+    ray.shutdown()
+
+
+def test_quarter_gpus_pack_four_trials_onto_the_one_gpu_at_once(cluster, barrier, tmp_path):
+    # gpu-node has one (fake) GPU and one CPU: a quarter of each per trial fits four there, and
+    # only there. Each trial waits at the barrier for the other three, so all four completing
+    # means Ray ran them side by side.
+    spec = parse_spec(
+        {
+            "name": "packed",
+            "task": "tests.workers.plugin_task:packed",
+            "model": {"arch": "mlp", "hidden": [8]},
+            "optimizer": {"name": "adam", "lr": {"grid": [0.01, 0.02, 0.03, 0.04]}},
+            "training": {"max_epochs": 1, "batch_size": 64},
+            "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
+            "resources": {"cpu": 0.25, "gpu": 0.25},
+            "cluster": {"storage_path": str(tmp_path / "shared-storage")},
+            "promotion": {"enabled": False},
+        }
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_experiment(
+        spec, tracking_uri=uri, address=cluster.address, verbosity=0, workdir=tmp_path
+    )
+    assert [r.status for r in result.rows] == ["completed"] * 4, result.rows
+    for tags in child_tags(uri, result):
+        assert tags[keys.TAG_NODE].endswith("/gpu-node")
+        assert "assigned 0.25 GPU" in tags[keys.TAG_DEVICE_REASON]
+
+
+def test_gpu_auto_on_a_node_without_cuda_asks_for_a_whole_gpu(cluster, tmp_path):
+    # The probes ran on gpu-node, whose torch has no CUDA: the card's size is unknown, so auto
+    # asks what gpu: 1 would (tests/orchestrator/test_resources.py checks the reason).
+    uri, _, result = sweep(cluster, tmp_path, "auto", gpu="auto")
+    for tags in child_tags(uri, result):
+        assert tags[keys.TAG_NODE].endswith("/gpu-node")
+        assert "assigned 1 GPU" in tags[keys.TAG_DEVICE_REASON]

@@ -255,3 +255,19 @@ def test_a_bad_model_name_is_shown_with_the_rule():
     with pytest.raises(SpecError) as err:
         parse_spec({"name": "x", "promotion": {"model_name": "a/b"}})
     assert "promotion.model_name: 'a/b': a registered model's name starts with" in str(err.value)
+
+
+@pytest.mark.parametrize("gpu", [0.25, 0.125, 1, 2, "auto"])
+def test_resources_gpu_takes_a_share_or_auto(gpu):
+    spec = parse_spec({"name": "x", "resources": {"cpu": 1, "gpu": gpu}})
+    assert spec.resources.gpu == gpu
+
+
+@pytest.mark.parametrize("gpu", ["half", "Auto", -0.5, [0.5]])
+def test_resources_gpu_refuses_anything_else_naming_the_field_and_value(gpu):
+    found = problems_of({"name": "x", "resources": {"cpu": 1, "gpu": gpu}})
+    assert f"must be a number >= 0 or 'auto', got {gpu!r}" in found["resources.gpu"]
+
+
+def test_gpu_auto_alone_is_enough_for_a_trial():
+    assert parse_spec({"name": "x", "resources": {"cpu": 0, "gpu": "auto"}}).resources.gpu == "auto"

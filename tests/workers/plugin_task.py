@@ -15,6 +15,24 @@ def tiny(seed: int) -> TaskData:
     return split_arrays("tiny", x, y, seed)
 
 
+PACKING_BARRIER = ("podium-packing-barrier", "podium-tests")  # a named Ray actor, its namespace
+
+
+def packed(seed: int) -> TaskData:
+    """:func:`tiny`, loaded by a Tune trial only once the trials beside it arrive at the test's
+    barrier (``tests/integration/test_cluster.py``): the trial fails unless they run at once.
+    Elsewhere (the driver's spec check, a probe) it loads at once."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        name, namespace = PACKING_BARRIER
+        barrier = ray.get_actor(name, namespace=namespace)
+        together, expected = ray.get(barrier.arrive.remote())
+        if together < expected:
+            raise RuntimeError(f"only {together} of {expected} trials ran at once")
+    return tiny(seed)
+
+
 class _Generated(torch.utils.data.Dataset):
     """Examples made when read, never one tensor: a stand-in for data that does not fit."""
 

@@ -11,7 +11,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.device import Device, choose_device, move, pick_device
+from workers.device import (
+    Device,
+    choose_device,
+    data_fits,
+    gpu_share,
+    memory_cap,
+    move,
+    pick_device,
+    resident_task,
+    task_bytes,
+)
 
 
 @pytest.mark.parametrize(
@@ -152,3 +162,93 @@ def test_fake_gpu_and_tpu_in_ray_fall_back_to_cpu_with_the_reason(fake_accelerat
 
     kind, reason, *_ = ray.get(picked.remote())
     assert kind == "cpu" and reason.startswith("no accelerator assigned")
+
+
+# ----------------------------------------------------------------- packing trials onto one GPU
+
+GIB = 1024**3
+
+
+@pytest.mark.parametrize(
+    ("peak_gib", "card_gib", "share"),
+    [
+        (0.05, 80, 0.125),  # a small CNN: eight per card, never more (CUDA contexts, time slices)
+        (6.0, 80, 0.125),  # 6 * 1.25 + 0.5 = 8 GiB <= 10 GiB
+        (7.0, 80, 0.125),  # 9.25 GiB: still within an eighth (10 GiB)
+        (7.7, 80, 0.25),  # 10.125 GiB: just past an eighth
+        (30.0, 80, 0.5),
+        (40.0, 80, 1.0),  # 50.5 GiB: more than half
+        (0.05, 16, 0.125),
+        (2.5, 16, 0.25),  # 3.625 GiB: past 2 GiB, within 4 GiB
+        (3.0, 16, 0.5),  # 4.25 GiB: just past a quarter
+    ],
+)
+def test_gpu_share_is_the_smallest_share_that_holds_a_trial(peak_gib, card_gib, share):
+    # Needed: the peak, a quarter more (the margin), and half a GiB of CUDA context.
+    got, reason = gpu_share(int(peak_gib * GIB), card_gib * GIB)
+    assert got == share
+    assert f"{round(1 / share)} trials per GPU" in reason
+
+
+def test_gpu_share_of_a_trial_larger_than_the_card_is_one_gpu_and_says_so():
+    share, reason = gpu_share(100 * GIB, 80 * GIB)
+    assert share == 1.0 and "does not fit" in reason
+
+
+def test_gpu_share_margin_buys_headroom():
+    assert gpu_share(int(7.0 * GIB), 80 * GIB, margin=0.0)[0] == 0.125
+    assert gpu_share(int(7.0 * GIB), 80 * GIB, margin=0.5)[0] == 0.25
+
+
+def test_memory_cap_applies_to_a_shared_gpu_only():
+    assert memory_cap(0.25) == 0.25 and memory_cap(0.5) == 0.5
+    assert memory_cap(1.0) is None and memory_cap(2.0) is None and memory_cap(0.0) is None
+
+
+def test_label_of_a_shared_gpu_records_the_share():
+    def on_cuda(share: float) -> Device:
+        return Device(torch.device("cuda", 0), "cuda", "n", None, "r", name="H100", share=share)
+
+    assert on_cuda(0.25).label == "cuda:0 (H100, 0.25 GPU)"
+    assert on_cuda(1.0).label == "cuda:0 (H100)"
+    assert pick_device(assigned={}).share == 1.0
+
+
+# ----------------------------------------------------------------- a task's data on the device
+
+
+def test_data_fits_when_it_takes_at_most_half_the_trials_memory():
+    assert data_fits(5 * GIB, 10 * GIB) and not data_fits(5 * GIB + 1, 10 * GIB)
+    assert data_fits(9 * GIB, 10 * GIB, fraction=0.9)
+
+
+def test_task_bytes_counts_every_in_memory_split():
+    from tests.workers.plugin_task import streamed, tiny
+
+    data = tiny(0)
+    tensors = [data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test]
+    assert task_bytes(data) == sum(t.numel() * t.element_size() for t in tensors) > 0
+    assert task_bytes(streamed(0)) == 0  # a dataset task is read lazily
+
+
+def test_resident_task_loads_once_per_task_and_device_and_drops_the_old_copy():
+    from tests.workers.plugin_task import tiny
+
+    loads = []
+
+    def load(seed: int):
+        def go():
+            loads.append(seed)
+            return tiny(seed)
+
+        return go
+
+    cpu = pick_device(assigned={})
+    first = resident_task(cpu, ("tiny", 0), load(0))
+    assert resident_task(cpu, ("tiny", 0), load(0)) is first  # a reused actor's next trial
+    assert loads == [0]
+    other = resident_task(cpu, ("tiny", 1), load(1))  # another split seed: its own data
+    assert other is not first and loads == [0, 1]
+    assert resident_task(cpu, ("tiny", 0), load(0)) is not first  # the old copy was dropped
+    assert loads == [0, 1, 0]
+    assert first.y_train.device == torch.device("cpu")
