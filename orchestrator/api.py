@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import PodiumError, Problem, SpecError, UnknownName, UntrustedModel
-from orchestrator.runner import SweepResult, TrialRow, run_experiment
+from orchestrator.leaderboard import TrialRow
+from orchestrator.runner import SweepResult, run_experiment
 from orchestrator.spec import ExperimentSpec, load_spec
 from tracking import keys
 from tracking.store import Store, resolve_tracking_uri

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.runner import _resources, auto_gpu_share, probe_trials
+from orchestrator.resources import auto_gpu_share, probe_trials, trial_resources
 from orchestrator.space import template_of
 from orchestrator.spec import parse_spec
 from workers.trainable import TrialMemory
@@ -19,7 +19,7 @@ GIB = 1024**3
 
 def test_numeric_gpu_shares_go_to_ray_as_they_are():
     spec = parse_spec({"name": "x", "resources": {"cpu": 0.25, "gpu": 0.25, "memory_mb": 512}})
-    assert _resources(spec) == {"cpu": 0.25, "gpu": 0.25, "memory": 512 * 1024 * 1024}
+    assert trial_resources(spec) == {"cpu": 0.25, "gpu": 0.25, "memory": 512 * 1024 * 1024}
 
 
 def test_auto_share_follows_the_largest_probe_on_the_smallest_card():
@@ -74,4 +74,4 @@ def test_auto_on_a_cluster_without_gpus_fails_before_the_sweep(monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     spec = parse_spec({"name": "x", "resources": {"cpu": 1, "gpu": "auto"}})
     with pytest.raises(RunError, match="resources.gpu: auto needs a GPU node"):
-        _resources(spec)
+        trial_resources(spec)
