@@ -11,6 +11,14 @@ Each round runs both sides as whole processes, alternating (the machine is share
 - baseline: this file with ``--baseline`` (Ray Tune + MLflowLoggerCallback, written out below);
 - podium: ``podium run`` on the equivalent spec, registry promotion included.
 It prints one JSON line: median whole-process wall times and ``ratio`` = podium / baseline.
+
+    .venv/bin/python benchmarks/overhead.py --storage s3://BUCKET/PREFIX [--start-s3]
+
+instead compares ``podium run`` with Tune's storage (state, checkpoints, the ledger) on object
+storage against the same run with a local folder, alternating, and prints the JSON line with
+``ratio`` = object storage / folder. The endpoint and keys come from the standard variables
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``); ``--start-s3`` starts
+moto's S3 server (a dev dependency) on loopback for the run and creates the bucket.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LRS = [0.05, 0.01, 0.003, 0.001]
 
 
-def podium_spec(trials: int, epochs: int) -> str:
+def podium_spec(trials: int, epochs: int, storage: str | None = None) -> str:
     seeds = list(range(max(1, trials // 8)))
-    return f"""
+    cluster = f"cluster: {{storage_path: '{storage}'}}\n" if storage else ""
+    return (
+        cluster
+        + f"""
 name: overhead
 task: digits
 model: {{arch: mlp, hidden: [128, 64]}}
@@ -41,6 +52,7 @@ search: {{num_samples: 1, scheduler: fifo, searcher: random, metric: val_accurac
 resources: {{cpu: 1}}
 promotion: {{model_name: overhead-model}}
 """
+    )
 
 
 # --------------------------------------------------------------------------- the baseline
@@ -143,15 +155,63 @@ def timed(cmd: list[str], cwd: str) -> float:
     return time.perf_counter() - started
 
 
+def storage_rounds(a: argparse.Namespace, podium: str) -> dict[str, list[float]]:
+    """Podium on the anchor workload, its Tune storage a local folder or ``a.storage``
+    (each round under a prefix of its own), alternating."""
+    walls: dict[str, list[float]] = {"folder": [], "storage": []}
+    for i in range(a.rounds):
+        with tempfile.TemporaryDirectory(prefix="overhead-") as folder:
+            for side, where in (("folder", None), ("storage", f"{a.storage}/round-{i}")):
+                spec = Path(folder, f"{side}.yaml")
+                spec.write_text(podium_spec(a.trials, a.epochs, where))
+                walls[side].append(timed([podium, "run", str(spec), "--quiet"], folder))
+    return walls
+
+
+def start_s3(uri: str) -> subprocess.Popen:
+    """moto's S3 server on a free loopback port, its variables in os.environ, the bucket made."""
+    import socket
+    import urllib.request
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(os.environ["AWS_ENDPOINT_URL"], timeout=2).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    boto3.client("s3").create_bucket(Bucket=uri.split("://", 1)[1].split("/", 1)[0])
+    return server
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--storage", metavar="URI", help="compare Tune storage there to a folder")
+    ap.add_argument("--start-s3", action="store_true", help="run moto's S3 server for --storage")
     ap.add_argument("--baseline", metavar="DIR", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.baseline:
         return baseline(a.trials, a.epochs, a.baseline)
+    if a.storage:
+        return compare_storage(a)
 
     podium = str(Path(sys.executable).with_name("podium"))
     walls: dict[str, list[float]] = {"baseline": [], "podium": []}
@@ -187,6 +247,32 @@ def main() -> None:
                 "ratio": round(pod / base, 3),
                 "baseline_walls": [round(w, 2) for w in walls["baseline"]],
                 "podium_walls": [round(w, 2) for w in walls["podium"]],
+            }
+        )
+    )
+
+
+def compare_storage(a: argparse.Namespace) -> None:
+    server = start_s3(a.storage) if a.start_s3 else None
+    try:
+        walls = storage_rounds(a, str(Path(sys.executable).with_name("podium")))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    local, remote = statistics.median(walls["folder"]), statistics.median(walls["storage"])
+    print(
+        json.dumps(
+            {
+                "trials": a.trials,
+                "epochs": a.epochs,
+                "rounds": a.rounds,
+                "storage": a.storage.split("://", 1)[0] + "://",
+                "folder_wall_s": round(local, 2),
+                "storage_wall_s": round(remote, 2),
+                "ratio": round(remote / local, 3),
+                "folder_walls": [round(w, 2) for w in walls["folder"]],
+                "storage_walls": [round(w, 2) for w in walls["storage"]],
             }
         )
     )

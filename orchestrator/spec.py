@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -168,7 +169,7 @@ class ClusterSpec:
     storage_path: str | None = _doc(
         "where Tune's state and trial checkpoints go: a folder (on a cluster, one every node "
         "mounts) or object storage, s3://BUCKET/PREFIX or gs://... (default "
-        "./podium-runs/ray_results)",
+        "$PODIUM_STORAGE_PATH, else ./podium-runs/ray_results)",
         default=None,
     )
     max_failures: int = _doc(
@@ -341,7 +342,27 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
             [Problem("", raw, f"{path} must hold a mapping of sections, got {type(raw).__name__}")]
         )
     apply_overrides(raw, overrides or [])
+    storage_from_environment(raw)
     return parse_spec(raw, spec_dir=path.parent)
+
+
+# A cluster's nodes carry where Tune's storage is (the team stack's MinIO bucket), so the specs
+# run there need not name it; a spec's own value, or a --set, wins.
+STORAGE_VARIABLE = "PODIUM_STORAGE_PATH"
+
+
+def storage_from_environment(raw: dict[str, Any]) -> None:
+    """Fill ``cluster.storage_path`` from ``$PODIUM_STORAGE_PATH`` where the spec leaves it out:
+    with ``PODIUM_STORAGE_PATH=s3://tune/runs``, ``{"cluster": {"address": "auto"}}`` becomes
+    ``{"cluster": {"address": "auto", "storage_path": "s3://tune/runs"}}``; validation then
+    checks the value as if the spec had it.
+    """
+    value = os.environ.get(STORAGE_VARIABLE)
+    cluster = raw.get("cluster")
+    if not value or not (cluster is None or isinstance(cluster, dict)):
+        return  # a malformed section is reported as such by validation
+    if (cluster or {}).get("storage_path") is None:
+        raw["cluster"] = {**(cluster or {}), "storage_path": value}
 
 
 # The key that says which branch a choice of sections is: an override of it picks branches.

@@ -391,9 +391,16 @@ def s3_server() -> Iterator[S3Server]:
         server.cleanup()
 
 
-def write_cluster_spec(folder: Path, name: str, model_name: str | None = None) -> Path:
-    """A two-trial digits sweep whose checkpoints go to ``folder/shared`` (what every node of a
-    test cluster reads), written as ``folder/spec.yaml`` for ``podium run``."""
+def write_cluster_spec(
+    folder: Path,
+    name: str,
+    model_name: str | None = None,
+    storage: str | None = None,
+    **sections: object,
+) -> Path:
+    """A two-trial digits sweep whose checkpoints go to ``storage`` (default ``folder/shared``,
+    what every node of a test cluster reads), written as ``folder/<name>.yaml`` for ``podium
+    run``; ``sections`` replace the spec's sections whole."""
     import yaml
 
     spec = {
@@ -404,10 +411,11 @@ def write_cluster_spec(folder: Path, name: str, model_name: str | None = None) -
         "training": {"max_epochs": 2, "batch_size": 128},
         "search": {"num_samples": 1, "scheduler": "fifo", "searcher": "grid"},
         "resources": {"cpu": 1},
-        "cluster": {"storage_path": str(folder / "shared")},
+        "cluster": {"storage_path": storage or str(folder / "shared")},
         "promotion": {"model_name": model_name or f"{name}-model", "alias": "champion"},
+        **sections,
     }
-    path = folder / "spec.yaml"
+    path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 

@@ -62,6 +62,7 @@ SECRETS = [
     "MLFLOW_ADMIN_PASSWORD",
     "MINIO_ROOT_PASSWORD",
     "MLFLOW_SECRET_KEY",
+    "TUNE_S3_SECRET_KEY",
 ]
 
 
@@ -106,23 +107,38 @@ def test_mlflow_server_has_auth_postgres_minio_and_no_job_workers(resolved):
         assert flag in script
 
 
-def test_bucket_is_created_on_start(resolved):
+def test_buckets_and_the_tune_user_are_created_on_start(resolved):
     init = resolved["services"]["minio-init"]
     assert init["depends_on"]["minio"]["condition"] == "service_healthy"
     assert init["restart"] == "no"
+    assert init["environment"]["TUNE_BUCKET"] == "podium-tune"
     script = (ROOT / "docker" / "minio-init.sh").read_text()
     assert 'mc mb --ignore-existing "podium/$MLFLOW_BUCKET"' in script
+    assert 'mc mb --ignore-existing "podium/$TUNE_BUCKET"' in script
+    # The Ray nodes' key is a user allowed Tune's bucket only, never MinIO's root.
+    assert 'mc admin user add podium "$TUNE_S3_ACCESS_KEY" "$TUNE_S3_SECRET_KEY"' in script
+    assert '"arn:aws:s3:::$TUNE_BUCKET/*"' in script and "$MLFLOW_BUCKET/*" not in script
 
 
-def test_ray_nodes_use_the_project_image_token_auth_and_shared_storage(resolved):
+def test_ray_nodes_use_the_project_image_token_auth_and_the_tune_bucket(resolved):
     services = resolved["services"]
+    minio_init = services["minio-init"]["environment"]
     for name in ("ray-head", "ray-worker", "ray-gpu-worker"):
         svc = services[name]
+        env = svc["environment"]
         assert svc["build"]["dockerfile"] == "Dockerfile"
         assert Path(svc["build"]["context"]) == ROOT
-        assert svc["environment"]["RAY_AUTH_MODE"] == "token"
-        assert svc["environment"]["RAY_AUTH_TOKEN"] == "change-me-ray-token"
-        assert any(v.startswith("podium-runs:/podium-runs") for v in svc["volumes"])
+        assert env["RAY_AUTH_MODE"] == "token"
+        assert env["RAY_AUTH_TOKEN"] == "change-me-ray-token"
+        # Tune's storage is MinIO's bucket, reached with the bucket's own user: no volume is
+        # shared between Ray nodes (a trial restarted elsewhere reads its checkpoint back).
+        assert env["PODIUM_STORAGE_PATH"] == "s3://podium-tune/runs"
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AWS_ACCESS_KEY_ID"] == minio_init["TUNE_S3_ACCESS_KEY"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == minio_init["TUNE_S3_SECRET_KEY"]
+        assert env["AWS_ACCESS_KEY_ID"] != services["minio"]["environment"]["MINIO_ROOT_USER"]
+        assert not svc.get("volumes"), f"{name} mounts {svc.get('volumes')}"
+    assert "podium-runs" not in resolved.get("volumes", {})
     assert "--head" in services["ray-head"]["command"]
     assert "--address=ray-head:6379" in services["ray-worker"]["command"]
     gpu = services["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]

@@ -99,6 +99,25 @@ def test_a_storage_uri_podium_cannot_use_is_refused_with_the_reason(uri, why):
     assert why in found["cluster.storage_path"]
 
 
+def test_the_nodes_storage_variable_fills_storage_path_unless_the_spec_names_one(
+    tmp_path, monkeypatch
+):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("name: x\ncluster: {address: auto}\n")
+    monkeypatch.setenv("PODIUM_STORAGE_PATH", "s3://tune/runs")
+    assert load_spec(spec_file).cluster.storage_path == "s3://tune/runs"
+    assert load_spec(spec_file).cluster.address == "auto"  # the rest of the section kept
+    own = load_spec(spec_file, ["cluster.storage_path=/shared/ray"])
+    assert own.cluster.storage_path == "/shared/ray"
+    # A bad value from the variable is refused like a spec's, under the field's name.
+    monkeypatch.setenv("PODIUM_STORAGE_PATH", "ftp://host/ray")
+    with pytest.raises(SpecError) as e:
+        load_spec(spec_file)
+    assert [p.path for p in e.value.problems] == ["cluster.storage_path"]
+    monkeypatch.delenv("PODIUM_STORAGE_PATH")
+    assert load_spec(spec_file).cluster.storage_path is None
+
+
 def test_bad_values_inside_spaces_are_found():
     found = problems_of(
         {
