@@ -399,8 +399,13 @@ def _fit(
         with_tune=[forget] if keep_finished else [forget, SilentTrialProgress()],
     )
     if resume:
+        path, fs = storage.for_tune(ray_path)
         tuner = tune.Tuner.restore(
-            ray_path, trainable=trainable, resume_errored=True, param_space=None
+            path,
+            trainable=trainable,
+            resume_errored=True,
+            param_space=None,
+            storage_filesystem=fs,
         )
         relay.install(tuner)
         with relay:
@@ -419,6 +424,7 @@ def _fit(
         if verbosity:
             print(f"podium: {seeding.line()}", file=sys.stderr)
     s = spec.search
+    storage_path, storage_fs = storage.for_tune(storage.split(ray_path)[0])
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -434,7 +440,8 @@ def _fit(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            storage_path=storage.split(ray_path)[0],
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             name=storage.split(ray_path)[1],
             callbacks=relay.callbacks,
             verbose=0,

@@ -1,9 +1,11 @@
 """The team stack's topology as real processes: what docker-compose.yml runs, without Docker.
 
 PostgreSQL from the OS packages; ``docker/mlflow-server.sh`` (the compose service's own script)
-serving MLflow on it with basic authentication; a Ray head and a Ray worker from ``ray start``
-with token authentication, all on 127.0.0.1. A ``podium run`` joins them with ``--address`` and
-``--tracking-uri``; the test then reads PostgreSQL directly to find the runs and the champion.
+serving MLflow on it with basic authentication; an S3 server (moto's, standing in for MinIO) that
+holds Tune's state and checkpoints; a Ray head and a Ray worker from ``ray start`` with token
+authentication and the bucket's variables, all on 127.0.0.1. A ``podium run`` joins them with
+``--address`` and ``--tracking-uri``, its storage the bucket through ``PODIUM_STORAGE_PATH`` as in
+docker-compose.yml; the test then reads PostgreSQL directly to find the runs and the champion.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.fixtures_services import RayNodes, write_cluster_spec
+from tests.fixtures_services import RayNodes, S3Server, write_cluster_spec
 from tests.pg import PostgresServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +96,8 @@ def start_mlflow_from_compose_script(
 
 @pytest.fixture
 def team_stack(tmp_path):
-    """PostgreSQL + authenticated mlflow server + a 2-node token-auth Ray; all stopped after."""
+    """PostgreSQL + authenticated mlflow server + an S3 server + a 2-node token-auth Ray whose
+    nodes have the bucket's variables; all stopped after."""
     import signal
 
     from tests.pg import find_bin_dir
@@ -101,25 +105,28 @@ def team_stack(tmp_path):
     if find_bin_dir() is None:
         pytest.skip("PostgreSQL is not installed (make install adds it)")
     pg = PostgresServer().start()
-    ray_nodes = RayNodes()
+    s3 = S3Server().start()
+    storage = {**s3.env(), "PODIUM_STORAGE_PATH": f"s3://{s3.bucket()}/runs"}
+    ray_nodes = RayNodes(env=storage)
     mlflow_proc = None
     try:
         mlflow_proc, client_env = start_mlflow_from_compose_script(pg, tmp_path)
         ray_nodes.start_node(head=True, name="head", num_cpus=1)
         ray_nodes.start_node(name="worker-1", num_cpus=1)
-        yield pg, client_env, ray_nodes
+        yield pg, client_env, ray_nodes, (s3, storage)
     finally:
         if mlflow_proc is not None and mlflow_proc.poll() is None:
             os.killpg(mlflow_proc.pid, signal.SIGTERM)
             mlflow_proc.wait(timeout=30)
         ray_nodes.cleanup()
+        s3.cleanup()
         pg.cleanup()
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_sweep_through_the_team_stack_lands_in_postgres(team_stack, tmp_path):
-    pg, client_env, ray_nodes = team_stack
+    pg, client_env, ray_nodes, (s3, storage) = team_stack
     url = client_env["MLFLOW_TRACKING_URI"]
     # Authentication is really on: no credentials, no access.
     with pytest.raises(urllib.error.HTTPError) as denied:
@@ -127,8 +134,11 @@ def test_sweep_through_the_team_stack_lands_in_postgres(team_stack, tmp_path):
     assert denied.value.code == 401
 
     spec = write_cluster_spec(tmp_path, "team-stack", model_name="team-model")
-    # The driver has the Ray token and the MLflow credentials; nothing else is shared.
-    env = {**os.environ, **client_env, **ray_nodes.env()}
+    raw = yaml.safe_load(spec.read_text())
+    del raw["cluster"]  # its storage comes from the nodes' PODIUM_STORAGE_PATH, as in compose
+    spec.write_text(yaml.safe_dump(raw))
+    # The driver has the Ray token, the MLflow credentials and the bucket's; no disk is shared.
+    env = {**os.environ, **client_env, **ray_nodes.env(), **storage}
     env.pop("MLFLOW_TRACKING_URI")  # the flag must be what routes the runs
     proc = subprocess.run(
         [
@@ -150,6 +160,13 @@ def test_sweep_through_the_team_stack_lands_in_postgres(team_stack, tmp_path):
     # MLflow's console lines about the server's runs stay out of the progress view.
     assert "View run" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
     assert "Waiting up to" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    # Tune's state, both trials' checkpoints and the ledger are in the bucket, nothing local.
+    bucket = storage["PODIUM_STORAGE_PATH"].split("/")[2]
+    stored = list(s3.objects(bucket, "runs/"))
+    assert any("/experiment_state-" in k for k in stored), stored
+    assert len({k.split("/")[2] for k in stored if "/checkpoint_" in k}) == 2, stored
+    assert len([k for k in stored if "/podium-trials/" in k]) == 2, stored
+    assert not (tmp_path / "podium-runs" / "ray_results").exists()
 
     # Straight from PostgreSQL: one parent run, two trial runs with their metrics, the champion.
     db = "mlflow"

@@ -81,3 +81,41 @@ def test_a_checkpoint_cut_off_is_found_and_a_whole_one_passes(tmp_path):
     assert checkpoint_problem(tmp_path) == "lacks state.pt (its upload was cut off)"
     (tmp_path / MANIFEST_FILE).unlink()
     assert "no readable manifest.json" in (checkpoint_problem(tmp_path) or "")
+
+
+def test_tune_uploads_a_checkpoint_as_one_put_per_file_and_no_folder_markers(
+    tmp_path, bucket, s3_server
+):
+    """Through the file system Podium gives Tune, Tune's own checkpoint upload makes one request
+    per (small) file: no multipart upload, no empty "folder/" marker objects."""
+    from ray.train._internal.storage import _upload_to_fs_path
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    for name in ("state.pt", "example.pt", "trial.json", "history.json", MANIFEST_FILE):
+        (checkpoint / name).write_bytes(b"x" * 2000)
+    path, fs = storage.for_tune(f"s3://{bucket}/runs")
+    log = s3_server.home / "moto.log"
+    before = log.read_text(errors="replace").count(f"/{bucket}")
+    _upload_to_fs_path(str(checkpoint), fs, f"{path}/exp/trial/checkpoint_000000")
+    requests = log.read_text(errors="replace").count(f"/{bucket}") - before
+    keys = s3_server.objects(bucket)
+    assert sorted(keys) == sorted(
+        f"runs/exp/trial/checkpoint_000000/{n.name}" for n in checkpoint.iterdir()
+    )  # nothing ending in "/"
+    assert requests == 5, requests
+    # Read back through the same file system, as Tune's restore and Podium's promotion do.
+    with storage.local_copy(f"s3://{bucket}/runs/exp/trial/checkpoint_000000") as copy:
+        assert (copy / "state.pt").read_bytes() == b"x" * 2000
+
+
+def test_the_object_store_file_system_unpickles_to_one_shared_client(bucket):
+    """Tune pickles the file system into every result with a checkpoint: unpickling must not
+    build a new S3 client each time."""
+    import pickle
+
+    fs, _ = storage.filesystem(f"s3://{bucket}/runs")
+    first, second = (pickle.loads(pickle.dumps(fs)) for _ in range(2))
+    assert first.handler is second.handler
+    assert first.equals(fs) and storage.location_of(first, "b/x") == "s3://b/x"
+    assert storage.for_tune("/srv/runs") == ("/srv/runs", None)  # a folder: Tune's own
