@@ -140,6 +140,7 @@ def test_sweep_through_the_team_stack_lands_in_postgres(team_stack, tmp_path):
     # The driver has the Ray token, the MLflow credentials and the bucket's; no disk is shared.
     env = {**os.environ, **client_env, **ray_nodes.env(), **storage}
     env.pop("MLFLOW_TRACKING_URI")  # the flag must be what routes the runs
+    env.pop("MLFLOW_REGISTRY_URI", None)  # as an earlier in-process sweep may leave it
     proc = subprocess.run(
         [
             str(Path(sys.executable).parent / "podium"),
