@@ -342,8 +342,21 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
             [Problem("", raw, f"{path} must hold a mapping of sections, got {type(raw).__name__}")]
         )
     apply_overrides(raw, overrides or [])
-    storage_from_environment(raw)
-    return parse_spec(raw, spec_dir=path.parent)
+    from_environment = storage_from_environment(raw)
+    try:
+        return parse_spec(raw, spec_dir=path.parent)
+    except SpecError as e:
+        if not from_environment:
+            raise
+        # Say where a bad value came from: the spec file does not show it.
+        raise SpecError(
+            [
+                Problem(p.path, p.value, f"{p.message} (from ${STORAGE_VARIABLE})")
+                if p.path == "cluster.storage_path"
+                else p
+                for p in e.problems
+            ]
+        ) from None
 
 
 # A cluster's nodes carry where Tune's storage is (the team stack's MinIO bucket), so the specs
@@ -351,18 +364,20 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
 STORAGE_VARIABLE = "PODIUM_STORAGE_PATH"
 
 
-def storage_from_environment(raw: dict[str, Any]) -> None:
+def storage_from_environment(raw: dict[str, Any]) -> bool:
     """Fill ``cluster.storage_path`` from ``$PODIUM_STORAGE_PATH`` where the spec leaves it out:
     with ``PODIUM_STORAGE_PATH=s3://tune/runs``, ``{"cluster": {"address": "auto"}}`` becomes
     ``{"cluster": {"address": "auto", "storage_path": "s3://tune/runs"}}``; validation then
-    checks the value as if the spec had it.
+    checks the value as if the spec had it. Returns whether it filled it.
     """
     value = os.environ.get(STORAGE_VARIABLE)
     cluster = raw.get("cluster")
     if not value or not (cluster is None or isinstance(cluster, dict)):
-        return  # a malformed section is reported as such by validation
-    if (cluster or {}).get("storage_path") is None:
-        raw["cluster"] = {**(cluster or {}), "storage_path": value}
+        return False  # a malformed section is reported as such by validation
+    if (cluster or {}).get("storage_path") is not None:
+        return False
+    raw["cluster"] = {**(cluster or {}), "storage_path": value}
+    return True
 
 
 # The key that says which branch a choice of sections is: an override of it picks branches.

@@ -114,6 +114,7 @@ def test_the_nodes_storage_variable_fills_storage_path_unless_the_spec_names_one
     with pytest.raises(SpecError) as e:
         load_spec(spec_file)
     assert [p.path for p in e.value.problems] == ["cluster.storage_path"]
+    assert "'ftp'" in str(e.value) and "(from $PODIUM_STORAGE_PATH)" in str(e.value)
     monkeypatch.delenv("PODIUM_STORAGE_PATH")
     assert load_spec(spec_file).cluster.storage_path is None
 
