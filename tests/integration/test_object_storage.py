@@ -146,7 +146,9 @@ def test_a_two_node_sweep_keeps_everything_in_the_bucket_and_promotes(cluster, s
     assert len(runs) == 2
     for run in runs.values():  # every trial ran across the link, on the worker node
         assert run.data.tags[keys.TAG_NODE].endswith(f"/{WORKER}"), run.data.tags[keys.TAG_NODE]
-    champion = MlflowClient(uri).get_model_version_by_alias("s3-sweep-model", "champion")
+    champion = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(
+        "s3-sweep-model", "champion"
+    )
     assert champion.run_id in {r.info.run_id for r in runs.values()}
 
 
@@ -239,7 +241,8 @@ def test_a_checkpoint_whose_upload_was_cut_off_is_never_promoted(cluster, s3):
     assert code == 1, out[-3000:]
     assert "not promoting trial" in out and "lacks state.pt (its upload was cut off)" in out, out
     # The store is the module's (the first test registered its own model): none of this sweep's.
-    registered = MlflowClient(store_uri(cluster)).search_registered_models()
+    registry = MlflowClient(store_uri(cluster), registry_uri=store_uri(cluster))
+    registered = registry.search_registered_models()
     assert "s3-cut-model" not in {m.name for m in registered}
 
 
