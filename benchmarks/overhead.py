@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 LRS = [0.05, 0.01, 0.003, 0.001]
@@ -168,34 +169,15 @@ def storage_rounds(a: argparse.Namespace, podium: str) -> dict[str, list[float]]
     return walls
 
 
-def start_s3(uri: str) -> subprocess.Popen:
-    """moto's S3 server on a free loopback port, its variables in os.environ, the bucket made."""
-    import socket
-    import urllib.request
+def start_s3(uri: str) -> Any:
+    """moto's S3 server on loopback (the tests' own helper), its variables in os.environ, the
+    bucket made."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures_services import S3Server
 
-    import boto3
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ.update(
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench-secret",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(os.environ["AWS_ENDPOINT_URL"], timeout=2).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    boto3.client("s3").create_bucket(Bucket=uri.split("://", 1)[1].split("/", 1)[0])
+    server = S3Server().start()
+    os.environ.update(server.env())
+    server.client().create_bucket(Bucket=uri.split("://", 1)[1].split("/", 1)[0])
     return server
 
 
@@ -258,8 +240,7 @@ def compare_storage(a: argparse.Namespace) -> None:
         walls = storage_rounds(a, str(Path(sys.executable).with_name("podium")))
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            server.cleanup()
     local, remote = statistics.median(walls["folder"]), statistics.median(walls["storage"])
     print(
         json.dumps(
