@@ -372,6 +372,7 @@ def _fit(
 
     from orchestrator.callbacks import CallbackRelay, FirstResult, MlflowTrialLogger, ProgressView
     from orchestrator.tune_memory import ForgetFinishedTrials, SilentTrialProgress
+    from orchestrator.tune_state import SnapshotTuneState
 
     resources = trial_resources(spec, template, verbosity)
     trainable = tune.with_resources(make_trainable(template, spec, extras), resources)
@@ -396,7 +397,11 @@ def _fit(
             ),
             FirstResult(first_result),
         ],
-        with_tune=[forget] if keep_finished else [forget, SilentTrialProgress()],
+        with_tune=[
+            forget,
+            SnapshotTuneState(ray_path),
+            *([] if keep_finished else [SilentTrialProgress()]),
+        ],
     )
     if resume:
         path, fs = storage.for_tune(ray_path)

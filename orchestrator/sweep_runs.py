@@ -113,6 +113,14 @@ def _parent_run(
         path = run.data.tags.get(keys.TAG_RAY_PATH)
         if not path or not storage.exists(path):
             raise RunError(f"cannot resume {spec.name!r}: its Tune state {path!r} is gone")
+        from orchestrator.tune_state import restore_snapshot
+
+        try:
+            restore_snapshot(path)  # the state Tune last saved, whole, over its own copy of it
+        except ValueError as e:
+            raise RunError(
+                f"cannot resume {spec.name!r}: Podium's copy of Tune's state: {e}"
+            ) from e
         cut = _cut_off_state(path)
         if cut is not None:
             # Tune would start the sweep afresh over it, and lose the trials it had.

@@ -108,7 +108,7 @@ class ForgetFinishedTrials(Callback):
     ) -> None:
         if self.ledger is None:
             return
-        self._controller = _calling_controller()
+        self._controller = calling_controller(*_TRIAL_HOLDERS, *_TRIAL_ID_HOLDERS)
         if self._controller is None:
             log.warning(
                 "cannot reach Ray Tune's controller (Ray other than 2.58?): finished trials stay "
@@ -183,17 +183,16 @@ class SilentTrialProgress(TrialProgressCallback):
         pass
 
 
-def _calling_controller() -> Any:
-    """The TuneController whose ``setup_experiments`` is calling this callback's ``setup``."""
+def calling_controller(*attributes: str) -> Any:
+    """The TuneController whose ``setup_experiments`` is calling a callback's ``setup``, if it
+    has all of ``attributes`` (the private ones a caller relies on); else None."""
     from ray.tune.execution.tune_controller import TuneController
 
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         candidate = frame.f_locals.get("self")
         if isinstance(candidate, TuneController):
-            if all(hasattr(candidate, a) for a in _TRIAL_HOLDERS + _TRIAL_ID_HOLDERS):
-                return candidate
-            return None
+            return candidate if all(hasattr(candidate, a) for a in attributes) else None
         frame = frame.f_back
     return None
 

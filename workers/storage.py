@@ -235,24 +235,33 @@ def size(location: str) -> int | None:
 
 
 def read_text(location: str) -> str:
-    fs, path = filesystem(location)
-    with fs.open_input_stream(path) as f:
-        return bytes(f.read()).decode("utf-8")
+    return read_bytes(location).decode("utf-8")
 
 
 def write_text(location: str, text: str) -> None:
+    """Write ``location`` whole (see :func:`write_bytes`)."""
+    write_bytes(location, text.encode("utf-8"))
+
+
+def write_bytes(location: str, data: bytes) -> None:
     """Write ``location`` whole: an object store shows a new object only once its upload
     completes; a folder gets a temporary file renamed over it."""
     if is_uri(location):
         fs, path = filesystem(location)
         with fs.open_output_stream(path) as f:
-            f.write(text.encode("utf-8"))
+            f.write(data)
         return
     target = Path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, target)
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return bytes(f.read())
 
 
 def upload(folder: str | os.PathLike, location: str) -> None:
@@ -311,9 +320,11 @@ __all__ = [
     "location_problem",
     "names",
     "normalise",
+    "read_bytes",
     "read_text",
     "size",
     "split",
     "upload",
+    "write_bytes",
     "write_text",
 ]

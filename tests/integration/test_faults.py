@@ -335,19 +335,25 @@ def podium(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
     )
 
 
-def test_killed_driver_resumes_with_the_same_trials_and_runs(cluster, tmp_path):
+def grid_of_four(name: str, cluster, tmp_path: Path) -> tuple[Path, str, tuple[str, ...]]:
+    """A 4-trial grid, two at a time, 6 epochs each, for a driver to be killed in:
+    (its storage folder, its tracking URI, its ``podium run`` arguments)."""
     storage = tmp_path / "storage"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    epochs = 6
     raw = raw_spec(
-        "driver-kill",
+        name,
         storage,
         optimizer__lr={"grid": [0.002, 0.004, 0.006, 0.008]},
         search={"num_samples": 1, "scheduler": "fifo", "searcher": "grid", "max_concurrent": 2},
     )
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
-    args = (str(spec_file), "--tracking-uri", uri, "--address", cluster.address)
+    return storage, uri, (str(spec_file), "--tracking-uri", uri, "--address", cluster.address)
+
+
+def test_killed_driver_resumes_with_the_same_trials_and_runs(cluster, tmp_path):
+    storage, uri, args = grid_of_four("driver-kill", cluster, tmp_path)
+    epochs = 6
 
     first = podium("run", *args, env={}, cwd=tmp_path)
 
@@ -407,3 +413,64 @@ def test_killed_driver_resumes_with_the_same_trials_and_runs(cluster, tmp_path):
     for run in runs_after.values():
         assert run.data.tags[keys.TAG_STATUS] == "completed"
         assert_one_value_per_step(uri, run.info.run_id, epochs)
+
+
+def _tune_state_file(storage: Path) -> Path | None:
+    states = sorted(storage.glob("*/experiment_state-*.json"))
+    return states[-1] if states else None
+
+
+def _whole_state(storage: Path) -> tuple[Path, bytes] | None:
+    """(Tune's newest trial-state file, its bytes) if they parse (Tune may be copying it)."""
+    import json
+
+    state = _tune_state_file(storage)
+    if state is None:
+        return None
+    data = state.read_bytes()
+    try:
+        json.loads(data)
+    except ValueError:
+        return None
+    return state, data
+
+
+@pytest.mark.parametrize("leftover", ["truncated", "older than the searcher's"])
+def test_a_resume_reads_tunes_state_as_one_save_wrote_it(cluster, tmp_path, leftover):
+    """A driver killed while Tune copies its state files one by one leaves them cut off or
+    from two saves; here the test leaves them so after the kill, as the kill would have."""
+    storage, uri, args = grid_of_four("state-mix", cluster, tmp_path)
+    epochs = 6
+    first = podium("run", *args, env={}, cwd=tmp_path)
+    # The trials' state while the grid has created only its first two trials.
+    early = wait_for(
+        lambda: len(checkpoints(storage)) >= 1 and _whole_state(storage), 240, "a save"
+    )
+    assert early is not None
+    wait_for(
+        lambda: len(checkpoints(storage)) >= 3 and max(checkpoints(storage).values()) == epochs - 1,
+        240,
+        "a finished trial and a third one started",
+        period=0.02,
+    )
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    state, data = early
+    if leftover == "truncated":
+        state.write_bytes(b"")
+    else:
+        assert _tune_state_file(storage) == state  # the same driver session's file
+        state.write_bytes(data)  # its searcher's state is newer: it created the third trial
+
+    second = podium("run", *args, "--resume", env={}, cwd=tmp_path)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out.decode()[-3000:]
+    reached = checkpoints(storage)
+    assert len(reached) == 4 and all(i == epochs - 1 for i in reached.values()), (
+        reached,
+        out.decode()[-3000:],
+    )
+    runs = trial_runs(uri, "state-mix")
+    assert len(runs) == 4
+    for run in runs.values():
+        assert run.data.tags[keys.TAG_STATUS] == "completed"

@@ -208,8 +208,8 @@ def test_a_killed_driver_resumes_from_the_bucket_with_one_value_per_step(cluster
     code, out = finish(podium(cluster, s3, "run", str(spec), "--resume"))
     assert code == 0, out[-4000:]
     after = newest_checkpoints(s3, bucket)
-    assert set(before) <= set(after) and len(after) == 4, (before, after)
-    assert all(i == epochs - 1 for i in after.values()), after
+    assert set(before) <= set(after) and len(after) == 4, (before, after, out[-4000:])
+    assert all(i == epochs - 1 for i in after.values()), (after, out[-4000:])
     runs = trial_runs(store_uri(cluster), "s3-resume")
     assert len(runs) == 4
     for run in runs.values():

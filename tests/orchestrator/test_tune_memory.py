@@ -13,13 +13,10 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import pytest
-import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
 from orchestrator.ledger import LEDGER_FILE, TrialLedger
-from orchestrator.runner import _QUIET_TUNE
 from orchestrator.tune_memory import (
     ForgetFinishedTrials,
     SilentTrialProgress,
@@ -145,16 +142,6 @@ class _Watch(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         gc.collect()
         self.alive_at_end = sum(ref() is not None for ref in self.ended)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    with pytest.MonkeyPatch.context() as env:
-        for k, v in _QUIET_TUNE.items():  # as `podium run` sets them (no CSV/JSON loggers)
-            env.setenv(k, v)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield
-        ray.shutdown()
 
 
 def _sweep(path: Path, callbacks: list) -> tuple[Any, _Watch]:

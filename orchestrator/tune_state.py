@@ -1,0 +1,211 @@
+"""Tune's saved state, read back as it was saved: whole, and all of one save.
+
+Ray Tune 2.58 saves a sweep's state as several files, the trials'
+(``experiment_state-<session>.json``) and the searcher's (``basic-variant-state-<session>.json``,
+``search_gen_state-<session>.json``, ...), into a staging folder on the driver, then copies that
+folder to the sweep's storage file by file, in a background thread. A driver killed during the
+copy leaves a mix there:
+
+- in a folder, a file the copy had truncated and not yet written (Tune then starts the sweep
+  over, losing its trials);
+- anywhere, the searcher's new state beside the trials' old one: the searcher counts a trial
+  as created that no trial state lists, so ``--resume`` never runs it and still succeeds. CI
+  hit this: a 4-trial grid resumed with one trial left at its second of six epochs.
+
+So at every save, once Tune has written the files into staging, :class:`SnapshotTuneState`
+takes them as one zip file, :data:`SNAPSHOT`, and the copy that save launches writes it first,
+then copies Tune's files: one object, which an object store shows whole or not at all (a folder
+gets it by rename). ``--resume`` first writes the snapshot's files back over Tune's
+(:func:`restore_snapshot`), so Tune reads a set that was saved together, never older than any
+file Tune copied after it. The write happens on Tune's copy thread, not in Tune's loop: written
+in the loop, it cost the anchor sweep 53 waits of 37-70 ms on S3 (see docs/BENCHMARKS.md).
+
+Hooks, both Ray Tune 2.58's: Tune calls each callback's ``get_state`` in the middle of a save,
+after the trials' and the searcher's files and before its own (Podium's callbacks keep no Tune
+state); and the experiment's checkpoint manager launches the copy through its storage's
+``syncer``, which this module wraps for that manager alone (the storage itself travels to every
+trial, the wrapper does not). If either is missing, the snapshot is written in Tune's loop.
+
+Importing this module imports Ray Tune.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import logging
+import os
+import posixpath
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+from ray.tune import Callback
+
+from orchestrator.tune_memory import calling_controller
+from workers import storage
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "podium-tune-state.zip"
+# Deflate's fastest level: Tune's state is JSON and pickles of ~100 KB that shrink several-fold,
+# and the snapshot is written in Tune's driver loop, once per save (53 saves in the anchor sweep).
+_LEVEL = 1
+# Tune's names for the parts of one save: each carries the session, a driver's start time.
+_TEMPORARY_PREFIX = "tmp-"  # Tune's own write-then-rename files
+_CALLBACK_STATE_PREFIX = "callback-states-"  # written after the hook; Podium's are stateless
+
+
+class SnapshotTuneState(Callback):
+    """Tune callback: at each save of Tune's state, write its files as one object into the
+    experiment folder ``experiment`` (a location: a folder or a URI).
+
+    Example:
+        >>> snap = SnapshotTuneState("s3://runs/podium/sweep-1a2b3c4d")  # doctest: +SKIP
+        >>> tune.Tuner(train, run_config=tune.RunConfig(callbacks=[snap]))  # doctest: +SKIP
+    """
+
+    def __init__(self, experiment: str) -> None:
+        self.experiment = experiment
+        self._staging: str | None = None
+        self._session: str | None = None
+        self._pending: bytes | None = None
+        self._hooked = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pending": None, "_hooked": False}
+
+    @property
+    def location(self) -> str:
+        return storage.join(self.experiment, SNAPSHOT)
+
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        controller = calling_controller("_storage", "_session_str", "_checkpoint_manager")
+        if controller is None:
+            log.warning(
+                "cannot reach Ray Tune's controller (Ray other than 2.58?): a driver killed "
+                "while Tune copies its state may leave state that --resume cannot use"
+            )
+            return
+        self._staging = controller._storage.experiment_driver_staging_path
+        self._session = controller._session_str
+        self._hooked = _copy_snapshot_first(controller._checkpoint_manager, self)
+
+    def get_state(self) -> None:
+        if self._staging is not None and self._session is not None:
+            body = snapshot_of(self._staging, self._session)
+            if self._hooked:
+                self._pending = body  # the copy this save launches writes it
+            else:
+                storage.write_bytes(self.location, body)
+        return None  # nothing of this callback's own to save
+
+    def take(self) -> bytes | None:
+        body, self._pending = self._pending, None
+        return body
+
+
+class _SnapshotFirst:
+    """Tune's experiment syncer, except that each copy it launches first writes the snapshot
+    of the save that launched it (in the copy's thread, before any of the save's files)."""
+
+    def __init__(self, syncer: Any, snapshots: SnapshotTuneState) -> None:
+        self._syncer = syncer
+        self._snapshots = snapshots
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._syncer, name)
+
+    def sync_up(self, local_dir: str, remote_dir: str, exclude: list | None = None) -> bool:
+        # What Ray 2.58's _BackgroundSyncer.sync_up does, with the snapshot put in front.
+        if self._syncer._should_continue_existing_sync():
+            return False  # Tune skips this copy; the next save's snapshot supersedes this one
+        upload, kwargs = self._syncer._sync_up_command(
+            local_path=local_dir, uri=remote_dir, exclude=exclude
+        )
+        body = self._snapshots.take()
+        if body is not None:
+            upload = functools.partial(_write_then, self._snapshots.location, body, upload)
+        self._syncer._launch_sync_process((upload, kwargs))
+        return True
+
+
+def _write_then(location: str, body: bytes, upload: Callable[..., Any], **kwargs: Any) -> Any:
+    storage.write_bytes(location, body)
+    return upload(**kwargs)
+
+
+def _copy_snapshot_first(manager: Any, snapshots: SnapshotTuneState) -> bool:
+    """Give Tune's experiment checkpoint ``manager`` a storage whose syncer writes the snapshot
+    first; False where its syncer is not the one this module knows."""
+    syncer = getattr(getattr(manager, "_storage", None), "syncer", None)
+    needed = ("_should_continue_existing_sync", "_sync_up_command", "_launch_sync_process")
+    if syncer is None or not all(hasattr(syncer, a) for a in needed):
+        return False
+    own = copy.copy(manager._storage)  # the manager's alone: trials get the original
+    own.syncer = _SnapshotFirst(syncer, snapshots)
+    manager._storage = own
+    return True
+
+
+def write_snapshot(experiment: str, staging: str, session: str) -> None:
+    """Write the files of ``session``'s save in ``staging`` as :data:`SNAPSHOT` in
+    ``experiment``."""
+    storage.write_bytes(storage.join(experiment, SNAPSHOT), snapshot_of(staging, session))
+
+
+def snapshot_of(staging: str, session: str) -> bytes:
+    """The files of ``session``'s save in ``staging``, as one zip file."""
+    names = [
+        name
+        for name in sorted(os.listdir(staging))
+        if session in name
+        and not name.startswith((_TEMPORARY_PREFIX, _CALLBACK_STATE_PREFIX))
+        and os.path.isfile(os.path.join(staging, name))
+    ]
+    body = io.BytesIO()
+    with zipfile.ZipFile(body, "w", zipfile.ZIP_DEFLATED, compresslevel=_LEVEL) as z:
+        for name in names:
+            z.write(os.path.join(staging, name), name)
+    return body.getvalue()
+
+
+def restore_snapshot(experiment: str) -> list[str]:
+    """Write the snapshot's files over Tune's in ``experiment``; returns their names ([] if
+    there is no snapshot: a sweep killed before Tune first saved, or saved by an older
+    Podium).
+
+    Raises:
+        ValueError: the snapshot is not one Podium wrote (not a zip file, or a file named
+            outside the folder); nothing was written.
+    """
+    location = storage.join(experiment, SNAPSHOT)
+    if storage.size(location) is None:
+        return []
+    try:
+        with zipfile.ZipFile(io.BytesIO(storage.read_bytes(location))) as z:
+            files = {name: z.read(name) for name in z.namelist()}
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{location}: {e}") from e
+    for name in files:
+        if posixpath.basename(name) != name or name in ("", ".", ".."):
+            raise ValueError(f"{location}: names a file outside its folder: {name!r}")
+    for name, data in files.items():
+        storage.write_bytes(storage.join(experiment, name), data)
+    return sorted(files)
+
+
+__all__ = [
+    "SNAPSHOT",
+    "SnapshotTuneState",
+    "restore_snapshot",
+    "snapshot_of",
+    "write_snapshot",
+]

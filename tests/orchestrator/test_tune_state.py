@@ -1,0 +1,91 @@
+"""The snapshot of Tune's saved state (orchestrator/tune_state.py), on a folder; the kill it
+guards against is provoked for real in tests/integration/test_faults.py."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from orchestrator.tune_state import SNAPSHOT, SnapshotTuneState, restore_snapshot, write_snapshot
+from tests.orchestrator.test_tune_memory import _sweep
+
+SESSION = "2026-12-07_04-07-19"
+
+
+def staged(folder, **files: bytes):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_a_snapshot_puts_back_one_saves_files_over_a_cut_off_copy(tmp_path):
+    state, searcher = f"experiment_state-{SESSION}.json", f"basic-variant-state-{SESSION}.json"
+    staging = staged(
+        tmp_path / "staging",
+        **{
+            state: b'{"trial_data": [1, 2, 3]}',
+            searcher: b"\x80\x05 pickled",
+            f"tmp-{searcher}": b"half",  # Tune's own write-then-rename, caught midway
+            f"callback-states-{SESSION}.pkl": b"old",  # written after the hook: not this save's
+            "experiment_state-2026-12-06_10-00-00.json": b"{}",  # an earlier driver's
+            "tuner.pkl": b"once",
+        },
+    )
+    experiment = tmp_path / "storage" / "sweep"
+    write_snapshot(str(experiment), str(staging), SESSION)
+    with zipfile.ZipFile(experiment / SNAPSHOT) as z:
+        assert sorted(z.namelist()) == sorted([state, searcher])
+
+    staged(experiment, **{state: b"", searcher: b"\x80\x05 newer"})  # what a kill left
+    assert restore_snapshot(str(experiment)) == sorted([state, searcher])
+    assert (experiment / state).read_bytes() == b'{"trial_data": [1, 2, 3]}'
+    assert (experiment / searcher).read_bytes() == b"\x80\x05 pickled"
+
+
+def test_without_a_snapshot_nothing_is_written(tmp_path):
+    staged(tmp_path, **{f"experiment_state-{SESSION}.json": b"{}"})
+    assert restore_snapshot(str(tmp_path)) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"experiment_state-{SESSION}.json"]
+
+
+def zipped(**files: bytes) -> bytes:
+    body = io.BytesIO()
+    with zipfile.ZipFile(body, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return body.getvalue()
+
+
+@pytest.mark.parametrize("name", ["../outside.json", "/etc/x.json", "a/b.json", ".."])
+def test_a_snapshot_naming_a_file_outside_its_folder_is_refused_whole(tmp_path, name):
+    experiment = tmp_path / "sweep"
+    staged(experiment, **{SNAPSHOT: zipped(**{"experiment_state-x.json": b"{}", name: b"x"})})
+    with pytest.raises(ValueError, match="outside its folder"):
+        restore_snapshot(str(experiment))
+    assert not (experiment / "experiment_state-x.json").exists()  # nothing written
+    assert not (tmp_path / "outside.json").exists()
+
+
+def test_a_snapshot_that_is_not_podiums_is_refused(tmp_path):
+    (tmp_path / SNAPSHOT).write_text('{"files": {}}')
+    with pytest.raises(ValueError, match="zip"):
+        restore_snapshot(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------ a real Tune sweep
+
+
+def test_each_copy_of_tunes_state_writes_the_snapshot_of_its_save_first(local_ray, tmp_path):
+    experiment = tmp_path / "exp"
+    snap = SnapshotTuneState(str(experiment))
+    _sweep(tmp_path, [snap])
+    assert snap._hooked  # written on Tune's copy thread, not in its loop
+    with zipfile.ZipFile(experiment / SNAPSHOT) as z:
+        names = z.namelist()
+        state = next(n for n in names if n.startswith("experiment_state-"))
+        # The last save, which Tune copied whole at the end: the snapshot is the same save.
+        assert z.read(state) == (experiment / state).read_bytes()
+        assert any(n.startswith("basic-variant-state-") for n in names)
