@@ -24,6 +24,20 @@ import pytest
 
 from tests.pg import PostgresServer, find_bin_dir, free_port
 
+# mlflow.set_tracking_uri sets the variable, so an earlier in-process sweep of the suite leaves
+# these in os.environ; a subprocess that must find its own folder's store runs without them.
+MLFLOW_URIS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def user_env(*extra: dict[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment as a user's shell has it (no MLflow URIs, nor ``drop``),
+    with ``extra`` added."""
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_URIS + drop}
+    for more in extra:
+        env.update(more)
+    return env
+
+
 ADMIN_USER = "podium-admin"
 
 

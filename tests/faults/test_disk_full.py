@@ -16,6 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tests.fixtures_services import user_env
 from tests.integration.test_cli import podium
 from tracking import keys
 
@@ -133,8 +134,7 @@ def test_a_full_store_disk_ends_the_sweep_and_resume_finishes_it(store_disk, tmp
     work.mkdir()
     uri = f"sqlite:///{work / 'podium-runs' / 'mlflow.db'}"
     args = ["run", "--set", f"cluster.storage_path={tmp_path / 'ray'}"]
-    env = {**os.environ}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = user_env()
     sweep = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", *args, "--set", "search.num_samples=40"],
         cwd=work,

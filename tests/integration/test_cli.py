@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures_services import user_env
 
 ROOT = Path(__file__).parents[2]
 
@@ -15,8 +16,7 @@ ROOT = Path(__file__).parents[2]
 def podium(
     *args: str, cwd: Path, env: dict | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
+    full_env = user_env(env or {})
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],
         cwd=cwd,

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_services import NetNamespace, RayNodes, S3Server, write_cluster_spec
+from tests.fixtures_services import (
+    NetNamespace,
+    RayNodes,
+    S3Server,
+    user_env,
+    write_cluster_spec,
+)
 from tests.integration.test_faults import assert_one_value_per_step, trial_runs, wait_for
 from tracking import keys
 
@@ -68,23 +74,11 @@ def write_spec(folder: Path, name: str, storage: str, **sections: object) -> Pat
     return write_cluster_spec(folder, name, storage=storage, **sections)
 
 
-def driver_env(*extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment without the MLflow URIs that earlier tests' in-process
-    sweeps left there (mlflow.set_tracking_uri sets the variable): the store is the folder's."""
-    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_URIS}
-    for more in extra:
-        env.update(more)
-    return env
-
-
-MLFLOW_URIS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-
-
 def podium(cluster, s3, *args: str) -> subprocess.Popen:
     nodes, home = cluster
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "podium"), *args, "--address", nodes.address],
-        env=driver_env(s3.env(), nodes.env()),
+        env=user_env(s3.env(), nodes.env()),
         cwd=home,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -250,7 +244,7 @@ def podium_local(s3: S3Server, home: Path, *args: str) -> subprocess.Popen:
     """A podium command that needs no Ray (promote)."""
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "podium"), *args],
-        env=driver_env(s3.env()),
+        env=user_env(s3.env()),
         cwd=home,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

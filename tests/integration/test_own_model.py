@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import api
 from orchestrator.spec import parse_spec
-from tests.fixtures_services import RayNodes, has_ray_client, post_when_up
+from tests.fixtures_services import RayNodes, has_ray_client, post_when_up, user_env
 from tests.integration.test_cli import podium
 
 pytestmark = pytest.mark.slow
@@ -31,12 +31,7 @@ def own_model(tmp_path_factory):
 
 
 def _no_path() -> dict:
-    import os
-
-    env = dict(os.environ)
-    for name in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        env.pop(name, None)  # a user's shell: nothing another test left behind
-    return env
+    return user_env(drop=("PYTHONPATH",))  # a user's shell: nothing another test left behind
 
 
 def test_the_example_runs_from_its_folder_and_promotes(own_model):

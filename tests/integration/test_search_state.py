@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from orchestrator.errors import RunError, SpecError
 from orchestrator.runner import run_experiment
 from orchestrator.spec import parse_spec
+from orchestrator.tune_state import SNAPSHOT
 from tests.integration.test_faults import checkpoints, podium, raw_spec, trial_runs, wait_for
 from tracking import keys
 
@@ -198,13 +199,23 @@ def test_a_resumed_optuna_sweep_goes_on_with_its_study(ray_cluster, tmp_path):
     assert len(trial_runs(uri, "optuna-resume")) == 4
 
 
-def test_a_resume_over_a_cut_off_tune_state_refuses(tmp_path):
+def test_a_cut_off_tune_state_is_put_back_from_its_snapshot_or_refused(tmp_path):
     # What a driver killed while Tune copied its state leaves: the state file, empty.
     uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "storage"
     spec = _spec("cut-off", storage, {"num_samples": 2})
-    run_experiment(spec, tracking_uri=uri)
+    first = run_experiment(spec, tracking_uri=uri)
     folder = next(storage.glob("cut-off-*"))
-    for state in folder.glob("experiment_state-*.json"):
+    states = {p: p.read_bytes() for p in folder.glob("experiment_state-*.json")}
+    assert states
+    for state in states:
         state.write_bytes(b"")
+    # Without the snapshot (a sweep of an older Podium), --resume refuses rather than restart.
+    (folder / SNAPSHOT).rename(folder / "aside")
     with pytest.raises(RunError, match="Tune's saved state .* is empty"):
         run_experiment(spec, tracking_uri=uri, resume=True)
+    (folder / "aside").rename(folder / SNAPSHOT)
+    resumed = run_experiment(spec, tracking_uri=uri, resume=True)
+    assert all(state.read_bytes() == whole for state, whole in states.items())
+    assert resumed.parent_run_id == first.parent_run_id
+    assert sorted(r.trial_id for r in resumed.rows) == sorted(r.trial_id for r in first.rows)
+    assert len(list(folder.glob("podium_trial_*"))) == 2  # nothing ran again

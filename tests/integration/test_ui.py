@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_services import user_env
 from tests.pg import free_port
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def _listening(port: int) -> bool:
 
 def start_ui(folder: Path, port: int) -> subprocess.Popen:
     """``podium ui --port PORT`` in ``folder``, its output (text) on a pipe."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = user_env()
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port)],
         cwd=folder,
