@@ -24,6 +24,7 @@ import yaml
 
 from orchestrator.runner import run_experiment
 from orchestrator.spec import parse_spec
+from tests.fixtures_services import user_env
 from tracking import keys
 
 pytestmark = pytest.mark.slow
@@ -324,10 +325,11 @@ def test_a_tracking_server_outage_loses_nothing(
 
 
 def podium(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """``podium ARGS`` as a user's shell starts it (see ``user_env``), plus ``env``."""
     exe = Path(sys.executable).parent / "podium"
     return subprocess.Popen(
         [str(exe), *args],
-        env={**os.environ, **env},
+        env=user_env(env),
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
