@@ -16,15 +16,25 @@ So at every save, once Tune has written the files into staging, :class:`Snapshot
 takes them as one zip file, :data:`SNAPSHOT`, and the copy that save launches writes it first,
 then copies Tune's files: one object, which an object store shows whole or not at all (a folder
 gets it by rename). ``--resume`` first writes the snapshot's files back over Tune's
-(:func:`restore_snapshot`), so Tune reads a set that was saved together, never older than any
-file Tune copied after it. The write happens on Tune's copy thread, not in Tune's loop: written
-in the loop, it cost the anchor sweep 53 waits of 37-70 ms on S3 (see docs/BENCHMARKS.md).
+(:func:`restore_snapshot`), so Tune reads a set that was saved together: that of the last save
+whose copy began (a copy can also pick up files that a later save rewrote in staging meanwhile;
+the snapshot sets those back too). The write happens on Tune's copy thread, not in Tune's
+loop: written in the loop, it cost the anchor sweep 53 waits of 37-70 ms on S3 (see
+docs/BENCHMARKS.md).
 
-Hooks, both Ray Tune 2.58's: Tune calls each callback's ``get_state`` in the middle of a save,
+A checkpoint that the newest whole state names must still be there when a resume reads it. Tune
+deletes a trial's superseded checkpoint the moment a newer one arrives, and saves the state
+that no longer names it only after: a kill in between left a state naming a deleted checkpoint
+(CI: the trial failed to restore). So while a sweep runs, Tune's deletions wait, and the copy
+that writes the next snapshot carries them out after it.
+
+Hooks, all Ray Tune 2.58's: Tune calls each callback's ``get_state`` in the middle of a save,
 after the trials' and the searcher's files and before its own (Podium's callbacks keep no Tune
 state); and the experiment's checkpoint manager launches the copy through its storage's
 ``syncer``, which this module wraps for that manager alone (the storage itself travels to every
-trial, the wrapper does not). If either is missing, the snapshot is written in Tune's loop.
+trial, the wrapper does not); Tune's checkpoint manager module deletes through its
+``_delete_fs_path``, which this module routes to the running sweep's queue. If the first two
+are missing, the snapshot is written in Tune's loop and deletions are Tune's own.
 
 Importing this module imports Ray Tune.
 """
@@ -38,6 +48,7 @@ import logging
 import os
 import posixpath
 import zipfile
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +60,8 @@ from workers import storage
 log = logging.getLogger(__name__)
 
 SNAPSHOT = "podium-tune-state.zip"
-# Deflate's fastest level: Tune's state is JSON and pickles of ~100 KB that shrink several-fold,
-# and the snapshot is written in Tune's driver loop, once per save (53 saves in the anchor sweep).
+# Deflate's fastest level: Tune's state is JSON and pickles of ~100 KB that shrink several-fold
+# (to 12-15 KB in the anchor sweep), and the zip is made in Tune's loop, once per save.
 _LEVEL = 1
 # Tune's names for the parts of one save: each carries the session, a driver's start time.
 _TEMPORARY_PREFIX = "tmp-"  # Tune's own write-then-rename files
@@ -72,9 +83,10 @@ class SnapshotTuneState(Callback):
         self._session: str | None = None
         self._pending: bytes | None = None
         self._hooked = False
+        self._deletions: deque[tuple[Any, str]] = deque()  # Tune's, until a snapshot is written
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pending": None, "_hooked": False}
+        return {**self.__dict__, "_pending": None, "_hooked": False, "_deletions": deque()}
 
     @property
     def location(self) -> str:
@@ -97,6 +109,13 @@ class SnapshotTuneState(Callback):
         self._staging = controller._storage.experiment_driver_staging_path
         self._session = controller._session_str
         self._hooked = _copy_snapshot_first(controller._checkpoint_manager, self)
+        if self._hooked:
+            _defer_deletions_to(self)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # Tune's last save is written; nothing will resume from an older one.
+        _defer_deletions_to(None)
+        _delete(self.take_deletions())
 
     def get_state(self) -> None:
         if self._staging is not None and self._session is not None:
@@ -110,6 +129,12 @@ class SnapshotTuneState(Callback):
     def take(self) -> bytes | None:
         body, self._pending = self._pending, None
         return body
+
+    def take_deletions(self) -> list[tuple[Any, str]]:
+        taken = []
+        while self._deletions:
+            taken.append(self._deletions.popleft())
+        return taken
 
 
 class _SnapshotFirst:
@@ -132,14 +157,56 @@ class _SnapshotFirst:
         )
         body = self._snapshots.take()
         if body is not None:
-            upload = functools.partial(_write_then, self._snapshots.location, body, upload)
+            # Deletions Tune asked for before this save: its state names newer checkpoints.
+            deletions = self._snapshots.take_deletions()
+            location = self._snapshots.location
+            upload = functools.partial(_write_then, location, body, deletions, upload)
         self._syncer._launch_sync_process((upload, kwargs))
         return True
 
 
-def _write_then(location: str, body: bytes, upload: Callable[..., Any], **kwargs: Any) -> Any:
+def _write_then(
+    location: str,
+    body: bytes,
+    deletions: list[tuple[Any, str]],
+    upload: Callable[..., Any],
+    **kwargs: Any,
+) -> Any:
+    """The snapshot, then Tune's copy, then the deletions the snapshot made safe."""
     storage.write_bytes(location, body)
-    return upload(**kwargs)
+    result = upload(**kwargs)
+    _delete(deletions)
+    return result
+
+
+# Tune's own deletion, and the sweep whose snapshots hold Tune's deletions back (one per driver).
+_tune_delete: Callable[..., Any] | None = None
+_holding: SnapshotTuneState | None = None
+
+
+def _defer_deletions_to(snapshots: SnapshotTuneState | None) -> None:
+    """Route Tune's checkpoint deletions to ``snapshots``' queue (None: to Tune again)."""
+    from ray.train._internal import checkpoint_manager
+
+    global _tune_delete, _holding
+    if checkpoint_manager._delete_fs_path is not _deferred_delete:
+        _tune_delete = checkpoint_manager._delete_fs_path
+        checkpoint_manager._delete_fs_path = _deferred_delete
+    _holding = snapshots
+
+
+def _deferred_delete(fs: Any, fs_path: str) -> None:
+    holding = _holding
+    if holding is None:
+        _delete([(fs, fs_path)])
+    else:
+        holding._deletions.append((fs, fs_path))
+
+
+def _delete(deletions: list[tuple[Any, str]]) -> None:
+    assert _tune_delete is not None or not deletions
+    for fs, fs_path in deletions:
+        _tune_delete(fs=fs, fs_path=fs_path)  # type: ignore[misc]
 
 
 def _copy_snapshot_first(manager: Any, snapshots: SnapshotTuneState) -> bool:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
 
+from orchestrator import tune_state
 from orchestrator.tune_state import SNAPSHOT, SnapshotTuneState, restore_snapshot, write_snapshot
 from tests.orchestrator.test_tune_memory import _sweep
 
@@ -83,9 +85,31 @@ def test_each_copy_of_tunes_state_writes_the_snapshot_of_its_save_first(local_ra
     snap = SnapshotTuneState(str(experiment))
     _sweep(tmp_path, [snap])
     assert snap._hooked  # written on Tune's copy thread, not in its loop
+    # Tune's deletions of superseded checkpoints were held back, then all carried out: each
+    # trial keeps its newest two of three, and deletions are Tune's own again.
+    kept = [sorted(c.name for c in t.glob("checkpoint_*")) for t in experiment.glob("_train_*")]
+    assert kept and all(k == ["checkpoint_000001", "checkpoint_000002"] for k in kept), kept
+    assert tune_state._holding is None and not snap._deletions
     with zipfile.ZipFile(experiment / SNAPSHOT) as z:
         names = z.namelist()
         state = next(n for n in names if n.startswith("experiment_state-"))
         # The last save, which Tune copied whole at the end: the snapshot is the same save.
         assert z.read(state) == (experiment / state).read_bytes()
         assert any(n.startswith("basic-variant-state-") for n in names)
+
+
+def test_a_held_back_deletion_happens_after_the_snapshot_and_tunes_copy(tmp_path):
+    import pyarrow.fs as pafs
+    from ray.train._internal.storage import _delete_fs_path
+
+    old = tmp_path / "trial" / "checkpoint_000000"
+    old.mkdir(parents=True)
+    location = str(tmp_path / SNAPSHOT)
+    seen = []
+
+    def copy() -> None:  # what Tune's copy sees: the snapshot written, the checkpoint not gone
+        seen.append((Path(location).exists(), old.exists()))
+
+    tune_state._tune_delete = _delete_fs_path
+    tune_state._write_then(location, b"zip", [(pafs.LocalFileSystem(), str(old))], copy)
+    assert seen == [(True, True)] and not old.exists()
