@@ -26,7 +26,8 @@ A checkpoint that the newest whole state names must still be there when a resume
 deletes a trial's superseded checkpoint the moment a newer one arrives, and saves the state
 that no longer names it only after: a kill in between left a state naming a deleted checkpoint
 (CI: the trial failed to restore). So while a sweep runs, Tune's deletions wait, and the copy
-that writes the next snapshot carries them out after it.
+that writes the next snapshot carries them out after it (the sweep's last save carries out
+the rest; a sweep that fails leaves them).
 
 Hooks, all Ray Tune 2.58's: Tune calls each callback's ``get_state`` in the middle of a save,
 after the trials' and the searcher's files and before its own (Podium's callbacks keep no Tune
@@ -113,9 +114,10 @@ class SnapshotTuneState(Callback):
             _defer_deletions_to(self)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # Tune's last save is written; nothing will resume from an older one.
+        # A sweep that ended well made its last save (and that copy's deletions) before this.
+        # One that failed did not: what is still held back stays, so --resume finds every
+        # checkpoint its newest state names (a few superseded ones are left over).
         _defer_deletions_to(None)
-        _delete(self.take_deletions())
 
     def get_state(self) -> None:
         if self._staging is not None and self._session is not None:
