@@ -80,26 +80,38 @@ class Store:
 
         try:
             exp = self.client.get_experiment_by_name(name)
-            if exp is not None:
-                if exp.lifecycle_stage == "deleted":
-                    self.client.restore_experiment(exp.experiment_id)
-                if exp.tags.get(keys.TAG_EXPERIMENT_KIND) != keys.EXPERIMENT_KIND_TRAINING:
-                    self.client.set_experiment_tag(
-                        exp.experiment_id, keys.TAG_EXPERIMENT_KIND, keys.EXPERIMENT_KIND_TRAINING
+            if exp is None:
+                location = artifact_location or default_artifact_location(self.uri)
+                try:
+                    return self.client.create_experiment(
+                        name,
+                        artifact_location=location,
+                        tags={keys.TAG_EXPERIMENT_KIND: keys.EXPERIMENT_KIND_TRAINING},
                     )
-                return exp.experiment_id
-            location = artifact_location or default_artifact_location(self.uri)
-            return self.client.create_experiment(
-                name,
-                artifact_location=location,
-                tags={keys.TAG_EXPERIMENT_KIND: keys.EXPERIMENT_KIND_TRAINING},
-            )
+                except MlflowException as e:
+                    # Another driver started in the same folder created it between our read and
+                    # our insert: that experiment is the one we want.
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise e
+            return self._reuse(exp)
         except MlflowException as e:
             raise TrackingError(
                 f"MLflow store {self.uri!r} refused experiment {name!r}: {e.message}"
             ) from e
         except Exception as e:  # connection errors come as requests/sqlalchemy exceptions
             raise TrackingError(f"cannot reach MLflow store {self.uri!r}: {e}") from e
+
+    def _reuse(self, exp: Any) -> str:
+        """An existing experiment, restored if deleted and tagged so MLflow's UI shows it as
+        model training (not its GenAI view)."""
+        if exp.lifecycle_stage == "deleted":
+            self.client.restore_experiment(exp.experiment_id)
+        if exp.tags.get(keys.TAG_EXPERIMENT_KIND) != keys.EXPERIMENT_KIND_TRAINING:
+            self.client.set_experiment_tag(
+                exp.experiment_id, keys.TAG_EXPERIMENT_KIND, keys.EXPERIMENT_KIND_TRAINING
+            )
+        return exp.experiment_id
 
     def start_parent(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(

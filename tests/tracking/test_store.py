@@ -37,6 +37,29 @@ def test_experiment_is_created_once_with_artifacts_beside_the_store(store):
     assert exp.artifact_location.endswith("artifacts")
 
 
+def test_a_driver_that_loses_the_race_to_create_the_experiment_uses_the_winners(tmp_path):
+    """Two drivers started at once in one folder both find no experiment; the one whose insert
+    comes second must take the first one's experiment, not fail the sweep."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    winner, loser = Store(uri), Store(uri)
+    read = loser.client.get_experiment_by_name
+    calls = []
+
+    def read_before_the_winner_inserts(name):
+        calls.append(name)
+        if len(calls) == 1:  # the loser's first read ...
+            found = read(name)
+            winner_id.append(winner.ensure_experiment(name))  # ... then the winner inserts
+            return found
+        return read(name)
+
+    winner_id: list[str] = []
+    loser.client.get_experiment_by_name = read_before_the_winner_inserts
+    assert loser.ensure_experiment("exp") == winner_id[0]
+    assert len(calls) == 2
+    assert [e.name for e in winner.client.search_experiments()].count("exp") == 1
+
+
 def test_experiments_open_in_the_ui_as_model_training_not_genai(store):
     made = store.client.get_experiment(store.ensure_experiment("new"))
     assert made.tags[keys.TAG_EXPERIMENT_KIND] == "custom_model_development"
