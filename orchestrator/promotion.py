@@ -100,11 +100,9 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
 
 def trial_of(checkpoint: str | Path) -> dict[str, Any]:
     """The concrete trial spec a checkpoint was trained from."""
-    import json
+    from workers.trainable import trial_facts
 
-    from workers.trainable import TRIAL_FILE
-
-    return dict(json.loads(Path(checkpoint, TRIAL_FILE).read_text())["trial"])
+    return dict(trial_facts(checkpoint)["trial"])
 
 
 def measured_artifact(trial: dict[str, Any]) -> str:

@@ -32,19 +32,21 @@ from workers.optimizers.schedules import build_schedule
 from workers.recipes import run_recipe
 from workers.tasks import TaskData, load_task
 
-STATE_FILE = (
-    "state.pt"  # weights-only: tensors and plain containers, loadable with weights_only=True
-)
-TRIAL_FILE = "trial.json"  # the concrete spec plus what the model needs of its task (trial_meta)
-EXAMPLE_FILE = (
-    "example.pt"  # a few of the task's inputs (weights-only tensor): export and signature
-)
+# A checkpoint is two files, so that object storage writes two objects per checkpoint:
+# - state.pt: weights-only (tensors and plain containers, loadable with weights_only=True): the
+#   model, the optimizer, the schedule, the RNG and a few of the task's inputs (``example``);
+# - manifest.json, written last: the size of every other file (see checkpoint_problem), the
+#   trial's facts (``trial``: trial_meta), its per-epoch history and, in a finished trial's last
+#   checkpoint, its final report.
+STATE_FILE = "state.pt"
+MANIFEST_FILE = "manifest.json"
+# Separate files in checkpoints written before Podium folded them into the two above; still read.
+TRIAL_FILE = "trial.json"
+EXAMPLE_FILE = "example.pt"
+FINAL_FILE = "final.json"
+HISTORY_FILE = "history.json"
 ROBUST_VAL_SAMPLES = 1000  # val examples attacked each epoch (the test split is attacked whole)
 ARTIFACTS_DIR = "artifacts"  # files a recipe produced (e.g. model.onnx), logged by the driver
-FINAL_FILE = "final.json"  # the last report, kept with the last checkpoint (see run_trial)
-# The per-epoch metrics up to the checkpoint and the trial that reported them (see keys.REPLAY).
-HISTORY_FILE = "history.json"
-MANIFEST_FILE = "manifest.json"  # every other file of the checkpoint and its size, written last
 
 
 @dataclass
@@ -338,34 +340,56 @@ def _save(
     }
     if state.schedule is not None and hasattr(state.schedule, "state_dict"):
         blob["schedule"] = state.schedule.state_dict()
-    torch.save(blob, folder / STATE_FILE)
     # A few inputs of the task's own dtype and shape: the driver exports and logs the winner
     # from its checkpoint without loading the task (or importing the user's task module).
-    torch.save(inputs.detached(data.example_input()), folder / EXAMPLE_FILE)
-    (folder / TRIAL_FILE).write_text(json.dumps(trial_meta(trial, data)))
-    (folder / HISTORY_FILE).write_text(json.dumps({"trial_id": trial_id, "epochs": state.history}))
-    if final is not None:
-        (folder / FINAL_FILE).write_text(json.dumps(_without_replay(final)))
-    _write_manifest(folder)
+    blob["example"] = inputs.detached(data.example_input())
+    torch.save(blob, folder / STATE_FILE)
+    facts: dict[str, Any] = {
+        "trial": trial_meta(trial, data),
+        # The per-epoch metrics up to here and the trial that reported them (see keys.REPLAY).
+        "history": {"trial_id": trial_id, "epochs": state.history},
+    }
+    if final is not None:  # the last report, kept with the last checkpoint (see run_trial)
+        facts["final"] = _without_replay(final)
+    _write_manifest(folder, facts)
 
 
-def _write_manifest(folder: Path) -> None:
-    """List every file of the checkpoint with its size, last: Tune uploads a checkpoint file by
-    file, and a copy cut off (a killed worker, a lost connection) lacks files or has short
-    ones; :func:`checkpoint_problem` finds that against this list."""
+def _write_manifest(folder: Path, facts: dict[str, Any] | None = None) -> None:
+    """Write the manifest last: every other file of the checkpoint with its size, and the
+    checkpoint's ``facts``. Tune uploads a checkpoint file by file, and a copy cut off (a killed
+    worker, a lost connection) lacks files or has short ones; :func:`checkpoint_problem` finds
+    that against this list."""
     files = {
         p.relative_to(folder).as_posix(): p.stat().st_size
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-    (folder / MANIFEST_FILE).write_text(json.dumps(files))
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files, **(facts or {})}))
+
+
+def _manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's manifest as ``{"files": ..., "trial": ..., "history": ..., "final": ...}``,
+    its facts read from their separate files in a checkpoint written before they moved into it."""
+    try:
+        listed = json.loads(Path(folder, MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        listed = None  # a cut-off upload (checkpoint_problem), or written before manifests
+    if isinstance(listed, dict) and "files" in listed:
+        return dict(listed)
+    manifest: dict[str, Any] = {} if listed is None else {"files": listed}
+    for key, name in (("trial", TRIAL_FILE), ("history", HISTORY_FILE), ("final", FINAL_FILE)):
+        if Path(folder, name).exists():
+            manifest[key] = json.loads(Path(folder, name).read_text())
+    return manifest
 
 
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     """Why the checkpoint in ``folder`` is not whole (a cut-off upload), or None."""
     try:
-        listed = json.loads(Path(folder, MANIFEST_FILE).read_text())
+        listed = _manifest(folder).get("files")
     except (OSError, ValueError):
+        listed = None
+    if not isinstance(listed, dict):
         return f"has no readable {MANIFEST_FILE} (its upload was cut off)"
     for name, size in sorted(listed.items()):
         path = Path(folder, name)
@@ -391,10 +415,20 @@ def trial_meta(trial: dict[str, Any], data: TaskData) -> dict[str, Any]:
     }
 
 
+def trial_facts(folder: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's :func:`trial_meta`: the trial's spec and what its model needs of its
+    task."""
+    return dict(_manifest(folder)["trial"])
+
+
 def load_example(folder: str | os.PathLike) -> inputs.Inputs:
     """The example inputs a trial's checkpoint holds (weights-only load): a tensor, or a tuple
     of them for a model of several inputs."""
-    return torch.load(Path(folder, EXAMPLE_FILE), weights_only=True, map_location="cpu")
+    old = Path(folder, EXAMPLE_FILE)
+    if old.exists():
+        return torch.load(old, weights_only=True, map_location="cpu")
+    blob = torch.load(Path(folder, STATE_FILE), weights_only=True, map_location="cpu")
+    return blob["example"]
 
 
 def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
@@ -403,9 +437,9 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
         return
     with checkpoint.as_directory() as folder:
         blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
-        final = Path(folder, FINAL_FILE)
-        state.final = json.loads(final.read_text()) if final.exists() else None
-        owned = _read_history(folder)
+        manifest = _manifest(folder)
+        state.final = manifest.get("final")
+        owned = manifest.get("history", {})
     if owned.get("trial_id") == trial_id:
         # Its own checkpoint. A PBT exploit restores another trial's: that trial's epochs are
         # not this run's history, so this trial's history starts again from here.
@@ -453,13 +487,11 @@ def checkpoint_history(folder: str | os.PathLike | None) -> list[dict[str, float
     none)."""
     if folder is None:
         return []
-    return list(_read_history(folder).get("epochs", []))
-
-
-def _read_history(folder: str | os.PathLike) -> dict[str, Any]:
-    """``{"trial_id": ..., "epochs": [...]}``, or {} for a checkpoint written without one."""
-    path = Path(folder, HISTORY_FILE)
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        manifest = _manifest(folder)
+    except (OSError, ValueError):
+        return []
+    return list(manifest.get("history", {}).get("epochs", []))
 
 
 def _with_replay(state: _State, report: dict[str, Any]) -> dict[str, Any]:
@@ -513,7 +545,7 @@ def load_trial_model(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, An
         ``num_classes``).
     """
     folder = Path(folder)
-    meta = json.loads((folder / TRIAL_FILE).read_text())
+    meta = trial_facts(folder)
     model = build_model(
         meta["trial"]["model"],
         inputs.as_shape(meta["input_shape"]),

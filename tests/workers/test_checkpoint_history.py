@@ -9,7 +9,22 @@ from ray import tune
 
 from tracking import keys
 from workers.tasks import load_task
-from workers.trainable import _restore, _save, _setup, _with_replay, checkpoint_history
+from workers.trainable import (
+    EXAMPLE_FILE,
+    HISTORY_FILE,
+    MANIFEST_FILE,
+    STATE_FILE,
+    TRIAL_FILE,
+    _restore,
+    _save,
+    _setup,
+    _with_replay,
+    checkpoint_history,
+    checkpoint_problem,
+    load_example,
+    load_trial_model,
+    trial_facts,
+)
 
 TRIAL = {
     "task": {"name": "digits"},
@@ -59,3 +74,46 @@ def test_a_checkpoint_without_history_reads_as_empty(tmp_path):
     (tmp_path / "state.pt").write_bytes(b"")
     assert checkpoint_history(tmp_path) == []
     assert checkpoint_history(None) == []
+
+
+def test_a_checkpoint_is_two_files_the_manifest_holding_the_trials_facts(digits, tmp_path):
+    """Object storage writes one object per file: the state (with the example inputs) and the
+    manifest (with the trial's spec and history), written last."""
+    ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_FILE, STATE_FILE]
+    assert checkpoint_problem(ckpt.path) is None
+    assert trial_facts(ckpt.path)["trial"] == TRIAL
+    model, meta = load_trial_model(ckpt.path)
+    example = load_example(ckpt.path)
+    assert example.shape[1:] == digits.example_input().shape[1:]
+    assert model(example).shape == (example.shape[0], digits.num_classes)
+
+
+def test_a_checkpoint_of_the_earlier_layout_still_restores(digits, tmp_path):
+    """Checkpoints written before the facts moved into the manifest (a sweep resumed across an
+    upgrade, a registry teacher) kept them in files of their own."""
+    import json
+
+    import torch
+
+    ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=3)
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    blob = torch.load(tmp_path / STATE_FILE, weights_only=True)
+    torch.save(blob.pop("example"), tmp_path / EXAMPLE_FILE)
+    torch.save(blob, tmp_path / STATE_FILE)
+    (tmp_path / TRIAL_FILE).write_text(json.dumps(manifest["trial"]))
+    (tmp_path / HISTORY_FILE).write_text(json.dumps(manifest["history"]))
+    files = {p.name: p.stat().st_size for p in tmp_path.iterdir() if p.name != MANIFEST_FILE}
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(files))
+
+    assert checkpoint_problem(ckpt.path) is None
+    (tmp_path / HISTORY_FILE).write_text("{}")  # cut short
+    assert checkpoint_problem(ckpt.path) == (
+        f"has {HISTORY_FILE} cut short: 2 of {files[HISTORY_FILE]} bytes"
+    )
+    (tmp_path / HISTORY_FILE).write_text(json.dumps(manifest["history"]))
+    state = _setup(TRIAL, digits)
+    _restore(state, ckpt, "trial_a")
+    assert state.epoch == 3 and [e[keys.EPOCH] for e in state.history] == [1, 2, 3]
+    assert trial_facts(ckpt.path)["trial"] == TRIAL
+    assert load_example(ckpt.path).shape[1:] == digits.example_input().shape[1:]

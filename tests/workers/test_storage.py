@@ -71,7 +71,7 @@ def test_a_checkpoint_cut_off_is_found_and_a_whole_one_passes(tmp_path):
     (tmp_path / "trial.json").write_text("{}")
     (tmp_path / "artifacts" / "model.onnx").write_bytes(b"\2" * 32)
     _write_manifest(tmp_path)
-    listed = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    listed = json.loads((tmp_path / MANIFEST_FILE).read_text())["files"]
     assert listed == {"artifacts/model.onnx": 32, "state.pt": 64, "trial.json": 2}
     assert checkpoint_problem(tmp_path) is None
 
@@ -92,7 +92,7 @@ def test_tune_uploads_a_checkpoint_as_one_put_per_file_and_no_folder_markers(
 
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
-    for name in ("state.pt", "example.pt", "trial.json", "history.json", MANIFEST_FILE):
+    for name in ("state.pt", "artifacts.onnx", "notes.txt", "extra.bin", MANIFEST_FILE):
         (checkpoint / name).write_bytes(b"x" * 2000)
     path, fs = storage.for_tune(f"s3://{bucket}/runs")
     log = s3_server.home / "moto.log"

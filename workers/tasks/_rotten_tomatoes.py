@@ -17,13 +17,13 @@ Inputs are token ids, an int64 tensor of ``MAX_LEN`` per snippet: lowercased, sp
 built from the **training split only** (tokens seen at least ``MIN_FREQ`` times, at most
 ``MAX_VOCAB``), ``0`` padding the end, ``1`` any other token, cut after ``MAX_LEN`` tokens.
 The vocabulary travels with the model in ``TaskData.extra`` (saved in the checkpoint's
-``trial.json``): ``vocab`` (the token of each id), ``vocab_size``, ``max_len``, ``tokenizer``,
-``token_pattern``, ``pad_id``, ``unk_id``.
+manifest, ``workers.trainable.trial_facts``): ``vocab`` (the token of each id),
+``vocab_size``, ``max_len``, ``tokenizer``, ``token_pattern``, ``pad_id``, ``unk_id``.
 
 Serving: the model takes token ids, not text. :func:`encode` turns text into exactly the ids the
 task trained on, given those ``extra`` facts. The split, and so the vocabulary, is a function of
 the seed the task was loaded with (a trial's ``training.seed``): rebuild them with ``load_task``,
-or read them from the trial checkpoint's ``trial.json`` (``extra``) or the recipe's
+or read them from the trial checkpoint (``trial_facts(folder)["extra"]``) or the recipe's
 ``recipe.json``::
 
     from workers.tasks import load_task
@@ -145,8 +145,9 @@ def encode(texts: Sequence[str], extra: Mapping[str, Any]) -> torch.Tensor:
 
     Args:
         texts: raw strings (any case and punctuation).
-        extra: the task's ``extra`` facts (``TaskData.extra`` or a checkpoint's ``trial.json``
-            ``extra``): ``vocab``, ``max_len`` and ``token_pattern`` are read.
+        extra: the task's ``extra`` facts (``TaskData.extra`` or a checkpoint's
+            ``trial_facts(folder)["extra"]``): ``vocab``, ``max_len`` and ``token_pattern`` are
+            read.
 
     Returns:
         Ids padded with 0 (or cut) to ``max_len``; a token not in the vocabulary is 1.
