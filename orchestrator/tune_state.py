@@ -208,7 +208,14 @@ def _deferred_delete(fs: Any, fs_path: str) -> None:
 def _delete(deletions: list[tuple[Any, str]]) -> None:
     assert _tune_delete is not None or not deletions
     for fs, fs_path in deletions:
-        _tune_delete(fs=fs, fs_path=fs_path)  # type: ignore[misc]
+        # Tune only deletes checkpoints, which are folders: deleted as one at once, without
+        # Tune's is-it-a-folder question first (one more listing each on S3).
+        try:
+            fs.delete_dir(fs_path)
+        except FileNotFoundError:
+            pass  # already gone
+        except Exception:  # noqa: BLE001 - a file, or an error: Tune's own deletion logs it
+            _tune_delete(fs=fs, fs_path=fs_path)  # type: ignore[misc]
 
 
 def _copy_snapshot_first(manager: Any, snapshots: SnapshotTuneState) -> bool:

@@ -113,3 +113,37 @@ def test_a_held_back_deletion_happens_after_the_snapshot_and_tunes_copy(tmp_path
     tune_state._tune_delete = _delete_fs_path
     tune_state._write_then(location, b"zip", [(pafs.LocalFileSystem(), str(old))], copy)
     assert seen == [(True, True)] and not old.exists()
+
+
+def test_a_held_back_checkpoint_is_deleted_whole_on_s3_without_tunes_probe(s3_server, monkeypatch):
+    """Tune's deletion first asks whether the path is a folder (one more listing on S3); a
+    checkpoint always is, so the held-back deletion deletes it as one."""
+    from ray.train._internal.storage import _delete_fs_path
+
+    from workers import storage
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    bucket = s3_server.bucket()
+    path, fs = storage.for_tune(f"s3://{bucket}/runs")
+    log = s3_server.home / "moto.log"
+    monkeypatch.setattr(tune_state, "_tune_delete", _delete_fs_path)
+
+    def requests(delete) -> int:
+        before = log.read_text(errors="replace").count(f"/{bucket}")
+        delete()
+        return log.read_text(errors="replace").count(f"/{bucket}") - before
+
+    folders = [f"{path}/trial/checkpoint_00000{i}" for i in range(3)]
+    for folder in folders:
+        for name in ("state.pt", "manifest.json"):
+            with fs.open_output_stream(f"{folder}/{name}") as f:
+                f.write(b"x")
+    by_tune = requests(lambda: _delete_fs_path(fs, folders[0]))
+    held_back = requests(lambda: tune_state._delete([(fs, folders[1])]))
+    assert held_back < by_tune, (held_back, by_tune)
+    tune_state._delete([(fs, f"{path}/trial/checkpoint_000009")])  # never written: no error
+    left = [k for k in s3_server.objects(bucket) if not k.endswith("/")]
+    assert sorted(left) == [
+        f"runs/trial/checkpoint_000002/{n}" for n in ("manifest.json", "state.pt")
+    ]

@@ -119,3 +119,30 @@ def test_the_object_store_file_system_unpickles_to_one_shared_client(bucket):
     assert first.handler is second.handler
     assert first.equals(fs) and storage.location_of(first, "b/x") == "s3://b/x"
     assert storage.for_tune("/srv/runs") == ("/srv/runs", None)  # a folder: Tune's own
+
+
+def test_tunes_storage_marker_is_asked_for_once_per_process(tmp_path, bucket, s3_server):
+    """Tune checks its marker before every checkpoint upload; once seen, it is not asked again.
+    Other files are asked every time: they come and go."""
+    from ray.train._internal.storage import _exists_at_fs_path
+
+    path, fs = storage.for_tune(f"s3://{bucket}/runs")
+    marker, other = f"{path}/exp/{storage.TUNE_MARKER}", f"{path}/exp/other.json"
+    log = s3_server.home / "moto.log"
+
+    def requests(check) -> int:
+        before = log.read_text(errors="replace").count(f"/{bucket}")
+        check()
+        return log.read_text(errors="replace").count(f"/{bucket}") - before
+
+    assert requests(lambda: _exists_at_fs_path(fs, marker)) >= 1  # not there yet: asked ...
+    assert requests(lambda: _exists_at_fs_path(fs, marker)) >= 1  # ... every time
+    with fs.open_output_stream(marker):
+        pass
+    with fs.open_output_stream(other):
+        pass
+    assert requests(lambda: _exists_at_fs_path(fs, marker)) >= 1
+    assert requests(lambda: [_exists_at_fs_path(fs, marker) for _ in range(5)]) == 0
+    assert requests(lambda: _exists_at_fs_path(fs, other)) >= 1
+    fs.delete_file(other)
+    assert not _exists_at_fs_path(fs, other)
