@@ -51,6 +51,7 @@ import posixpath
 import zipfile
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray.tune import Callback
@@ -67,6 +68,7 @@ _LEVEL = 1
 # Tune's names for the parts of one save: each carries the session, a driver's start time.
 _TEMPORARY_PREFIX = "tmp-"  # Tune's own write-then-rename files
 _CALLBACK_STATE_PREFIX = "callback-states-"  # written after the hook; Podium's are stateless
+_DELETERS = 8  # threads for a save's held-back deletions (requests that mostly wait)
 
 
 class SnapshotTuneState(Callback):
@@ -109,9 +111,16 @@ class SnapshotTuneState(Callback):
             return
         self._staging = controller._storage.experiment_driver_staging_path
         self._session = controller._session_str
-        self._hooked = _copy_snapshot_first(controller._checkpoint_manager, self)
+        manager = controller._checkpoint_manager
+        self._hooked = _copy_snapshot_first(manager, self)
         if self._hooked:
             _defer_deletions_to(self)
+            # Tune forces a save (and waits in its loop for the copy before it) each time a
+            # trial has checkpointed num_to_keep times, only so that its saved state never names
+            # a checkpoint it has deleted; Ray's own comment calls it a non-performant
+            # workaround. The held-back deletions keep that true, so saves come at Tune's period.
+            if hasattr(manager, "_sync_every_n_trial_checkpoints"):
+                manager._sync_every_n_trial_checkpoints = None
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # A sweep that ended well made its last save (and that copy's deletions) before this.
@@ -207,15 +216,25 @@ def _deferred_delete(fs: Any, fs_path: str) -> None:
 
 def _delete(deletions: list[tuple[Any, str]]) -> None:
     assert _tune_delete is not None or not deletions
-    for fs, fs_path in deletions:
-        # Tune only deletes checkpoints, which are folders: deleted as one at once, without
-        # Tune's is-it-a-folder question first (one more listing each on S3).
-        try:
-            fs.delete_dir(fs_path)
-        except FileNotFoundError:
-            pass  # already gone
-        except Exception:  # noqa: BLE001 - a file, or an error: Tune's own deletion logs it
-            _tune_delete(fs=fs, fs_path=fs_path)  # type: ignore[misc]
+    if len(deletions) <= 1:
+        for fs, fs_path in deletions:
+            _delete_checkpoint(fs, fs_path)
+        return
+    # A save can carry many (all of a period's superseded checkpoints, and the last save waits
+    # for them): each costs a few requests on object storage, so they overlap.
+    with ThreadPoolExecutor(max_workers=_DELETERS) as pool:
+        list(pool.map(lambda d: _delete_checkpoint(*d), deletions))
+
+
+def _delete_checkpoint(fs: Any, fs_path: str) -> None:
+    # Tune only deletes checkpoints, which are folders: deleted as one at once, without Tune's
+    # is-it-a-folder question first (one more listing each on S3).
+    try:
+        fs.delete_dir(fs_path)
+    except FileNotFoundError:
+        pass  # already gone
+    except Exception:  # noqa: BLE001 - a file, or an error: Tune's own deletion logs it
+        _tune_delete(fs=fs, fs_path=fs_path)  # type: ignore[misc]
 
 
 def _copy_snapshot_first(manager: Any, snapshots: SnapshotTuneState) -> bool:
