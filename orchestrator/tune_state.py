@@ -209,17 +209,13 @@ def _defer_deletions_to(snapshots: SnapshotTuneState | None) -> None:
 def _deferred_delete(fs: Any, fs_path: str) -> None:
     holding = _holding
     if holding is None:
-        _delete([(fs, fs_path)])
+        _tune_delete(fs=fs, fs_path=fs_path)  # type: ignore[misc]
     else:
         holding._deletions.append((fs, fs_path))
 
 
 def _delete(deletions: list[tuple[Any, str]]) -> None:
     assert _tune_delete is not None or not deletions
-    if len(deletions) <= 1:
-        for fs, fs_path in deletions:
-            _delete_checkpoint(fs, fs_path)
-        return
     # A save can carry many (all of a period's superseded checkpoints, and the last save waits
     # for them): each costs a few requests on object storage, so they overlap.
     with ThreadPoolExecutor(max_workers=_DELETERS) as pool:

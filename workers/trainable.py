@@ -427,8 +427,9 @@ def load_example(folder: str | os.PathLike) -> inputs.Inputs:
     old = Path(folder, EXAMPLE_FILE)
     if old.exists():
         return torch.load(old, weights_only=True, map_location="cpu")
-    blob = torch.load(Path(folder, STATE_FILE), weights_only=True, map_location="cpu")
-    return blob["example"]
+    # Memory-mapped: only the example's bytes are read, not the model's and optimizer's.
+    blob = torch.load(Path(folder, STATE_FILE), weights_only=True, map_location="cpu", mmap=True)
+    return inputs.detached(blob["example"])
 
 
 def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
