@@ -300,6 +300,72 @@ def download(location: str, folder: str | os.PathLike) -> Path:
     return Path(folder)
 
 
+def delete_folders(fs: Any, paths: list[str]) -> None:
+    """Delete the folders at ``paths`` in the pyarrow file system ``fs`` (as Tune names its
+    checkpoints), with everything in them; a path with nothing there is skipped.
+
+    pyarrow deletes an S3 folder with three requests (a listing, a batch delete, and an empty
+    marker object it writes for the parent folder), and offers no batch across folders. Where
+    :func:`deletes_in_batches`, S3 folders go together: one listing per parent folder and one
+    request per 1,000 objects. Tune's superseded checkpoints of one save, 128 in the anchor
+    sweep, were 384 requests; they are 16 listings (one per trial) and one delete.
+    """
+    client = _s3_client() if _is_s3(fs) else None
+    if client is None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_dir(path)
+        return
+    wanted: dict[tuple[str, str], list[str]] = {}  # (bucket, parent prefix) -> folder keys
+    for path in paths:
+        bucket, _, key = path.strip("/").partition("/")
+        wanted.setdefault((bucket, posixpath.dirname(key)), []).append(key)
+    doomed: dict[str, list[str]] = {}  # bucket -> the keys of those folders' objects
+    for (bucket, parent), folders in wanted.items():
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{parent}/" if parent else ""
+        )
+        doomed.setdefault(bucket, []).extend(
+            o["Key"]
+            for page in pages
+            for o in page.get("Contents", [])
+            if any(o["Key"] == f or o["Key"].startswith(f"{f}/") for f in folders)
+        )
+    for bucket, keys in doomed.items():
+        for start in range(0, len(keys), 1000):  # S3's most per request
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            answer = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise OSError(f"s3://{bucket}/{first['Key']}: {first['Code']} {first['Message']}")
+
+
+def deletes_in_batches(fs: Any) -> bool:
+    """Whether :func:`delete_folders` deletes ``fs``'s folders together (S3, with boto3)."""
+    return _is_s3(fs) and _s3_client() is not None
+
+
+def _is_s3(fs: Any) -> bool:
+    return fs.type_name.removeprefix("py::") == "s3"  # py::s3: _NoFolderMarkers
+
+
+def _s3_client() -> Any:
+    try:
+        import boto3  # noqa: F401 (optional: without it, folders are deleted one at a time)
+    except ImportError:
+        return None
+    # Keyed by the standard variables (which boto3 reads as pyarrow does), as they name the server.
+    names = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_DEFAULT_REGION")
+    return _s3_client_for(tuple(os.environ.get(n) for n in names))
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_client_for(settings: tuple[str | None, ...]) -> Any:
+    import boto3
+
+    return boto3.session.Session().client("s3")  # thread-safe, unlike the session
+
+
 @contextlib.contextmanager
 def local_copy(location: str) -> Iterator[Path]:
     """The folder at ``location`` as a local folder: itself, or a temporary download of it
@@ -321,6 +387,8 @@ def _shared_handler(fs_pickle: bytes) -> _NoFolderMarkers:
 
 __all__ = [
     "SCHEMES",
+    "delete_folders",
+    "deletes_in_batches",
     "download",
     "exists",
     "filesystem",

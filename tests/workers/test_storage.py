@@ -146,3 +146,32 @@ def test_tunes_storage_marker_is_asked_for_once_per_process(tmp_path, bucket, s3
     assert requests(lambda: _exists_at_fs_path(fs, other)) >= 1
     fs.delete_file(other)
     assert not _exists_at_fs_path(fs, other)
+
+
+def test_folders_on_s3_are_deleted_together_with_what_is_in_them(bucket, s3_server, tmp_path):
+    """Tune's superseded checkpoints of two trials: two listings and one batch delete, where
+    pyarrow makes three requests a folder; a folder whose name merely starts with a deleted
+    one's, and every other folder, stay; no "folder/" markers appear; missing folders pass."""
+    path, fs = storage.for_tune(f"s3://{bucket}/runs")
+    kept = ["t1/checkpoint_10/state.pt", "t1/checkpoint_2/state.pt", "t2/checkpoint_3/m.json"]
+    doomed = ["t1/checkpoint_1/state.pt", "t1/checkpoint_1/manifest.json"]
+    doomed += ["t2/checkpoint_1/state.pt", "t2/checkpoint_2/state.pt"]
+    for key in kept + doomed:
+        with fs.open_output_stream(f"{path}/exp/{key}") as f:
+            f.write(b"x")
+    gone = ["t1/checkpoint_1", "t2/checkpoint_1", "t2/checkpoint_2", "t2/checkpoint_9"]
+    log = s3_server.home / "moto.log"
+    before = log.read_text(errors="replace").count(f"/{bucket}")
+    assert storage.deletes_in_batches(fs)
+    storage.delete_folders(fs, [f"{path}/exp/{g}" for g in gone])
+    assert log.read_text(errors="replace").count(f"/{bucket}") - before == 3
+    assert sorted(s3_server.objects(bucket)) == sorted(f"runs/exp/{k}" for k in kept)
+    # A folder on disk: one at a time, as pyarrow deletes it.
+    import pyarrow.fs as pafs
+
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "state.pt").write_bytes(b"x")
+    local = pafs.LocalFileSystem()
+    assert not storage.deletes_in_batches(local)
+    storage.delete_folders(local, [str(tmp_path / "c1"), str(tmp_path / "none")])
+    assert not (tmp_path / "c1").exists()
