@@ -423,9 +423,9 @@ def _fit(
     param_space, search_alg = build_param_space(spec, seed_offset=extras.get("seed_offset", 0))
     seeding = extras.get("seeding")
     if seeding is not None:
-        seeding.seeded = (
-            search_alg.seed_with(seeding.points) if hasattr(search_alg, "seed_with") else 0
-        )
+        if hasattr(search_alg, "seed_with"):
+            seeding.seeded = search_alg.seed_with(seeding.points)
+            search_alg.run_first(seeding.rerun)
         if verbosity:
             print(f"podium: {seeding.line()}", file=sys.stderr)
     s = spec.search

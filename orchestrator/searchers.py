@@ -110,6 +110,14 @@ class PodiumOptuna(OptunaSearch):
             out.append(float(v))
         return tuple(out)
 
+    def run_first(self, params: Sequence[dict[str, Any]]) -> int:
+        """Make ``params`` (configs as :meth:`seed_with` takes them) the next trials, in order;
+        returns how many."""
+        study: Any = self._ot_study
+        for p in params:
+            study.enqueue_trial(p, user_attrs={"podium_rerun": True})
+        return len(params)
+
     def seed_with(self, points: Sequence[Evaluated]) -> int:
         """Add ``points`` to the study as trials it has seen; returns how many were added
         (a point lacking one of the objectives is left out)."""

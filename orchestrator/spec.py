@@ -128,8 +128,9 @@ class SearchSpec:
     )
     grace_period: int = _doc("epochs before asha/hyperband/median may stop a trial", default=1)
     warm_start: dict[str, Any] | None = _doc(
-        "{experiment: NAME, top: K}: seed a model-based searcher with the K best finished "
-        "trials of that experiment's sweeps whose configs fit this space (default K 50)",
+        "{experiment: NAME, top: K, rerun: R}: seed a model-based searcher with the K best "
+        "finished trials of that experiment's sweeps whose configs fit this space (default K "
+        "50), and train the R best of them again first (default 1, 0 for none)",
         default=None,
     )
 
@@ -853,7 +854,7 @@ def _check_search(s: SearchSpec, spec: ExperimentSpec) -> list[Problem]:
     return p
 
 
-WARM_START_KEYS = ("experiment", "top")
+WARM_START_KEYS = ("experiment", "top", "rerun")
 
 
 def _check_warm_start(s: SearchSpec) -> list[Problem]:
@@ -861,7 +862,11 @@ def _check_warm_start(s: SearchSpec) -> list[Problem]:
     if w is None:
         return []
     if not isinstance(w, dict):
-        return [Problem("search.warm_start", w, "must be a mapping {experiment: NAME, top: K}")]
+        return [
+            Problem(
+                "search.warm_start", w, "must be a mapping {experiment: NAME, top: K, rerun: R}"
+            )
+        ]
     p = [
         Problem(f"search.warm_start.{k}", w[k], f"unknown key; valid: {', '.join(WARM_START_KEYS)}")
         for k in sorted(set(w) - set(WARM_START_KEYS))
@@ -871,6 +876,8 @@ def _check_warm_start(s: SearchSpec) -> list[Problem]:
         p.append(Problem("search.warm_start.experiment", name, "must be an experiment's name"))
     if "top" in w:
         p += _leaf("search.warm_start.top", w["top"], _positive_int)
+    if "rerun" in w:
+        p += _leaf("search.warm_start.rerun", w["rerun"], _non_negative_int)
     if s.searcher not in MODEL_BASED:
         p.append(
             Problem(
@@ -976,6 +983,12 @@ def _positive_int(v: Any) -> str | None:
     if isinstance(v, int) and not isinstance(v, bool) and v > 0:
         return None
     return f"must be a positive integer, got {v!r}"
+
+
+def _non_negative_int(v: Any) -> str | None:
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return None
+    return f"must be a whole number 0 or more, got {v!r}"
 
 
 def _one_of(valid: tuple[str, ...]) -> Callable[[Any], str | None]:

@@ -79,16 +79,20 @@ def test_warm_start_seeds_the_searcher_with_the_fitting_trials_of_another_experi
     seeding = target.extra["seeding"]
     assert (seeding.seeded, seeding.skipped) == (3, 0)
     tag = MlflowClient(uri).get_run(target.parent_run_id).data.tags[keys.TAG_WARM_START]
-    assert json.loads(tag) == {"source": "experiment 'ws-source'", "seeded": 3, "skipped": 0}
+    facts = {"source": "experiment 'ws-source'", "seeded": 3, "skipped": 0, "rerun": 1}
+    assert json.loads(tag) == facts
     study = _study(_tune_folder(uri, target.parent_run_id))
     seeded = [t for t in study.trials if "podium_seeded_from" in t.system_attrs]
-    # The three best of the source, by their observed metric, not retrained.
+    # The three best of the source, by their observed metric, as points told to the model.
     assert {t.system_attrs["podium_seeded_from"] for t in seeded} == {r.run_id for r in best_three}
     assert sorted(t.value for t in seeded) == sorted(r.metrics["val_accuracy"] for r in best_three)
     assert len(study.trials) == 5 and len(target.rows) == 2  # seeded points are not trials
-
-    # Seeded configs are not tried again: the sampler does not draw the source's start-up.
-    assert not any(t.params in [s.params for s in seeded] for t in study.trials if t not in seeded)
+    # The best of them (rerun: 1 by default) is this sweep's first trial, trained again: its
+    # model is this sweep's to promote. The sampler does not draw the others' configs again.
+    best = max(seeded, key=lambda t: t.value)
+    ran = [t for t in study.trials if t not in seeded]
+    assert ran[0].params == best.params and ran[0].user_attrs == {"podium_rerun": True}
+    assert not any(t.params in [s.params for s in seeded] for t in ran[1:])
     # Another batch size: the source's trials measured something else, and are skipped.
     other = _spec("ws-other", storage, warm, training__batch_size=16)
     moved = run_experiment(other, tracking_uri=uri, address=address).extra["seeding"]

@@ -151,6 +151,12 @@ def test_earlier_trials_map_back_to_points_of_the_space_and_seed_the_study():
     assert trials[3].system_attrs["podium_seeded_from"] == "run3"
     # 30 seeded trials: TPE's start-up is over, the next config comes from its model.
     assert target.suggest("next") and len(target._ot_study.trials) == 32
+    # Configs to train again come first, in order, then the model's again.
+    again = [points[7].params, points[2].params]
+    assert target.run_first(again) == 2
+    for i, params in enumerate(again):
+        assert target.suggest(f"again{i}") and target._ot_trials[f"again{i}"].params == params
+    assert target.suggest("after") and len(target._ot_study.trials) == 35
 
 
 def test_warm_start_is_checked_and_needs_a_model_based_searcher():
@@ -167,6 +173,10 @@ def test_warm_start_is_checked_and_needs_a_model_based_searcher():
     text = str(e.value)
     assert "search.warm_start.experiment" in text and "search.warm_start.top" in text
     assert "search.warm_start.k" in text
+    with pytest.raises(SpecError, match=r"search\.warm_start\.rerun: .*0 or more, got -1"):
+        load_spec(
+            overrides=["search.searcher=optuna", "search.warm_start={experiment: e, rerun: -1}"]
+        )
 
 
 def test_a_resume_command_after_more_resumes_without_it():
