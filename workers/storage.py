@@ -116,11 +116,50 @@ def filesystem(location: str) -> tuple[Any, str]:
 
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location).resolve())
+    parts = urlsplit(location)
+    if parts.scheme in _BUCKET_PATHS:
+        # Building an S3 file system builds a client: 13 ms here, for every ledger record,
+        # snapshot and read. One per bucket and settings, as for what Tune unpickles below.
+        fs = _bucket_filesystem(parts.scheme, parts.netloc, _settings())
+        return fs, f"{parts.netloc}{parts.path}".rstrip("/")
+    return _new_filesystem(location)
+
+
+# Schemes whose file systems name a path "bucket/key", as pyarrow's from_uri gives it.
+_BUCKET_PATHS = {"s3", "gs", "gcs"}
+
+
+def _new_filesystem(location: str) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
     query = _QUERY.get(urlsplit(location).scheme)
     fs, path = pafs.FileSystem.from_uri(f"{location}?{query}" if query else location)
     if fs.type_name == "s3":
         fs = pafs.PyFileSystem(_NoFolderMarkers(fs))
     return fs, path
+
+
+def _settings() -> tuple[str | None, ...]:
+    """The standard variables that say which server and keys a client uses (pyarrow and boto3
+    read them at a client's start): a client is reused only while they are the same."""
+    return tuple(os.environ.get(n) for n in _SETTINGS)
+
+
+_SETTINGS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "STORAGE_EMULATOR_HOST",
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _bucket_filesystem(scheme: str, bucket: str, settings: tuple[str | None, ...]) -> Any:
+    return _new_filesystem(f"{scheme}://{bucket}")[0]
 
 
 class _NoFolderMarkers(FileSystemHandler):  # type: ignore[misc]
@@ -354,9 +393,7 @@ def _s3_client() -> Any:
         import boto3  # noqa: F401 (optional: without it, folders are deleted one at a time)
     except ImportError:
         return None
-    # Keyed by the standard variables (which boto3 reads as pyarrow does), as they name the server.
-    names = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_DEFAULT_REGION")
-    return _s3_client_for(tuple(os.environ.get(n) for n in names))
+    return _s3_client_for(_settings())
 
 
 @functools.lru_cache(maxsize=4)
