@@ -281,6 +281,7 @@ def summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "warm_start_method": warm_vs,
         "targets_val_accuracy": [s["target"] for s in per_seed],
+        "epochs_per_seed": {m: [s[m]["epochs"] for s in per_seed] for m in methods},
         "trials": {m: [s[m]["trials"] for s in per_seed] for m in methods},
         "seeds": len(per_seed),
     }

@@ -13,13 +13,9 @@ from orchestrator.spec import ExperimentSpec, space_kind
 
 
 def build_scheduler(spec: ExperimentSpec) -> Any:
-    from ray.tune.schedulers import (
-        ASHAScheduler,
-        FIFOScheduler,
-        MedianStoppingRule,
-    )
+    from ray.tune.schedulers import FIFOScheduler
 
-    from orchestrator.hyperband import StopsSavingTrials
+    from orchestrator.early_stop import FinishingASHA, FinishingHyperBand, FinishingMedian
     from orchestrator.pbt import build_pbt
     from orchestrator.space import template_of
 
@@ -27,11 +23,11 @@ def build_scheduler(spec: ExperimentSpec) -> Any:
     grace = min(s.grace_period, max_t)
     builders = {
         "fifo": lambda: FIFOScheduler(),
-        "asha": lambda: ASHAScheduler(
+        "asha": lambda: FinishingASHA(
             time_attr="training_iteration", max_t=max_t, grace_period=grace, reduction_factor=3
         ),
-        "hyperband": lambda: StopsSavingTrials(time_attr="training_iteration", max_t=max_t),
-        "median": lambda: MedianStoppingRule(
+        "hyperband": lambda: FinishingHyperBand(time_attr="training_iteration", max_t=max_t),
+        "median": lambda: FinishingMedian(
             time_attr="training_iteration", grace_period=grace, min_samples_required=3
         ),
         "pbt": lambda: build_pbt(template_of(spec), interval=max(1, grace)),

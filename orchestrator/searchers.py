@@ -36,7 +36,7 @@ from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESample
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.space import OptunaSpace
+from orchestrator.space import RERUN_KEY, OptunaSpace
 from tracking import keys
 
 BOHB_RANDOM_FRACTION = 1 / 3  # BOHB's default share of configs drawn at random
@@ -111,12 +111,20 @@ class PodiumOptuna(OptunaSearch):
         return tuple(out)
 
     def run_first(self, params: Sequence[dict[str, Any]]) -> int:
-        """Make ``params`` (configs as :meth:`seed_with` takes them) the next trials, in order;
-        returns how many."""
+        """Make ``params`` (configs as :meth:`seed_with` takes them) the next trials, in order,
+        each marked in its config (:data:`~orchestrator.space.RERUN_KEY`) so that schedulers
+        let it finish; returns how many."""
         study: Any = self._ot_study
         for p in params:
-            study.enqueue_trial(p, user_attrs={"podium_rerun": True})
+            study.enqueue_trial(p, user_attrs={RERUN_KEY: True})
         return len(params)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if isinstance(config, dict) and trial is not None and trial.user_attrs.get(RERUN_KEY):
+            config = {**config, RERUN_KEY: True}
+        return config
 
     def seed_with(self, points: Sequence[Evaluated]) -> int:
         """Add ``points`` to the study as trials it has seen; returns how many were added

@@ -63,6 +63,8 @@ def iter_leaves(node: Any, path: str) -> Iterator[tuple[str, dict]]:
 
 
 GRID_KEY = "grid"  # the one Ray grid axis: a list of {flat key: value} assignments
+# In a trial's config: it trains a warm start's known config again, to its last epoch.
+RERUN_KEY = "podium_rerun"
 
 
 def grid_variants(node: Any, path: str, grid_choices: bool = False) -> list[dict[str, Any]]:

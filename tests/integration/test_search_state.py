@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from orchestrator.errors import RunError, SpecError
 from orchestrator.runner import run_experiment
+from orchestrator.space import RERUN_KEY
 from orchestrator.spec import parse_spec
 from orchestrator.tune_state import SNAPSHOT
 from tests.integration.test_faults import checkpoints, podium, raw_spec, trial_runs, wait_for
@@ -91,7 +92,7 @@ def test_warm_start_seeds_the_searcher_with_the_fitting_trials_of_another_experi
     # model is this sweep's to promote. The sampler does not draw the others' configs again.
     best = max(seeded, key=lambda t: t.value)
     ran = [t for t in study.trials if t not in seeded]
-    assert ran[0].params == best.params and ran[0].user_attrs == {"podium_rerun": True}
+    assert ran[0].params == best.params and ran[0].user_attrs == {RERUN_KEY: True}
     assert not any(t.params in [s.params for s in seeded] for t in ran[1:])
     # Another batch size: the source's trials measured something else, and are skipped.
     other = _spec("ws-other", storage, warm, training__batch_size=16)

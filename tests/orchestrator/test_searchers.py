@@ -8,6 +8,7 @@ import pytest
 from optuna.trial import TrialState
 
 from orchestrator.schedulers import build_param_space
+from orchestrator.space import RERUN_KEY
 from orchestrator.spec import load_spec
 from tracking import keys
 
@@ -157,6 +158,40 @@ def test_earlier_trials_map_back_to_points_of_the_space_and_seed_the_study():
     for i, params in enumerate(again):
         assert target.suggest(f"again{i}") and target._ot_trials[f"again{i}"].params == params
     assert target.suggest("after") and len(target._ot_study.trials) == 35
+    assert target._ot_trials["again0"].user_attrs == {RERUN_KEY: True}
+
+
+def test_a_config_trained_again_is_not_stopped_early_and_others_still_are():
+    """The searcher marks a warm start's known config in its trial's config; ASHA still
+    compares with it, but does not stop it (a real Tune scheduler and trials). The median rule
+    is built the same way."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from orchestrator.early_stop import FinishingMedian
+    from orchestrator.schedulers import build_scheduler
+
+    median = load_spec(overrides=["search.searcher=optuna", "search.scheduler=median"])
+    assert isinstance(build_scheduler(median), FinishingMedian)
+    spec = load_spec(overrides=["search.searcher=optuna", "search.scheduler=asha"])
+    searcher = _searcher()
+    known = searcher.suggest("new")
+    searcher.run_first([searcher._ot_trials["new"].params])
+    again = searcher.suggest("again")
+    assert again == {**known, RERUN_KEY: True} and RERUN_KEY not in known
+    stopper = build_scheduler(spec)
+    stopper.set_search_properties("val_accuracy", "max")
+    configs = [{"a": 1}, {"a": 2}, {"a": 3}, {"a": 4}, {"a": 5}, again]
+    trials = [Trial("train", config=c, stub=True) for c in configs]
+    actions = []
+    for epoch in (1, 2, 3):
+        for trial, acc in zip(trials, [0.9, 0.9, 0.8, 0.9, 0.1, 0.1], strict=True):
+            if epoch == 1:
+                stopper.on_trial_add(None, trial)
+            result = {"val_accuracy": acc + epoch / 100, "training_iteration": epoch}
+            actions.append(stopper.on_trial_result(None, trial, result))
+    assert TrialScheduler.STOP in actions[:-1]  # the poor new config was stopped
+    assert actions[5::6] == [TrialScheduler.CONTINUE] * 3  # the known one never
 
 
 def test_warm_start_is_checked_and_needs_a_model_based_searcher():
@@ -209,3 +244,30 @@ def test_random_draws_follow_the_spec_seed_and_the_offset():
     assert len({repr(c) for c in first}) == 3
     assert first != _random_draws(3)
     assert first != _random_draws(0, "training.seed=1")
+
+
+def test_hyperband_runs_a_config_trained_again_first_outside_its_brackets():
+    """A real Tune HyperBand (Podium's) with real trials: the known config runs before the
+    brackets' trials and is never paused or stopped; the brackets hold only the others."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from orchestrator.early_stop import FinishingHyperBand
+    from orchestrator.schedulers import build_scheduler
+
+    spec = load_spec(overrides=["search.searcher=bohb", "search.scheduler=hyperband"])
+    hyperband = build_scheduler(spec)
+    assert isinstance(hyperband, FinishingHyperBand)
+    hyperband.set_search_properties("val_accuracy", "max")
+    others = [Trial("train", config={"a": i}, stub=True) for i in range(3)]
+    again = Trial("train", config={"a": 9, RERUN_KEY: True}, stub=True)
+    for trial in [*others, again]:
+        hyperband.on_trial_add(None, trial)
+    assert hyperband.choose_trial_to_run(None) is again
+    in_brackets = [t for band in hyperband._hyperbands for b in band for t in b.current_trials()]
+    assert again not in in_brackets and set(in_brackets) == set(others)
+    for epoch in range(1, spec.training_max_epochs() + 1):
+        result = {"val_accuracy": 0.1, "training_iteration": epoch}
+        assert hyperband.on_trial_result(None, again, result) == TrialScheduler.CONTINUE
+    hyperband.on_trial_complete(None, again, {})
+    assert hyperband.choose_trial_to_run(None) in others
