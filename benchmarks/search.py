@@ -32,6 +32,11 @@ null. Also measured: the winner's test accuracy, and ``searcher_overhead_pct``, 
 model-based searchers spent inside their calls (suggest, results, completions) as a share of
 their sweeps' wall time. Random search's calls cost nothing measurable by comparison.
 
+A method that misses the target on any seed has no median (null). ``epochs_to_target_at_least``
+counts a missed seed as all the trial-epochs the sweep ran there, fewer than it would have
+needed: a lower bound, so the model-based method's ratio against random + ASHA's is judged on an
+upper bound of the true ratio (``vs_random_asha_at_most``).
+
 It prints one JSON line, medians over seeds:
 ``{"epochs_to_target": {...}, "best_method": ..., "searcher_overhead_pct": ..., ...}``.
 """
@@ -259,9 +264,14 @@ def summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     best_model_based = min(("tpe_asha", "bohb"), key=lambda m: _or_inf(epochs[m]))
     warm_vs = [s["warm_start"]["method"] for s in per_seed]
     cold_of_warm = median_or_none([s[s["warm_start"]["method"]]["epochs"] for s in per_seed])
+    # A method that missed the target on a seed would have needed more than all the epochs it
+    # ran there: counted as exactly those (its best case), the median is a lower bound, and a
+    # ratio against it an upper bound on the true one.
+    at_least = {m: statistics.median(_at_least(s[m]) for s in per_seed) for m in methods}
     targets = {
         "vs_grid": _ratio(epochs[best_model_based], epochs["grid"]),
         "vs_random_asha": _ratio(epochs[best_model_based], epochs["random_asha"]),
+        "vs_random_asha_at_most": _ratio(epochs[best_model_based], at_least["random_asha"]),
         "warm_vs_cold": _ratio(epochs["warm_start"], cold_of_warm),
     }
     return {
@@ -275,16 +285,22 @@ def summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         "ratios": targets,
         "targets_met": {
             "model_based_vs_grid": _le(targets["vs_grid"], 0.25),
-            "model_based_vs_random_asha": _le(targets["vs_random_asha"], 0.5),
+            "model_based_vs_random_asha": _le(targets["vs_random_asha_at_most"], 0.5),
             "warm_vs_cold": _le(targets["warm_vs_cold"], 0.5),
             "overhead": overhead <= 5,
         },
         "warm_start_method": warm_vs,
         "targets_val_accuracy": [s["target"] for s in per_seed],
         "epochs_per_seed": {m: [s[m]["epochs"] for s in per_seed] for m in methods},
+        "epochs_to_target_at_least": at_least,
         "trials": {m: [s[m]["trials"] for s in per_seed] for m in methods},
         "seeds": len(per_seed),
     }
+
+
+def _at_least(row: dict[str, Any]) -> int:
+    """Trial-epochs to target, or, where the sweep missed it, all the trial-epochs it ran."""
+    return row["epochs"] if row["epochs"] is not None else row["trial_epochs"]
 
 
 def _ratio(a: Any, b: Any) -> float | None:

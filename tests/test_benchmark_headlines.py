@@ -46,3 +46,22 @@ def test_the_search_benchmark_counts_trial_epochs_to_the_target_in_time_order():
     # A method that missed on any seed has no median: it is not faster.
     assert search.median_or_none([3, None, 5]) is None
     assert search.median_or_none([3, 9, 5]) == 5
+
+    # Where random + ASHA missed on a seed, it counts as all the epochs it ran there (a lower
+    # bound on what it needed); the ratio against that is an upper bound, and judged on it.
+    def seed(bohb: int, asha: int | None, asha_ran: int) -> dict:
+        row = {"epochs": None, "seconds": None, "trial_epochs": 400, "wall_s": 10.0, "trials": 96}
+        rows = {m: {**row, "searcher_s": 0.0, "winner_test_accuracy": 0.8} for m in search.COLD}
+        rows["grid"] = {**rows["random_fifo"], "epochs": 200}
+        rows["bohb"] = {**rows["bohb"], "epochs": bohb}
+        rows["random_asha"] = {**rows["random_asha"], "epochs": asha, "trial_epochs": asha_ran}
+        warm = {**rows["bohb"], "epochs": 6, "method": "bohb"}
+        return {**rows, "warm_start": warm, "target": 0.86}
+
+    summary = search.summary([seed(30, None, 210), seed(40, 90, 200), seed(35, 60, 190)])
+    assert summary["epochs_to_target"]["random_asha"] is None
+    assert summary["epochs_to_target_at_least"]["random_asha"] == 90
+    assert summary["ratios"]["vs_random_asha_at_most"] == round(35 / 90, 3)
+    assert summary["targets_met"]["model_based_vs_random_asha"]
+    tight = search.summary([seed(30, None, 50), seed(40, 60, 200), seed(35, 55, 190)])
+    assert not tight["targets_met"]["model_based_vs_random_asha"]  # 35 / 55 > 1/2
