@@ -32,15 +32,19 @@ from workers.optimizers.schedules import build_schedule
 from workers.recipes import run_recipe
 from workers.tasks import TaskData, load_task
 
-# A checkpoint is two files, so that object storage writes two objects per checkpoint:
-# - state.pt: weights-only (tensors and plain containers, loadable with weights_only=True): the
-#   model, the optimizer, the schedule, the RNG and a few of the task's inputs (``example``);
-# - manifest.json, written last: the size of every other file (see checkpoint_problem), the
-#   trial's facts (``trial``: trial_meta), its per-epoch history and, in a finished trial's last
-#   checkpoint, its final report.
+# A checkpoint is one file, state.pt, so that object storage writes one object per checkpoint
+# (which appears whole or not at all). It is weights-only (tensors and plain containers, loadable
+# with weights_only=True): the model, the optimizer, the schedule, the RNG, a few of the task's
+# inputs (``example``), and as JSON (``podium``) the manifest: the size of every other file in
+# the checkpoint (a finished trial's artifacts, see checkpoint_problem), the trial's facts
+# (``trial``: trial_meta), its per-epoch history and, in its last checkpoint, its final report.
+# A folder can hold a copy cut short: state.pt is a zip file whose directory comes last, so a
+# short one does not open.
 STATE_FILE = "state.pt"
+MANIFEST_KEY = "podium"
+# Checkpoints written before Podium folded it all into state.pt: the manifest as a file of its
+# own, written last (Podium's stop 24 and 25), and before that the facts in files of their own.
 MANIFEST_FILE = "manifest.json"
-# Separate files in checkpoints written before Podium folded them into the two above; still read.
 TRIAL_FILE = "trial.json"
 EXAMPLE_FILE = "example.pt"
 FINAL_FILE = "final.json"
@@ -343,7 +347,6 @@ def _save(
     # A few inputs of the task's own dtype and shape: the driver exports and logs the winner
     # from its checkpoint without loading the task (or importing the user's task module).
     blob["example"] = inputs.detached(data.example_input())
-    torch.save(blob, folder / STATE_FILE)
     facts: dict[str, Any] = {
         "trial": trial_meta(trial, data),
         # The per-epoch metrics up to here and the trial that reported them (see keys.REPLAY).
@@ -351,31 +354,41 @@ def _save(
     }
     if final is not None:  # the last report, kept with the last checkpoint (see run_trial)
         facts["final"] = _without_replay(final)
-    _write_manifest(folder, facts)
+    blob[MANIFEST_KEY] = json.dumps({"files": _files(folder), **facts})
+    torch.save(blob, folder / STATE_FILE)
 
 
-def _write_manifest(folder: Path, facts: dict[str, Any] | None = None) -> None:
-    """Write the manifest last: every other file of the checkpoint with its size, and the
-    checkpoint's ``facts``. Tune uploads a checkpoint file by file, and a copy cut off (a killed
-    worker, a lost connection) lacks files or has short ones; :func:`checkpoint_problem` finds
-    that against this list."""
-    files = {
+def _files(folder: Path) -> dict[str, int]:
+    """Every file already in the checkpoint's ``folder``, with its size: Tune uploads a
+    checkpoint file by file, and a copy cut off (a killed worker, a lost connection) lacks files
+    or has short ones; :func:`checkpoint_problem` finds that against this list."""
+    return {
         p.relative_to(folder).as_posix(): p.stat().st_size
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != STATE_FILE
     }
-    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files, **(facts or {})}))
 
 
 def _manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's manifest as ``{"files": ..., "trial": ..., "history": ..., "final": ...}``,
-    its facts read from their separate files in a checkpoint written before they moved into it."""
+    """The checkpoint's manifest as ``{"files": ..., "trial": ..., "history": ..., "final": ...}``
+    (``files``: the others than state.pt), read from state.pt, or from the files of an earlier
+    layout.
+
+    Raises:
+        ValueError: state.pt is not whole (a copy cut short) or is not Podium's.
+        FileNotFoundError: there is no state.pt (nor an earlier layout's manifest).
+    """
     try:
         listed = json.loads(Path(folder, MANIFEST_FILE).read_text())
     except FileNotFoundError:
-        listed = None  # a cut-off upload (checkpoint_problem), or written before manifests
+        listed = None
     if isinstance(listed, dict) and "files" in listed:
-        return dict(listed)
+        return dict(listed)  # the manifest as a file of its own
+    if listed is None:
+        inside = _manifest_in_state(Path(folder, STATE_FILE))
+        if inside is not None:
+            return inside
+    # Before manifests held the facts: a list of sizes (if any), the facts in files of their own.
     manifest: dict[str, Any] = {} if listed is None else {"files": listed}
     for key, name in (("trial", TRIAL_FILE), ("history", HISTORY_FILE), ("final", FINAL_FILE)):
         if Path(folder, name).exists():
@@ -383,12 +396,27 @@ def _manifest(folder: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def _manifest_in_state(path: Path) -> dict[str, Any] | None:
+    """The manifest state.pt holds; None if it holds none (an earlier layout)."""
+    try:
+        # Memory-mapped: the JSON's bytes are read, not the model's and optimizer's.
+        blob = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch's reader: a short file is not a whole zip file
+        raise ValueError(f"{path.name} does not load: {e}") from e
+    text = blob.get(MANIFEST_KEY) if isinstance(blob, dict) else None
+    return dict(json.loads(text)) if isinstance(text, str) else None
+
+
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     """Why the checkpoint in ``folder`` is not whole (a cut-off upload), or None."""
+    if not Path(folder, STATE_FILE).exists() and not Path(folder, MANIFEST_FILE).exists():
+        return f"lacks {STATE_FILE} (its upload was cut off)"
     try:
         listed = _manifest(folder).get("files")
-    except (OSError, ValueError):
-        listed = None
+    except (OSError, ValueError) as e:
+        return f"is not whole (its upload was cut off): {str(e).splitlines()[0][:200]}"
     if not isinstance(listed, dict):
         return f"has no readable {MANIFEST_FILE} (its upload was cut off)"
     for name, size in sorted(listed.items()):
@@ -438,7 +466,8 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
         return
     with checkpoint.as_directory() as folder:
         blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
-        manifest = _manifest(folder)
+        inside = blob.get(MANIFEST_KEY)
+        manifest = json.loads(inside) if isinstance(inside, str) else _manifest(folder)
         state.final = manifest.get("final")
         owned = manifest.get("history", {})
     if owned.get("trial_id") == trial_id:

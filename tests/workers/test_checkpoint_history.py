@@ -13,6 +13,7 @@ from workers.trainable import (
     EXAMPLE_FILE,
     HISTORY_FILE,
     MANIFEST_FILE,
+    MANIFEST_KEY,
     STATE_FILE,
     TRIAL_FILE,
     _restore,
@@ -76,34 +77,66 @@ def test_a_checkpoint_without_history_reads_as_empty(tmp_path):
     assert checkpoint_history(None) == []
 
 
-def test_a_checkpoint_is_two_files_the_manifest_holding_the_trials_facts(digits, tmp_path):
-    """Object storage writes one object per file: the state (with the example inputs) and the
-    manifest (with the trial's spec and history), written last."""
+def test_a_checkpoint_is_one_file_holding_the_trials_facts(digits, tmp_path):
+    """Object storage writes one object per file: one, state.pt, with the example inputs and
+    the manifest (the trial's spec and history). A copy of it cut short does not load."""
     ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_FILE, STATE_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
     assert checkpoint_problem(ckpt.path) is None
     assert trial_facts(ckpt.path)["trial"] == TRIAL
+    assert [e[keys.EPOCH] for e in checkpoint_history(ckpt.path)] == [1, 2]
     model, meta = load_trial_model(ckpt.path)
     example = load_example(ckpt.path)
     assert example.shape[1:] == digits.example_input().shape[1:]
     assert model(example).shape == (example.shape[0], digits.num_classes)
+    whole = (tmp_path / STATE_FILE).read_bytes()
+    (tmp_path / STATE_FILE).write_bytes(whole[: len(whole) - 100])
+    assert (checkpoint_problem(ckpt.path) or "").startswith("is not whole")
+    assert checkpoint_history(ckpt.path) == []
 
 
-def test_a_checkpoint_of_the_earlier_layout_still_restores(digits, tmp_path):
-    """Checkpoints written before the facts moved into the manifest (a sweep resumed across an
+def _earlier_layouts(tmp_path: Path) -> dict:
+    """state.pt without the manifest; the manifest's contents."""
+    import json
+
+    import torch
+
+    blob = torch.load(tmp_path / STATE_FILE, weights_only=True)
+    manifest = json.loads(blob.pop(MANIFEST_KEY))
+    torch.save(blob, tmp_path / STATE_FILE)
+    return manifest
+
+
+def test_a_checkpoint_with_its_manifest_in_a_file_still_restores(digits, tmp_path):
+    """The layout of Podium's stop 24: the manifest (sizes and facts) as manifest.json."""
+    import json
+
+    ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=3)
+    manifest = _earlier_layouts(tmp_path)
+    manifest["files"] = {STATE_FILE: (tmp_path / STATE_FILE).stat().st_size}
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert checkpoint_problem(ckpt.path) is None
+    state = _setup(TRIAL, digits)
+    _restore(state, ckpt, "trial_a")
+    assert state.epoch == 3 and [e[keys.EPOCH] for e in state.history] == [1, 2, 3]
+    assert trial_facts(ckpt.path)["trial"] == TRIAL
+
+
+def test_a_checkpoint_of_the_earliest_layout_still_restores(digits, tmp_path):
+    """Checkpoints written before the facts moved into a manifest (a sweep resumed across an
     upgrade, a registry teacher) kept them in files of their own."""
     import json
 
     import torch
 
     ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=3)
-    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    manifest = _earlier_layouts(tmp_path)
     blob = torch.load(tmp_path / STATE_FILE, weights_only=True)
     torch.save(blob.pop("example"), tmp_path / EXAMPLE_FILE)
     torch.save(blob, tmp_path / STATE_FILE)
     (tmp_path / TRIAL_FILE).write_text(json.dumps(manifest["trial"]))
     (tmp_path / HISTORY_FILE).write_text(json.dumps(manifest["history"]))
-    files = {p.name: p.stat().st_size for p in tmp_path.iterdir() if p.name != MANIFEST_FILE}
+    files = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(files))
 
     assert checkpoint_problem(ckpt.path) is None

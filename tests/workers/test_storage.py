@@ -8,7 +8,7 @@ import json
 import pytest
 
 from workers import storage
-from workers.trainable import MANIFEST_FILE, _write_manifest, checkpoint_problem
+from workers.trainable import MANIFEST_FILE, MANIFEST_KEY, STATE_FILE, checkpoint_problem
 
 
 @pytest.fixture
@@ -66,21 +66,37 @@ def test_locations_split_and_print_back_as_written(bucket):
 
 
 def test_a_checkpoint_cut_off_is_found_and_a_whole_one_passes(tmp_path):
+    import torch
+
     (tmp_path / "artifacts").mkdir()
-    (tmp_path / "state.pt").write_bytes(b"\1" * 64)
-    (tmp_path / "trial.json").write_text("{}")
     (tmp_path / "artifacts" / "model.onnx").write_bytes(b"\2" * 32)
-    _write_manifest(tmp_path)
-    listed = json.loads((tmp_path / MANIFEST_FILE).read_text())["files"]
-    assert listed == {"artifacts/model.onnx": 32, "state.pt": 64, "trial.json": 2}
+    manifest = {"files": {"artifacts/model.onnx": 32}, "history": {}}
+    torch.save({"w": torch.ones(256), MANIFEST_KEY: json.dumps(manifest)}, tmp_path / STATE_FILE)
     assert checkpoint_problem(tmp_path) is None
 
-    (tmp_path / "state.pt").write_bytes(b"\1" * 10)
-    assert checkpoint_problem(tmp_path) == "has state.pt cut short: 10 of 64 bytes"
-    (tmp_path / "state.pt").unlink()
+    (tmp_path / "artifacts" / "model.onnx").write_bytes(b"\2" * 10)
+    assert checkpoint_problem(tmp_path) == "has artifacts/model.onnx cut short: 10 of 32 bytes"
+    (tmp_path / "artifacts" / "model.onnx").write_bytes(b"\2" * 32)
+    whole = (tmp_path / STATE_FILE).read_bytes()
+    for cut in (len(whole) - 1, len(whole) // 2, 0):  # a copy cut short anywhere
+        (tmp_path / STATE_FILE).write_bytes(whole[:cut])
+        assert (checkpoint_problem(tmp_path) or "").startswith("is not whole"), cut
+    (tmp_path / STATE_FILE).unlink()
     assert checkpoint_problem(tmp_path) == "lacks state.pt (its upload was cut off)"
-    (tmp_path / MANIFEST_FILE).unlink()
-    assert "no readable manifest.json" in (checkpoint_problem(tmp_path) or "")
+
+
+def test_a_checkpoint_with_its_manifest_in_a_file_of_its_own_is_still_checked(tmp_path):
+    """The layout before the manifest moved into state.pt: the manifest, written last, lists
+    every other file's size."""
+    (tmp_path / STATE_FILE).write_bytes(b"\1" * 64)
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"files": {STATE_FILE: 64}}))
+    assert checkpoint_problem(tmp_path) is None
+    (tmp_path / STATE_FILE).write_bytes(b"\1" * 10)
+    assert checkpoint_problem(tmp_path) == "has state.pt cut short: 10 of 64 bytes"
+    (tmp_path / STATE_FILE).unlink()
+    assert checkpoint_problem(tmp_path) == "lacks state.pt (its upload was cut off)"
+    (tmp_path / MANIFEST_FILE).write_text("[")
+    assert "is not whole" in (checkpoint_problem(tmp_path) or "")
 
 
 def test_tune_uploads_a_checkpoint_as_one_put_per_file_and_no_folder_markers(
