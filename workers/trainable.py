@@ -42,8 +42,8 @@ from workers.tasks import TaskData, load_task
 # short one does not open.
 STATE_FILE = "state.pt"
 MANIFEST_KEY = "podium"
-# Checkpoints written before Podium folded it all into state.pt: the manifest as a file of its
-# own, written last (Podium's stop 24 and 25), and before that the facts in files of their own.
+# Checkpoints written before Podium folded it all into state.pt, still read: the manifest as a
+# file of its own, written last, and before that the facts in files of their own.
 MANIFEST_FILE = "manifest.json"
 TRIAL_FILE = "trial.json"
 EXAMPLE_FILE = "example.pt"
