@@ -264,9 +264,7 @@ def summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     best_model_based = min(("tpe_asha", "bohb"), key=lambda m: _or_inf(epochs[m]))
     warm_vs = [s["warm_start"]["method"] for s in per_seed]
     cold_of_warm = median_or_none([s[s["warm_start"]["method"]]["epochs"] for s in per_seed])
-    # A method that missed the target on a seed would have needed more than all the epochs it
-    # ran there: counted as exactly those (its best case), the median is a lower bound, and a
-    # ratio against it an upper bound on the true one.
+    # A missed seed counted as all the epochs run there: a lower bound (see the docstring).
     at_least = {m: statistics.median(_at_least(s[m]) for s in per_seed) for m in methods}
     targets = {
         "vs_grid": _ratio(epochs[best_model_based], epochs["grid"]),

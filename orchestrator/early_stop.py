@@ -45,31 +45,32 @@ class FinishingMedian(_FinishesReruns, MedianStoppingRule):
 class FinishingHyperBand(StopsSavingTrials):
     """Podium's HyperBand that lets a warm start's known config finish, outside the brackets."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reruns: list[Any] = []  # trials outside the brackets, until they end
+
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         if _is_rerun(trial):
-            self._outside().append(trial)
+            self._reruns.append(trial)
         else:
             super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        if trial in self._outside():
+        if trial in self._reruns:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        if trial in self._outside():
-            self._outside().remove(trial)
+        if trial in self._reruns:
+            self._reruns.remove(trial)
         else:
             super().on_trial_remove(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         from ray.tune.experiment import Trial
 
-        pending = [t for t in self._outside() if t.status == Trial.PENDING]
+        pending = [t for t in self._reruns if t.status == Trial.PENDING]
         return pending[0] if pending else super().choose_trial_to_run(tune_controller)
-
-    def _outside(self) -> list[Any]:
-        return self.__dict__.setdefault("_reruns", [])  # unpickled from an older Podium: none
 
 
 __all__ = ["FinishingASHA", "FinishingHyperBand", "FinishingMedian"]

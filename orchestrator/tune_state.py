@@ -217,21 +217,20 @@ def _deferred_delete(fs: Any, fs_path: str) -> None:
 def _delete(deletions: list[tuple[Any, str]]) -> None:
     assert _tune_delete is not None or not deletions
     # Each trial's storage has its own file system object; S3's all go to one client together.
-    by_fs: dict[Any, tuple[Any, list[str]]] = {}
-    for fs, path in deletions:
-        key = "s3" if storage.deletes_in_batches(fs) else id(fs)
-        by_fs.setdefault(key, (fs, []))[1].append(path)
-    for fs, paths in by_fs.values():
-        if storage.deletes_in_batches(fs):
-            try:
-                storage.delete_folders(fs, paths)
-                continue
-            except Exception as e:  # noqa: BLE001 - one at a time below, each error logged
-                log.warning("deleting %d superseded checkpoints together: %s", len(paths), e)
-        # A save can carry many (all of a period's superseded checkpoints, and the last save
-        # waits for them): each costs a few requests on object storage, so they overlap.
-        with ThreadPoolExecutor(max_workers=_DELETERS) as pool:
-            list(pool.map(functools.partial(_delete_checkpoint, fs), paths))
+    together: list[tuple[Any, str]] = []
+    one_by_one: list[tuple[Any, str]] = []
+    for d in deletions:
+        (together if storage.deletes_in_batches(d[0]) else one_by_one).append(d)
+    if together:
+        try:
+            storage.delete_folders(together[0][0], [path for _, path in together])
+        except Exception as e:  # noqa: BLE001 - one at a time below, each error logged
+            log.warning("deleting %d superseded checkpoints together: %s", len(together), e)
+            one_by_one += together
+    # A save can carry many (all of a period's superseded checkpoints, and the last save waits
+    # for them): each costs a few requests on object storage, so they overlap.
+    with ThreadPoolExecutor(max_workers=_DELETERS) as pool:
+        list(pool.map(lambda d: _delete_checkpoint(*d), one_by_one))
 
 
 def _delete_checkpoint(fs: Any, fs_path: str) -> None:

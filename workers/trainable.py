@@ -405,6 +405,11 @@ def _manifest_in_state(path: Path) -> dict[str, Any] | None:
         raise
     except Exception as e:  # torch's reader: a short file is not a whole zip file
         raise ValueError(f"{path.name} does not load: {e}") from e
+    return _manifest_inside(blob)
+
+
+def _manifest_inside(blob: Any) -> dict[str, Any] | None:
+    """The manifest in a loaded state.pt; None in an earlier layout's."""
     text = blob.get(MANIFEST_KEY) if isinstance(blob, dict) else None
     return dict(json.loads(text)) if isinstance(text, str) else None
 
@@ -466,8 +471,7 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
         return
     with checkpoint.as_directory() as folder:
         blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
-        inside = blob.get(MANIFEST_KEY)
-        manifest = json.loads(inside) if isinstance(inside, str) else _manifest(folder)
+        manifest = _manifest_inside(blob) or _manifest(folder)
         state.final = manifest.get("final")
         owned = manifest.get("history", {})
     if owned.get("trial_id") == trial_id:
