@@ -32,10 +32,13 @@ the rest; a sweep that fails leaves them).
 Hooks, all Ray Tune 2.58's: Tune calls each callback's ``get_state`` in the middle of a save,
 after the trials' and the searcher's files and before its own (Podium's callbacks keep no Tune
 state); and the experiment's checkpoint manager launches the copy through its storage's
-``syncer``, which this module wraps for that manager alone (the storage itself travels to every
-trial, the wrapper does not); Tune's checkpoint manager module deletes through its
-``_delete_fs_path``, which this module routes to the running sweep's queue. If the first two
-are missing, the snapshot is written in Tune's loop and deletions are Tune's own.
+``syncer``, which this module wraps, over a copy of it, for that manager alone: the storage
+travels to every trial, pickled into each save of Tune's state with its syncer and the command
+that syncer last ran, so neither the wrapper nor a command that carries a snapshot may be
+reachable from it (issue 31: each save was inside the next). Tune's checkpoint manager module
+deletes through its ``_delete_fs_path``, which this module routes to the running sweep's
+queue. If the first two are missing, the snapshot is written in Tune's loop and deletions are
+Tune's own.
 
 Importing this module imports Ray Tune.
 """
@@ -43,7 +46,6 @@ Importing this module imports Ray Tune.
 from __future__ import annotations
 
 import copy
-import functools
 import io
 import logging
 import os
@@ -153,7 +155,11 @@ class _SnapshotFirst:
     of the save that launched it (in the copy's thread, before any of the save's files)."""
 
     def __init__(self, syncer: Any, snapshots: SnapshotTuneState) -> None:
-        self._syncer = syncer
+        # A copy of Tune's syncer, the manager's alone. Every trial's storage context is a
+        # shallow copy of the experiment's and shares its syncer, and Tune pickles a trial's
+        # storage (syncer, current command and all) into each save of its state: a command
+        # holding a snapshot there put every save inside the next one (issue 31: 4.4 GB).
+        self._syncer = copy.copy(syncer)
         self._snapshots = snapshots
 
     def __getattr__(self, name: str) -> Any:
@@ -170,24 +176,42 @@ class _SnapshotFirst:
         if body is not None:
             # Deletions Tune asked for before this save: its state names newer checkpoints.
             deletions = self._snapshots.take_deletions()
-            location = self._snapshots.location
-            upload = functools.partial(_write_then, location, body, deletions, upload)
+            upload = _WriteThen(self._snapshots.location, body, deletions, upload)
         self._syncer._launch_sync_process((upload, kwargs))
         return True
 
 
-def _write_then(
-    location: str,
-    body: bytes,
-    deletions: list[tuple[Any, str]],
-    upload: Callable[..., Any],
-    **kwargs: Any,
-) -> Any:
-    """The snapshot, then Tune's copy, then the deletions the snapshot made safe."""
-    storage.write_bytes(location, body)
-    result = upload(**kwargs)
-    _delete(deletions)
-    return result
+class _WriteThen:
+    """A copy command: the snapshot, then Tune's copy, then the deletions the snapshot made safe.
+
+    Tune's syncer keeps its current command to retry it, and pickles it with itself. The
+    snapshot's bytes and the deletions are held only until done and never pickled: a pickled
+    command is Tune's copy alone (a retry of a copy whose snapshot was written, too).
+    """
+
+    def __init__(
+        self,
+        location: str,
+        body: bytes,
+        deletions: list[tuple[Any, str]],
+        upload: Callable[..., Any],
+    ) -> None:
+        self.location = location
+        self._body: bytes | None = body
+        self._deletions = deletions
+        self._upload = upload
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_body": None, "_deletions": []}
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if self._body is not None:
+            storage.write_bytes(self.location, self._body)
+            self._body = None
+        result = self._upload(**kwargs)
+        deletions, self._deletions = self._deletions, []
+        _delete(deletions)
+        return result
 
 
 # Tune's own deletion, and the sweep whose snapshots hold Tune's deletions back (one per driver).

@@ -123,8 +123,28 @@ def test_a_held_back_deletion_happens_after_the_snapshot_and_tunes_copy(tmp_path
         seen.append((Path(location).exists(), old.exists()))
 
     tune_state._tune_delete = _delete_fs_path
-    tune_state._write_then(location, b"zip", [(pafs.LocalFileSystem(), str(old))], copy)
+    command = tune_state._WriteThen(location, b"zip", [(pafs.LocalFileSystem(), str(old))], copy)
+    command()
     assert seen == [(True, True)] and not old.exists()
+
+
+def test_a_copy_command_pickles_without_the_snapshot_or_the_deletions(tmp_path, monkeypatch):
+    """Tune pickles its syncer, current command included, with every trial's storage: a
+    command that carried the snapshot put each save inside the next (issue 31)."""
+    import pickle
+
+    deleted: list = []
+    monkeypatch.setattr(tune_state, "_delete", deleted.extend)
+    location = tmp_path / SNAPSHOT
+    body = b"x" * 1_000_000
+    command = tune_state._WriteThen(str(location), body, [("fs", "/a/checkpoint")], print)
+    assert len(pickle.dumps(command)) < 1_000
+    again = pickle.loads(pickle.dumps(command))
+    again()  # a pickled command is Tune's copy alone: no snapshot, no deletions
+    assert not location.exists() and not deleted
+    command()  # the live one writes the snapshot once, then lets go of it
+    assert location.read_bytes() == body and command._body is None
+    assert deleted == [("fs", "/a/checkpoint")]
 
 
 def test_held_back_checkpoints_on_s3_are_deleted_together_without_tunes_probe(
