@@ -1,6 +1,11 @@
 """Orchestration overhead and driver memory for many short trials on a simulated 3-node cluster.
 
-    python benchmarks/scale.py --trials 1000 3000 --modes forget keep  # BENCHMARKS.md ## Scale
+    python benchmarks/scale.py --trials 1000 10000  # BENCHMARKS.md ## Scale
+
+Run it, and ``benchmarks/overhead.py --storage``, before landing any change to how trials,
+checkpoints, the ledger or Tune's saved state are stored: a test sweep of a few trials cannot show
+growth per trial or per save (issue 31: each save of Tune's state inside the next reached 4.4 GB
+at 1,000 trials; no test saw it). Each row reports the largest file in the storage folder.
 
 A ``ray.cluster_utils.Cluster`` runs a head node with no CPUs for trials (the driver's node, as
 in the team stack) and two worker nodes with ``--cpus-per-node`` CPUs each. Each size in
@@ -138,6 +143,7 @@ def run_size(
     )
     wall = time.perf_counter() - t0
     samples = sampler.stop()
+    largest = max(storage.rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else -1)
     completed = sum(r.status == "completed" for r in result.rows)
     logged = sum(r.run_id is not None for r in result.rows)
     tenths = sampler.by_finished
@@ -161,6 +167,8 @@ def run_size(
             "peak": round(max(m for _, m in samples)),
         },
         "rss_growth_kib_per_trial_30_to_90pct": slope,
+        "largest_file": {"name": largest.name, "bytes": largest.stat().st_size},
+        "storage_bytes": sum(p.stat().st_size for p in storage.rglob("*") if p.is_file()),
         "phases_s": result.extra.get("timings_s"),
         "tracking_retries": result.tracking_failures,
     }
