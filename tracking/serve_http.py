@@ -192,6 +192,7 @@ def make_app(
         nonlocal waiting
         length = int(request.headers.get("content-length") or 0)
         if length > max_body:
+            await _discard(request, read_timeout)
             return error(413, f"body of {length} bytes exceeds {max_body}", close=True)
         ctype = (request.headers.get("content-type") or "").split(";")[0].strip()
         if ctype not in ("application/json", "text/csv"):
@@ -207,6 +208,8 @@ def make_app(
             x = parse_body(body, ctype, scorer, columns)
         except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
             return error(400, str(e))
+        except RecursionError:  # json.loads on '[[[[...' thousands deep
+            return error(400, "the JSON body is nested too deeply (a batch is rows of values)")
         if waiting >= max_in_flight:
             return error(503, f"{waiting} requests are being answered; retry shortly")
         waiting += 1
@@ -256,6 +259,21 @@ async def _read(request: Any, limit: int) -> bytes:
             raise ValueError(f"body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _discard(request: Any, timeout: float) -> None:
+    """Read and drop a body too big to take, for up to ``timeout`` seconds, so that the client
+    gets the 413: closing a connection with a body still unread makes the kernel reset it, and a
+    client still sending sees the reset, not the answer. A client that asked
+    ``Expect: 100-continue`` (curl, for big bodies) has sent nothing yet and needs no draining."""
+    if "100-continue" in (request.headers.get("expect") or "").lower():
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            async for _ in request.stream():
+                pass
+    except Exception:  # noqa: BLE001 - a timeout or a disconnect: the 413 is sent regardless
+        pass
 
 
 def _config(app: Any, idle_timeout: float) -> Any:

@@ -139,6 +139,34 @@ def test_bad_requests_are_400s_that_name_the_problem(server, tabular):
     assert status == 415
 
 
+def test_a_body_nested_thousands_deep_is_a_400(server):
+    """Python's JSON parser stops at its recursion limit: that is the client's error too."""
+    status, answer = post(server.url, '{"inputs": ' + "[" * 5000 + "]" * 5000 + "}")
+    assert status == 400 and "nested too deeply" in answer["message"], answer
+
+
+def test_a_body_over_the_limit_gets_its_413_not_a_reset(tabular):
+    """The client sends the whole body before it reads an answer, as most HTTP libraries do."""
+    folder, *_ = tabular
+    bg = Background(make_app(load_scorer(folder), signature_columns(folder), max_body=1 << 20))
+    try:
+        chunk = b" " * (1 << 20)
+        size = 64 * len(chunk)  # 64 MB against a 1 MB limit
+        host, port = bg.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.putrequest("POST", "/invocations")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        for _ in range(64):
+            conn.send(chunk)
+        r = conn.getresponse()
+        assert r.status == 413 and "exceeds 1048576" in json.loads(r.read())["message"]
+        conn.close()
+    finally:
+        bg.stop()
+
+
 class SlowScorer:
     """A scorer that takes ``delay`` seconds: predictions pile up."""
 
