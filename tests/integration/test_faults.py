@@ -263,22 +263,28 @@ def test_diverging_trial_fails_with_the_reason_and_is_never_promoted(cluster, tm
 # --------------------------------------------------------------------------- tracking outage
 
 
+# Seconds away: long enough for several epochs and for MLflow's client to have retried with
+# backoff (1, 2, 4 s ...); not much longer, since a client mid-backoff sleeps on after the server
+# is back (30 s away cost the sweep 70 s, 8 s about 20).
+OUTAGE_S = {"stopped": 8, "frozen": 6, "killed": 5}
+
+
 def outage(server, kind: str) -> float:
     """Take the tracking server away for a while, one way or another; how long it was away."""
+    away = OUTAGE_S[kind]
     if kind == "stopped":  # a clean shutdown, then a restart
         server.stop()
-        time.sleep(30)
+        time.sleep(away)
         server.start()
-        return 30
-    if kind == "frozen":  # SIGSTOP: connections hang instead of being refused
+    elif kind == "frozen":  # SIGSTOP: connections hang instead of being refused
         server.signal(signal.SIGSTOP)
-        time.sleep(20)
+        time.sleep(away)
         server.signal(signal.SIGCONT)
-        return 20
-    server.signal(signal.SIGKILL)  # killed mid-request, restarted on the same store
-    time.sleep(10)
-    server.start()
-    return 10
+    else:
+        server.signal(signal.SIGKILL)  # killed mid-request, restarted on the same store
+        time.sleep(away)
+        server.start()
+    return away
 
 
 @pytest.mark.parametrize("kind", ["stopped", "frozen", "killed"])

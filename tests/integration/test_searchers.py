@@ -15,6 +15,23 @@ from tracking import keys
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_ray():
+    """One local Ray for the module's 17 sweeps, which join it as a sweep joins a cluster:
+    starting and stopping a private Ray per sweep cost ~3 s each (``podium run``'s own start
+    is tested in tests/integration/test_cli.py)."""
+    import ray
+
+    from orchestrator.runner import _QUIET_TUNE
+
+    with pytest.MonkeyPatch.context() as env:
+        for k, v in _QUIET_TUNE.items():
+            env.setenv(k, v)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
+
+
 def _run(tmp_path, *overrides):
     spec = load_spec(overrides=list(overrides))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
