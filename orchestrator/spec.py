@@ -657,7 +657,8 @@ def _int_list(v: Any) -> str | None:
 
 def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
     # Which keys an arch takes is its builder's signature: checked once plug-ins are imported
-    # (orchestrator/spec_task.py). Here: the values of the built-in architectures' settings.
+    # (orchestrator/spec_task.py). Here: the values of the built-in architectures' settings,
+    # only where a built-in can be the arch: a plug-in's ``hidden`` is its own (an int, say).
     p = _leaf(
         f"{path}.arch",
         m.get("arch"),
@@ -667,6 +668,9 @@ def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
             else f"{v!r} is not one of: {', '.join(MODELS.names())} (or module:function)"
         ),
     )
+    archs = _candidates(f"{path}.arch", m.get("arch", "mlp"), [])
+    if all(isinstance(a, str) and is_plugin_ref(a) for a in archs):
+        return p
     for key in ("hidden", "channels"):
         if key in m:
             p += _leaf(f"{path}.{key}", m[key], _int_list)

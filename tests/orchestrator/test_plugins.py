@@ -65,6 +65,25 @@ def test_a_plug_in_model_takes_the_settings_its_signature_declares(team):
     assert spec.model == {"arch": f"{name}:bag", "dim": {"choice": [16, 32]}, "depth": 1}
 
 
+def test_a_plug_in_settings_are_judged_by_its_signature_not_a_built_ins_rules(team):
+    """A plug-in's ``hidden: 16`` is its own setting: mlp's rule (a list of widths) is mlp's."""
+    folder, name = team
+    (folder / f"{name}.py").write_text(
+        MODELS_PY + "\ndef wide(input_shape, num_classes, hidden=32, dropout=2):\n"
+        "    return bag(input_shape, num_classes, dim=hidden)\n"
+    )
+    model = {"arch": f"{name}:wide", "hidden": {"grid": [16, 32]}, "dropout": 3}
+    spec = parse_spec({"name": "p", "model": model}, spec_dir=folder)
+    assert spec.model["hidden"] == {"grid": [16, 32]} and spec.model["dropout"] == 3
+    # Where the built-in mlp can be the arch, its rules still hold.
+    both = {"arch": {"choice": ["mlp", f"{name}:wide"]}, "hidden": 16}
+    found = problems({"name": "p", "model": both}, folder)
+    assert found["model.hidden"] == "must be a list of positive integers, got 16"
+    assert problems({"name": "p", "model": {"arch": "mlp", "hidden": 16}}) == {
+        "model.hidden": "must be a list of positive integers, got 16"
+    }
+
+
 def test_an_unknown_setting_lists_the_ones_the_builder_takes(team):
     folder, name = team
     found = problems({"name": "p", "model": {"arch": f"{name}:bag", "width": 3}}, folder)
