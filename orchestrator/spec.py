@@ -655,6 +655,17 @@ def _int_list(v: Any) -> str | None:
     return None
 
 
+def _output_name(plugins_only: bool) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not plugins_only:
+            return "names the logits among a plug-in model's outputs; built-in archs return logits"
+        if not (isinstance(v, str) and v.isidentifier()):
+            return f"must be the name of an output (an attribute or key, e.g. logits), got {v!r}"
+        return None
+
+    return check
+
+
 def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
     # Which keys an arch takes is its builder's signature: checked once plug-ins are imported
     # (orchestrator/spec_task.py). Here: the values of the built-in architectures' settings,
@@ -669,7 +680,10 @@ def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
         ),
     )
     archs = _candidates(f"{path}.arch", m.get("arch", "mlp"), [])
-    if all(isinstance(a, str) and is_plugin_ref(a) for a in archs):
+    plugins_only = all(isinstance(a, str) and is_plugin_ref(a) for a in archs)
+    if keys.MODEL_OUTPUT in m:
+        p += _leaf(f"{path}.{keys.MODEL_OUTPUT}", m[keys.MODEL_OUTPUT], _output_name(plugins_only))
+    if plugins_only:
         return p
     for key in ("hidden", "channels"):
         if key in m:

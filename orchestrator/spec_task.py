@@ -291,7 +291,7 @@ def _check_modelsections(spec: Any, infos: list[TaskInfo]) -> list[Problem]:
         arch = section.get("arch", "mlp")
         archs = space_candidates(arch) if is_space(arch) else [arch]
         settings = [(a, *declared_settings(_builder(a))) for a in archs]
-        for key in sorted(set(section) - {"arch"}):
+        for key in sorted(set(section) - {"arch", keys.MODEL_OUTPUT}):
             if not any(key in declared or takes_any for _, declared, takes_any in settings):
                 valid = sorted({"arch", *(k for _, d, _ in settings for k in d)})
                 names = "/".join(str(a) for a in archs)

@@ -121,6 +121,7 @@ TAG_CPU_MODEL = "podium.cpu_model"  # ... logged as this tag
 ONNX_ARTIFACT = "model.onnx"  # the final compressed model: what is measured, logged, registered
 ONNX_INPUT = "input"  # an exported model's input; several are input_0, input_1, ...
 ONNX_OUTPUT = "logits"
+MODEL_OUTPUT = "output"  # model.output: which output of a team's model holds the logits
 
 
 def input_names(count: int) -> list[str]:

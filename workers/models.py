@@ -2,6 +2,11 @@
 
 A builder takes the task's input shape and class count plus the spec's ``model`` section and returns
 an ``nn.Module`` mapping ``(batch, *input_shape)`` float32 to ``(batch, num_classes)`` logits.
+
+A team's model may return more than logits: a Hugging Face ``ModelOutput`` (``.logits``), a dict
+(``["logits"]``), a tuple (its first element), or what ``model.output: NAME`` names.
+:func:`build_model` gives every model a forward hook that hands on the logits alone, so training,
+evaluation, ONNX export, quantization, distillation and serving all see one tensor.
 """
 
 from __future__ import annotations
@@ -10,14 +15,58 @@ import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
+from tracking import keys
 from workers import inputs
 from workers.errors import WorkerError
 from workers.registry import Registry, declared_settings, is_plugin_ref, load_plugin
 
 ModelBuilder = Callable[..., nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("model.arch")
+OUTPUT_KEY = keys.MODEL_OUTPUT  # not a setting of the builder: which output is the logits
+
+
+def logits_of(out: Any, name: str | None = None) -> Any:
+    """The logits in a model's output: ``out`` itself when a tensor; else the attribute or key
+    ``name``; else ``.logits`` / ``["logits"]``; else a tuple's first element.
+
+    Example:
+        >>> import torch
+        >>> logits_of({"logits": torch.ones(2, 3), "hidden": torch.zeros(2, 8)}).shape
+        torch.Size([2, 3])
+        >>> logits_of((torch.ones(2, 3), torch.zeros(2)), None).shape
+        torch.Size([2, 3])
+
+    Raises:
+        WorkerError: no logits can be found; the message says what the model returned.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in [name] if name else ["logits"]:
+        if isinstance(out, Mapping) and key in out:
+            return out[key]
+        if not isinstance(out, Mapping) and hasattr(out, key):
+            return getattr(out, key)
+    if not name and isinstance(out, (tuple, list)) and out:
+        return out[0]
+    found = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+    raise WorkerError(
+        f"the model returned {found}: no {name or 'logits'!r} in it; set model.output to the "
+        "name of the output that holds the logits"
+    )
+
+
+class _Logits:
+    """A forward hook that replaces a model's output by its logits (:func:`logits_of`); an
+    object, not a closure, so the model still deep-copies and pickles."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+
+    def __call__(self, module: nn.Module, args: Any, out: Any) -> Any:
+        return logits_of(out, self.name)
 
 
 def _dense_block(n_in: int, n_out: int, batch_norm: bool, dropout: float) -> list[nn.Module]:
@@ -100,7 +149,7 @@ def build_model(
         >>> sum(p.numel() for p in m.parameters())
         2410
     """
-    kwargs = {k: v for k, v in section.items() if k != "arch"}
+    kwargs = {k: v for k, v in section.items() if k not in ("arch", OUTPUT_KEY)}
     arch = section.get("arch", "mlp")
     builder = load_plugin(arch) if is_plugin_ref(arch) else MODELS.get(arch)
     if not is_plugin_ref(arch) and inputs.is_multi_shape(input_shape):
@@ -115,7 +164,10 @@ def build_model(
     for name in declared:
         if name not in kwargs and extra and name in extra:
             kwargs[name] = extra[name]
-    return builder(inputs.as_shape(input_shape), num_classes, **kwargs)
+    model = builder(inputs.as_shape(input_shape), num_classes, **kwargs)
+    if is_plugin_ref(arch):  # built-ins return logits; a team's model may return more
+        model.register_forward_hook(_Logits(section.get(OUTPUT_KEY)))
+    return model
 
 
 class UntrustedModelError(WorkerError):

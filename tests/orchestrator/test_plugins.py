@@ -84,6 +84,16 @@ def test_a_plug_in_settings_are_judged_by_its_signature_not_a_built_ins_rules(te
     }
 
 
+def test_model_output_names_a_plug_ins_logits_and_nothing_else(team):
+    folder, name = team
+    spec = parse_spec({"name": "p", "model": {"arch": f"{name}:bag", "output": "scores"}}, folder)
+    assert spec.model["output"] == "scores"  # not one of the builder's settings, yet allowed
+    found = problems({"name": "p", "model": {"arch": f"{name}:bag", "output": "a b"}}, folder)
+    assert found["model.output"].startswith("must be the name of an output")
+    found = problems({"name": "p", "model": {"arch": "mlp", "output": "scores"}})
+    assert "built-in archs return logits" in found["model.output"]
+
+
 def test_an_unknown_setting_lists_the_ones_the_builder_takes(team):
     folder, name = team
     found = problems({"name": "p", "model": {"arch": f"{name}:bag", "width": 3}}, folder)
