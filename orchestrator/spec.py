@@ -222,6 +222,10 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "lr_schedule": None,
     "adversarial": None,
     "checkpoint_every": 1,
+    "grad_clip": None,  # max total L2 norm of the gradients before each update; None: off
+    "accumulate": 1,  # batches whose gradients make one update
+    "label_smoothing": 0.0,  # classification: cross-entropy against smoothed targets
+    "patience": None,  # end a trial after this many epochs without a better search.metric
     # Used only where Ray gives the trial a GPU (workers/device.py): bf16 autocast of the forward
     # pass, and cuDNN autotuning of convolutions.
     "amp": False,
@@ -250,7 +254,8 @@ class ExperimentSpec:
         default_factory=lambda: {"name": "adam", "lr": 0.001},
     )
     training: dict[str, Any] = _doc(
-        "max_epochs, batch_size, seed, l1_penalty, lr_schedule, adversarial",
+        "max_epochs, batch_size, seed, l1_penalty, lr_schedule, adversarial, grad_clip, "
+        "accumulate, label_smoothing, patience",
         default_factory=lambda: dict(TRAINING_DEFAULTS),
     )
     recipe: Any = _doc("compression steps applied after training, in order", default_factory=list)
@@ -584,6 +589,7 @@ def validate(spec: ExperimentSpec) -> list[Problem]:
     p += _check_section("model", spec.model, _check_model)
     p += _check_section("optimizer", spec.optimizer, _check_optimizer)
     p += _check_section("training", spec.training, _check_training)
+    p += _check_patience(spec)
     p += _check_section("recipe", spec.recipe, _check_recipe, container=list)
     p += _check_search(spec.search, spec)
     p += _check_resources(spec.resources)
@@ -734,6 +740,18 @@ def _check_optimizer(path: str, o: dict[str, Any]) -> list[Problem]:
     return _dedupe(problems)
 
 
+def _check_patience(spec: ExperimentSpec) -> list[Problem]:
+    """Patience is judged on search.metric every epoch: a metric reported per epoch."""
+    t = spec.training if isinstance(spec.training, dict) else {}
+    value: Any = t.get("patience")
+    used = any(v is not None for v in (space_candidates(value) if is_space(value) else [value]))
+    metric = spec.search.metric
+    if used and isinstance(metric, str) and not metric.startswith("val_"):
+        why = f"judges search.metric each epoch; {metric!r} is not a per-epoch val_ metric"
+        return [Problem("training.patience", value, why)]
+    return []
+
+
 def _check_training(path: str, t: dict[str, Any]) -> list[Problem]:
     p = [
         Problem(
@@ -755,6 +773,18 @@ def _check_training(path: str, t: dict[str, Any]) -> list[Problem]:
         ),
     )
     p += _leaf(f"{path}.checkpoint_every", t["checkpoint_every"], _positive_int)
+    p += _leaf(f"{path}.accumulate", t["accumulate"], _positive_int)
+    p += _leaf(f"{path}.patience", t["patience"], lambda v: None if v is None else _positive_int(v))
+    p += _leaf(
+        f"{path}.grad_clip",
+        t["grad_clip"],
+        lambda v: None if v is None or (_is_number(v) and v > 0) else f"must be > 0, got {v!r}",
+    )
+    p += _leaf(
+        f"{path}.label_smoothing",
+        t["label_smoothing"],
+        lambda v: None if _is_number(v) and 0 <= v < 1 else f"must be in [0, 1), got {v!r}",
+    )
     for flag in ("amp", "cudnn_benchmark"):
         p += _leaf(
             f"{path}.{flag}",

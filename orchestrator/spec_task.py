@@ -230,6 +230,15 @@ def _check_kind_fits(spec: Any, infos: list[TaskInfo]) -> list[Problem]:
                     f"adversarial training attacks a classifier; task {info.name!r} is {info.kind}",
                 )
             )
+        smoothing = spec.training.get("label_smoothing") if isinstance(spec.training, dict) else 0
+        if smoothing and info.kind != "classification":
+            p.append(
+                Problem(
+                    "training.label_smoothing",
+                    smoothing,
+                    f"smooths a classifier's targets; task {info.name!r} is {info.kind}",
+                )
+            )
         p += _one_input_only(spec, info)
         if spec.recipe and (info.kind != "classification" or not info.in_memory):
             what = info.kind if info.kind != "classification" else "read through a DataLoader"

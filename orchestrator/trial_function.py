@@ -30,6 +30,7 @@ def make_trainable(
     if spec.search.scheduler == "pbt":
         extras["tracked_hparams"] = tracked_hparams(template)
     extras["plugins"] = own_plugins(spec)  # what a registry teacher's metadata may name
+    extras["search_metric"] = (spec.search.metric, spec.search.mode)  # training.patience's
 
     metric = spec.search.metric
 

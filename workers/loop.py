@@ -198,8 +198,15 @@ def train_epoch(
     l1_penalty: float = 0.0,
     schedule: Any = None,
     adversary: Adversary | None = None,
+    grad_clip: float | None = None,
+    accumulate: int = 1,
 ) -> EpochResult:
     """One pass over ``batches`` (see :func:`train_batches`), minimising ``loss_fn(out, y)``.
+
+    ``grad_clip`` scales the gradients to at most that total L2 norm before each update;
+    ``accumulate`` sums the gradients of that many batches (each loss divided by it) into one
+    update, the last update of an epoch taking what is left: ``accumulate: 4`` at batch 16 takes
+    the steps of batch 64, for a batch that does not fit in memory. ``steps`` counts updates.
 
     Each step's loss stays a tensor on the device until the epoch ends: reading it per step
     (``float(loss)``) would make the CPU wait for the GPU at every step, and for small models
@@ -212,30 +219,51 @@ def train_epoch(
     model.train()
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
+    group: list[Batch] = []
+
+    def update(group: list[Batch]) -> torch.Tensor:
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            total: torch.Tensor | None = None
+            for xb, yb in group:
+                loss = loss_fn(inputs.forward(model, xb), yb)
+                if l1_penalty:
+                    loss = loss + l1_penalty * l1_norm(model)
+                (loss / len(group) if len(group) > 1 else loss).backward()
+                total = loss.detach() if total is None else total + loss.detach()
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            assert total is not None
+            return total / len(group) if len(group) > 1 else total
+
+        if needs_closure:
+            return optimizer.step(closure)  # type: ignore[arg-type,return-value]
+        loss = closure()
+        optimizer.step()
+        return loss
+
     for xb, yb in batches:
         if adversary is not None:  # validated: one input tensor
             xb = adversary(model, inputs.parts(xb)[0], yb)
-
-        def closure(xb: Inputs = xb, yb: torch.Tensor = yb) -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(inputs.forward(model, xb), yb)
-            if l1_penalty:
-                loss = loss + l1_penalty * l1_norm(model)
-            loss.backward()
-            return loss
-
-        loss: torch.Tensor
-        if needs_closure:
-            loss = optimizer.step(closure)  # type: ignore[arg-type,assignment]
-        else:
-            loss = closure()
-            optimizer.step()
-        if schedule is not None:
-            schedule.step()
-        # as_tensor: a closure optimizer may hand back the loss as a float.
-        losses.append(torch.as_tensor(loss, device=yb.device).detach().reshape(()))
-        sizes.append(len(yb))
+        group.append((xb, yb))
+        if len(group) < accumulate:
+            continue
+        _step(update(group), group, losses, sizes, schedule)
+        group = []
+    if group:
+        _step(update(group), group, losses, sizes, schedule)
     return _epoch_result(losses, sizes)
+
+
+def _step(
+    loss: Any, group: list[Batch], losses: list[torch.Tensor], sizes: list[int], schedule: Any
+) -> None:
+    if schedule is not None:
+        schedule.step()
+    yb = group[-1][1]
+    # as_tensor: a closure optimizer may hand back the loss as a float.
+    losses.append(torch.as_tensor(loss, device=yb.device).detach().reshape(()))
+    sizes.append(sum(len(y) for _, y in group))
 
 
 def _epoch_result(losses: list[torch.Tensor], sizes: list[int]) -> EpochResult:

@@ -8,6 +8,7 @@ MLflow: the driver logs what the trial reports.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -110,7 +111,9 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
     batch_size = batch_size_for(entry.batch_mode, training["batch_size"], data.split_size("train"))
     adversary = make_adversary(training.get("adversarial"))
     max_epochs = training["max_epochs"]
-    if state.final is not None and state.epoch >= max_epochs:
+    metric, patience = ctx.extras.get("search_metric"), training.get("patience")
+    ended = state.epoch >= max_epochs or out_of_patience(state.history, metric, patience)
+    if state.final is not None and ended:
         # Finished before a driver restart, but Tune's state was saved before the last report:
         # report it again (no new checkpoint, no training) so the trial ends completed.
         tune.report(_with_replay(state, state.final))
@@ -123,11 +126,13 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
                     state.model,
                     state.optimizer,
                     train_batches(data, batch_size, state.generator, device.torch_device),
-                    loss_fn=data.loss_fn(),
+                    loss_fn=training_loss(data, training),
                     needs_closure=entry.needs_closure,
                     l1_penalty=training.get("l1_penalty", 0.0),
                     schedule=state.schedule,
                     adversary=adversary,
+                    grad_clip=training.get("grad_clip"),
+                    accumulate=training.get("accumulate", 1),
                 )
         except TrialDivergedError as e:
             # End the trial, marked failed with the reason. Raising would make Tune retry it
@@ -162,7 +167,7 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
         metrics = _with_replay(state, {**scores, **where})
         if state.exploited_from is not None:
             metrics[keys.EXPLOITED_FROM], state.exploited_from = state.exploited_from, None
-        last = state.epoch == max_epochs
+        last = state.epoch == max_epochs or out_of_patience(state.history, metric, patience)
         with tempfile.TemporaryDirectory(prefix="podium-ckpt-") as folder:
             if last:
                 metrics.update(_finish(trial, data, state, ctx, Path(folder)))
@@ -171,6 +176,41 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
                 _report_checkpoint(metrics, folder)
             else:
                 tune.report(metrics)
+        if last:
+            return  # the last epoch, or training.patience ran out
+
+
+def training_loss(data: TaskData, training: dict[str, Any]) -> Any:
+    """The task's loss, with ``training.label_smoothing`` for a classifier's cross-entropy
+    (validated: classification tasks only; a task's own loss is left as it is)."""
+    smoothing = float(training.get("label_smoothing") or 0.0)
+    if smoothing and data.loss is None and data.kind == "classification":
+        return functools.partial(torch.nn.functional.cross_entropy, label_smoothing=smoothing)
+    return data.loss_fn()
+
+
+def out_of_patience(
+    history: list[dict[str, Any]], metric: tuple[str, str] | None, patience: int | None
+) -> bool:
+    """Whether the last ``patience`` epochs brought no better ``metric`` (name, mode) than the
+    best before them: the trial ends there (``training.patience``), tested and checkpointed as
+    at its last epoch.
+
+    Example:
+        >>> h = [{"val_loss": v} for v in (0.9, 0.5, 0.6, 0.55)]
+        >>> out_of_patience(h, ("val_loss", "min"), 2), out_of_patience(h, ("val_loss", "min"), 3)
+        (True, False)
+    """
+    if not patience or metric is None or len(history) <= patience:
+        return False
+    name, mode = metric
+    values = [float(h[name]) for h in history if name in h]
+    if len(values) <= patience:
+        return False
+    best = max if mode == "max" else min
+    before, recent = values[:-patience], values[-patience:]
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+    return not better(best(recent), best(before))
 
 
 def _task_data(trial: dict[str, Any], device: Any) -> TaskData:

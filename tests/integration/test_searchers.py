@@ -172,3 +172,32 @@ def test_hyperband_finishes_when_the_last_result_overtakes_a_pause(tmp_path, mon
     assert len(released) == 1 and held == []  # the order was forced, and resolved
     assert len(result.rows) == 2 and result.failed == 0
     assert all(r.status == "completed" for r in result.rows)
+
+
+def test_the_training_knobs_are_searched_logged_and_patience_ends_trials_early(tmp_path):
+    """training.grad_clip as a space, accumulate, label_smoothing and patience (issue 28): each a
+    param of every trial's run; at a learning rate too small to change a prediction, patience 1
+    ends each trial at its second epoch of six, tested and checkpointed there."""
+    result, client = _run(
+        tmp_path,
+        "search.num_samples=1",
+        "training.max_epochs=6",
+        "training.grad_clip={grid: [0.5, 1.0]}",
+        "training.accumulate=2",
+        "training.label_smoothing=0.1",
+        "training.patience=1",
+        "optimizer={name: adam, lr: 1.0e-9}",
+        "model={arch: mlp, hidden: [32]}",  # no batch norm: its statistics move at any lr
+    )
+    assert len(result.rows) == 2 and all(r.status == "completed" for r in result.rows)
+    clips = set()
+    for row in result.rows:
+        params = client.get_run(row.run_id).data.params
+        clips.add(params["training.grad_clip"])
+        assert params["training.accumulate"] == "2" and params["training.patience"] == "1"
+        assert params["training.label_smoothing"] == "0.1"
+        history = client.get_metric_history(row.run_id, keys.VAL_ACCURACY)
+        assert sorted(m.step for m in history) == [1, 2]  # out of patience at epoch 2
+        assert keys.TEST_ACCURACY in client.get_run(row.run_id).data.metrics
+    assert clips == {"0.5", "1.0"}
+    assert result.promotion is not None and result.promotion.promoted
