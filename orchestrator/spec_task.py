@@ -240,14 +240,13 @@ def _check_kind_fits(spec: Any, infos: list[TaskInfo]) -> list[Problem]:
                 )
             )
         p += _one_input_only(spec, info)
-        if spec.recipe and (info.kind != "classification" or not info.in_memory):
-            what = info.kind if info.kind != "classification" else "read through a DataLoader"
+        if spec.recipe and not info.in_memory:
             p.append(
                 Problem(
                     "recipe",
                     spec.recipe,
-                    "compression recipes measure a classifier's accuracy on in-memory test "
-                    f"tensors; task {info.name!r} is {what}",
+                    "compression recipes measure the task's metric on in-memory test tensors; "
+                    f"task {info.name!r} is read through a DataLoader",
                 )
             )
     return p

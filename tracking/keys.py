@@ -103,8 +103,30 @@ SPEEDUP_VS_ONNX = "speedup_vs_onnx_fp32"  # batch-1 p50 latency: fp32 ONNX (same
 THROUGHPUT_RATIO = "throughput_ratio"  # batch-64 samples/s: final artifact / eager fp32 torch
 ACCURACY_DROP_PTS = "accuracy_drop_pts"  # (eager fp32 test_accuracy - final) * 100, points
 TEST_ACCURACY_BEFORE = "test_accuracy_before"  # per step: accuracy of what the step started from
+# The task's primary test metric lost to compression, in that metric's units (worse is positive:
+# accuracy 0.97 -> 0.96 is 0.01, rmse 50.0 -> 51.5 is 1.5); a constraint can bound it.
+METRIC_DROP = "metric_drop"
+
+
+def test_metric(primary: str) -> str:
+    """The test metric a recipe measures its artifacts on: ``test_<the task's primary metric>``."""
+    return f"test_{primary}"
+
+
+def before(metric: str) -> str:
+    """Per step: ``metric`` of what the step started from (``test_accuracy_before``)."""
+    return f"{metric}_before"
+
+
 MEASURE_THREADS = "measure_threads"  # intra-op threads every latency/throughput figure used
-COMPRESSION_METRICS = (SIZE_RATIO, SPEEDUP, SPEEDUP_VS_ONNX, THROUGHPUT_RATIO, ACCURACY_DROP_PTS)
+COMPRESSION_METRICS = (
+    SIZE_RATIO,
+    SPEEDUP,
+    SPEEDUP_VS_ONNX,
+    THROUGHPUT_RATIO,
+    ACCURACY_DROP_PTS,
+    METRIC_DROP,
+)
 RECIPE_PREFIX = "recipe."
 RECIPE_BASELINE_EAGER = "baseline_eager"  # recipe.baseline_eager.latency_ms_p50, ...
 RECIPE_BASELINE_ONNX = "baseline_onnx"  # recipe.baseline_onnx.model_size_bytes, ...

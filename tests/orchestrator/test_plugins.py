@@ -171,6 +171,12 @@ def test_a_regression_task_defaults_to_its_own_metrics():
     )
 
 
-def test_recipes_and_adversaries_need_a_classification_task():
-    found = problems({"name": "p", "task": "diabetes", "recipe": [{"step": "quantize"}]})
-    assert "task 'diabetes' is regression" in found["recipe"]
+def test_adversaries_need_a_classifier_and_recipes_in_memory_data():
+    # A recipe measures any kind of task on its own metric (issue 28): a regression's RMSE.
+    spec = parse_spec({"name": "p", "task": "diabetes", "recipe": [{"step": "quantize"}]})
+    assert spec.recipe == [{"step": "quantize"}]
+    found = problems({"name": "p", "task": "diabetes", "training": {"adversarial": {}}})
+    assert "task 'diabetes' is regression" in found["training.adversarial"]
+    streamed = {"name": "p", "task": "tests.workers.plugin_task:streamed"}
+    found = problems({**streamed, "recipe": [{"step": "quantize"}]})
+    assert "read through a DataLoader" in found["recipe"]

@@ -64,7 +64,7 @@ def distill(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> 
     student = student.to(ctx.device)
     generator = torch.Generator().manual_seed(ctx.seed)
     opt = make_optimizer(student, p["lr"])
-    loss_fn = _distill_loss(p["temperature"], p["alpha"])
+    loss_fn = _distill_loss(p["temperature"], p["alpha"], data)
     for _ in range(p["epochs"]):
         train_epoch(
             student,
@@ -101,19 +101,26 @@ def student_section(trial: dict[str, Any], changes: dict[str, Any]) -> dict[str,
     return {k: v for k, v in section.items() if k == "arch" or k in changes or k in declared}
 
 
-def _distill_loss(temperature: float, alpha: float):  # noqa: ANN202
+def _distill_loss(temperature: float, alpha: float, data: TaskData):  # noqa: ANN202
+    """A classifier's student matches the teacher's softened distribution (KL, Hinton et al.);
+    any other kind's matches the teacher's outputs (MSE). Both beside the task's own loss."""
+    own = data.loss_fn()
+    classifier = data.kind == "classification"
+
     def loss(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None
     ) -> torch.Tensor:
-        assert teacher is not None  # train_epoch passes the batch's teacher logits as aux
-        logits = model(x)
+        assert teacher is not None  # train_epoch passes the batch's teacher outputs as aux
+        out = model(x)
+        if not classifier:
+            return alpha * F.mse_loss(out, teacher) + (1 - alpha) * own(out, y)
         soft = F.kl_div(
-            F.log_softmax(logits / temperature, 1),
+            F.log_softmax(out / temperature, 1),
             F.log_softmax(teacher / temperature, 1),
             reduction="batchmean",
             log_target=True,
         )
-        return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(logits, y)
+        return alpha * temperature**2 * soft + (1 - alpha) * own(out, y)
 
     return loss
 

@@ -36,7 +36,7 @@ from workers.recipes._base import (
 )
 from workers.recipes._export import export_onnx, export_torchscript
 from workers.recipes._quantize import check_qat_order, quantize_onnx
-from workers.recipes._train import accuracy
+from workers.recipes._train import outputs, test_score
 from workers.tasks import TaskData
 
 # weights-only {state_dict, model, input_shape, num_classes, extra}: build_model's arguments
@@ -113,18 +113,19 @@ def run_recipe(
     with tempfile.TemporaryDirectory(prefix="podium-recipe-") as tmp:
         work = Path(tmp)
         metrics, base = _baseline(state, data, ctx, work)
-        before, reports, path = base["eager"][keys.TEST_ACCURACY], [], work / "baseline.onnx"
+        metric = keys.test_metric(data.primary_metric())
+        before, reports, path = base["eager"][metric], [], work / "baseline.onnx"
         for i, step in enumerate(steps):
             entry = STEPS.get(step["step"])
             entry.apply(state, full_params(entry, step), data, ctx)
             path = _export_state(state, data, work / f"step{i}")
             measured = _measure_state(state, path, data, ctx)
-            measured[keys.TEST_ACCURACY_BEFORE] = before
-            before = measured[keys.TEST_ACCURACY]
+            measured[keys.before(metric)] = before
+            before = measured[metric]
             label = step_label(i, step["step"])
             reports.append((label, measured))
             metrics.update({keys.recipe_metric(label, k): v for k, v in measured.items()})
-        metrics.update(_final(reports[-1][1], base))
+        metrics.update(_final(reports[-1][1], base, data))
         artifacts = _write_artifacts(state, path, data, ctx, steps)
     metrics[keys.MEASURE_THREADS] = float(ctx.threads)
     tags = {keys.CPU_MODEL: _measure.cpu_model()}
@@ -152,15 +153,16 @@ def _baseline(
     state: RecipeState, data: TaskData, ctx: RecipeContext, work: Path
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Measure the uncompressed model: eager fp32 torch and its fp32 ONNX export."""
+    metric, score = _score(data)
     eager = {
-        keys.TEST_ACCURACY: accuracy(state.model, data.x_test, data.y_test),
+        metric: score(outputs(state.model, data.x_test)),
         keys.MODEL_SIZE_BYTES: float(state_dict_bytes(state.model)),
     }
     eager.update(_measure.param_counts(state.model))
     eager.update(_measure.measure_eager(state.model, data.x_test, ctx.threads, ctx.latency_iters))
     onnx_path = export_onnx(state.model, data.example_input(), work / "baseline.onnx")
     onnx = _measure.measure_onnx(
-        onnx_path, data.x_test, data.y_test, ctx.threads, ctx.latency_iters
+        onnx_path, data.x_test, data.y_test, ctx.threads, ctx.latency_iters, _score(data)
     )
     metrics = {keys.recipe_metric(keys.RECIPE_BASELINE_EAGER, k): v for k, v in eager.items()}
     metrics.update({keys.recipe_metric(keys.RECIPE_BASELINE_ONNX, k): v for k, v in onnx.items()})
@@ -179,20 +181,34 @@ def _measure_state(
 ) -> dict[str, float]:
     out = _measure.param_counts(state.model)
     out.update(
-        _measure.measure_onnx(path, data.x_test, data.y_test, ctx.threads, ctx.latency_iters)
+        _measure.measure_onnx(
+            path, data.x_test, data.y_test, ctx.threads, ctx.latency_iters, _score(data)
+        )
     )
     return out
 
 
-def _final(last: dict[str, float], base: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The compressed artifact's metrics under the plain names, plus the ratios."""
+def _score(data: TaskData) -> tuple[str, Any]:
+    """The task's primary test metric: its name and a function of the test outputs."""
+    return keys.test_metric(data.primary_metric()), test_score(data)
+
+
+def _final(
+    last: dict[str, float], base: dict[str, dict[str, float]], data: TaskData
+) -> dict[str, float]:
+    """The compressed artifact's metrics under the plain names, plus the ratios and the drop of
+    the task's primary metric (in its units; worse is positive)."""
     eager, onnx = base["eager"], base["onnx"]
-    final = {k: v for k, v in last.items() if k != keys.TEST_ACCURACY_BEFORE}
+    metric = keys.test_metric(data.primary_metric())
+    final = {k: v for k, v in last.items() if k != keys.before(metric)}
+    lost = eager[metric] - last[metric]
+    final[keys.METRIC_DROP] = lost if data.metric_modes_all()[metric] == "max" else -lost
     final[keys.SIZE_RATIO] = onnx[keys.MODEL_SIZE_BYTES] / last[keys.MODEL_SIZE_BYTES]
     final[keys.SPEEDUP] = eager[keys.LATENCY_MS_P50] / last[keys.LATENCY_MS_P50]
     final[keys.SPEEDUP_VS_ONNX] = onnx[keys.LATENCY_MS_P50] / last[keys.LATENCY_MS_P50]
     final[keys.THROUGHPUT_RATIO] = last[keys.THROUGHPUT_SPS] / eager[keys.THROUGHPUT_SPS]
-    final[keys.ACCURACY_DROP_PTS] = (eager[keys.TEST_ACCURACY] - last[keys.TEST_ACCURACY]) * 100
+    if metric == keys.TEST_ACCURACY:
+        final[keys.ACCURACY_DROP_PTS] = lost * 100
     return final
 
 

@@ -26,6 +26,12 @@ def cross_entropy(
     return F.cross_entropy(model(x), y)
 
 
+def task_loss(data: TaskData) -> LossFn:
+    """The task's own loss (cross-entropy, MSE, BCE, or its ``loss``) as a recipe loss."""
+    loss = data.loss_fn()
+    return lambda model, x, y, aux: loss(model(x), y)
+
+
 def train_epoch(
     model: nn.Module,
     data: TaskData,
@@ -33,7 +39,7 @@ def train_epoch(
     opt: torch.optim.Optimizer,
     batch_size: int,
     generator: torch.Generator,
-    loss_fn: LossFn = cross_entropy,
+    loss_fn: LossFn | None = None,
     after_step: Callable[[], None] | None = None,
     aux: torch.Tensor | None = None,
     device: str = "cpu",
@@ -41,8 +47,9 @@ def train_epoch(
     """One pass over the training split in a seeded random order; returns the mean loss.
 
     ``after_step`` runs after every optimizer step: pruning uses it to re-apply masks so pruned
-    weights stay exactly zero while the rest learn.
+    weights stay exactly zero while the rest learn. ``loss_fn`` defaults to the task's loss.
     """
+    loss_fn = loss_fn or task_loss(data)
     model.train()
     n = len(data.x_train)
     order = torch.randperm(n, generator=generator)
@@ -69,10 +76,21 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 @torch.inference_mode()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
     """Eager top-1 accuracy (the exported artifact's accuracy is measured in ``_measure``)."""
+    return float((outputs(model, x, batch).argmax(1) == y).float().mean()) if len(x) else 0.0
+
+
+@torch.inference_mode()
+def outputs(model: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """The model's outputs on ``x``, in batches, as float32 on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    correct = 0
-    for start in range(0, len(x), batch):
-        logits = model(x[start : start + batch].to(device))
-        correct += int((logits.argmax(1).cpu() == y[start : start + batch]).sum())
-    return correct / max(len(x), 1)
+    return torch.cat(
+        [model(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)]
+    )
+
+
+def test_score(data: TaskData) -> Callable[[torch.Tensor], float]:
+    """Outputs on the test split -> the task's primary metric (accuracy, rmse, micro_f1, or its
+    own): what every recipe step and artifact is measured on."""
+    metrics, primary = data.metrics_fn(), data.primary_metric()
+    return lambda out: float(metrics(out, data.y_test)[primary])
