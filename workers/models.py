@@ -5,8 +5,8 @@ an ``nn.Module`` mapping ``(batch, *input_shape)`` float32 to ``(batch, num_clas
 
 A team's model may return more than logits: a Hugging Face ``ModelOutput`` (``.logits``), a dict
 (``["logits"]``), a tuple (its first element), or what ``model.output: NAME`` names.
-:func:`build_model` gives every model a forward hook that hands on the logits alone, so training,
-evaluation, ONNX export, quantization, distillation and serving all see one tensor.
+:func:`build_model` gives every plug-in model a forward hook that hands on the logits alone, so
+training, evaluation, ONNX export, quantization, distillation and serving all see one tensor.
 """
 
 from __future__ import annotations
