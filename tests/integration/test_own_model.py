@@ -252,32 +252,18 @@ def test_a_plug_in_bug_stops_an_8_trial_sweep_after_the_first_failures(tmp_path)
     assert result.decision.winner is None
 
 
-HF_SPEC = """
-name: hf-bert
-task: rotten-tomatoes
-model: {arch: "hf_models:tiny_bert", hidden: {grid: [16, 32]}}
-optimizer: {name: adam, lr: 0.003}
-training: {max_epochs: 1, batch_size: 128}
-search: {num_samples: 1, scheduler: fifo, searcher: grid}
-recipe: [{step: quantize, mode: dynamic}]
-promotion: {model_name: hf-bert}
-"""
-
-
-def test_a_transformers_model_sweeps_is_quantized_and_served(tmp_path):
-    """A team's Hugging Face model (a ``BertForSequenceClassification`` built from a config,
-    which returns a ``SequenceClassifierOutput``) on the text task: it trains, its own
-    ``hidden`` (an int) is searched, int8 quantization measures it, and ``podium serve`` answers
-    token ids with its champion (issue 28)."""
-    folder = tmp_path / "team"
-    folder.mkdir()
-    shutil.copy(Path(__file__).parents[1] / "workers" / "hf_models.py", folder / "hf_models.py")
-    (folder / "spec.yaml").write_text(HF_SPEC)
+def test_the_hf_text_example_sweeps_is_quantized_and_served(tmp_path):
+    """``examples/hf-text``: a team's Hugging Face model (a ``BertForSequenceClassification``
+    built from a config, which returns a ``SequenceClassifierOutput``) on the text task, from
+    its own folder: it trains, its own ``hidden`` (an int) is searched, int8 quantization
+    measures it, and ``podium serve`` answers token ids with its champion (issue 28)."""
+    folder = tmp_path / "hf-text"
+    shutil.copytree(EXAMPLE.parent / "hf-text", folder)
     out = podium("run", "spec.yaml", cwd=folder, env=_no_path())
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 done: 2 completed" in out.stderr, out.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{folder / 'podium-runs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("hf-bert")
+    exp = client.get_experiment_by_name("hf-text")
     trials = [
         r for r in client.search_runs([exp.experiment_id]) if "podium.trial_id" in r.data.tags
     ]
@@ -286,5 +272,5 @@ def test_a_transformers_model_sweeps_is_quantized_and_served(tmp_path):
         assert run.data.metrics["test_accuracy"] > 0.5  # learnt something in one epoch
         assert run.data.metrics["size_ratio"] > 1  # measured int8 against fp32 ONNX
     ids = [[5, 17, 2, 9] + [0] * 32, [40, 3, 12, 7] + [0] * 32]
-    answer = ask_the_champion(folder, "hf-bert", {"inputs": ids})
+    answer = ask_the_champion(folder, "hf-text", {"inputs": ids})
     assert len(answer["predictions"]) == 2 and len(answer["predictions"][0]) == 2

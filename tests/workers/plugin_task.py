@@ -57,3 +57,19 @@ def streamed(seed: int) -> TaskData:
 def broken_model(input_shape, num_classes, width: int = 8) -> torch.nn.Module:  # noqa: ANN001
     """A plug-in with a bug: its first layer expects 3 inputs, whatever the task has."""
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, num_classes))
+
+
+class _Scored(torch.nn.Module):
+    def __init__(self, n_in: int, num_classes: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(n_in, 8)
+        self.head = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = torch.relu(self.body(x))
+        return {"features": features, "scores": self.head(features)}
+
+
+def scored(input_shape, num_classes):  # noqa: ANN001, ANN201
+    """A model that returns ``{"features": ..., "scores": logits}``: needs ``model.output``."""
+    return _Scored(int(input_shape[0]), num_classes)

@@ -4,6 +4,8 @@ logits does. The transformers model is real, built from a config (no download)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -15,7 +17,13 @@ from workers.models import build_model, logits_of
 from workers.recipes._export import export_onnx
 from workers.recipes._quantize import quantize_onnx
 
-BERT = "tests.workers.hf_models:tiny_bert"
+BERT = "hf_models:tiny_bert"  # examples/hf-text/hf_models.py, as the example's spec names it
+EXAMPLE = Path(__file__).parents[2] / "examples" / "hf-text"
+
+
+@pytest.fixture(autouse=True)
+def example_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE))  # as podium run imports from the spec's folder
 
 
 def test_logits_are_found_in_each_form_a_model_returns():
@@ -66,8 +74,8 @@ def test_a_transformers_model_trains_exports_and_quantizes_as_logits(tmp_path):
 
 
 def test_model_output_names_the_logits_of_a_dict():
-    model = build_model({"arch": "tests.workers.hf_models:scored", "output": "scores"}, (4,), 3)
+    model = build_model({"arch": "tests.workers.plugin_task:scored", "output": "scores"}, (4,), 3)
     assert model(torch.randn(5, 4)).shape == (5, 3)
-    unnamed = build_model({"arch": "tests.workers.hf_models:scored"}, (4,), 3)
+    unnamed = build_model({"arch": "tests.workers.plugin_task:scored"}, (4,), 3)
     with pytest.raises(WorkerError, match="set model.output"):
         unnamed(torch.randn(5, 4))
