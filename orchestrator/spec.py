@@ -686,7 +686,8 @@ def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
         ),
     )
     archs = _candidates(f"{path}.arch", m.get("arch", "mlp"), [])
-    plugins_only = all(isinstance(a, str) and is_plugin_ref(a) for a in archs)
+    # A malformed arch space has no candidates (already reported): keep the built-in rules.
+    plugins_only = bool(archs) and all(isinstance(a, str) and is_plugin_ref(a) for a in archs)
     if keys.MODEL_OUTPUT in m:
         p += _leaf(f"{path}.{keys.MODEL_OUTPUT}", m[keys.MODEL_OUTPUT], _output_name(plugins_only))
     if plugins_only:

@@ -340,6 +340,18 @@ def _report_checkpoint(metrics: dict[str, Any], folder: str) -> None:
         raise
 
 
+def updates_per_epoch(n_train: int, batch_size: int, accumulate: int = 1) -> int:
+    """Optimizer updates in one epoch, the unit a learning-rate schedule steps in: one per
+    ``accumulate`` batches, the last taking what is left (``workers.loop.train_epoch``).
+
+    Example:
+        >>> updates_per_epoch(1000, 64), updates_per_epoch(1000, 64, accumulate=4)
+        (16, 4)
+    """
+    batches = -(-n_train // batch_size)
+    return -(-batches // max(1, accumulate))
+
+
 def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = None) -> _State:
     seed = trial["training"]["seed"]
     torch.manual_seed(seed)  # same init for the same seed: trials differ only by their config
@@ -356,7 +368,8 @@ def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = 
     batch_size = batch_size_for(
         entry.batch_mode, trial["training"]["batch_size"], data.split_size("train")
     )
-    steps_per_epoch = -(-data.split_size("train") // batch_size)
+    accumulate = trial["training"].get("accumulate", 1)
+    steps_per_epoch = updates_per_epoch(data.split_size("train"), batch_size, accumulate)
     schedule = build_schedule(
         optimizer,
         trial["training"].get("lr_schedule"),

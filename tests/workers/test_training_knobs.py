@@ -11,7 +11,7 @@ import torch
 from workers.loop import train_epoch
 from workers.models import build_model
 from workers.tasks import load_task
-from workers.trainable import out_of_patience, training_loss
+from workers.trainable import out_of_patience, training_loss, updates_per_epoch
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,22 @@ def test_accumulate_4_at_batch_16_takes_the_steps_of_batch_64(digits):
     plain = _model(digits)
     steps = train_epoch(plain, torch.optim.SGD(plain.parameters(), lr=0.1), _batches(digits, 16))
     assert steps.steps == 16
+
+
+def test_a_schedule_steps_once_per_update_when_batches_accumulate(digits):
+    """An lr schedule counts optimizer updates: with accumulate 4, a quarter of the batches, so a
+    cosine schedule still reaches its floor at the last epoch, not a quarter of the way."""
+    from workers.optimizers.schedules import build_schedule
+
+    model = _model(digits)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = _batches(digits, 16)  # 16 batches of 16
+    steps = updates_per_epoch(256, 16, accumulate=4)
+    assert steps == 4
+    schedule = build_schedule(opt, {"name": "cosine"}, steps, max_epochs=2)
+    for _ in range(2):
+        train_epoch(model, opt, batches, accumulate=4, schedule=schedule)
+    assert opt.param_groups[0]["lr"] < 0.1 * 0.05  # at (near) the floor after 8 updates
 
 
 def test_accumulate_works_with_a_closure_optimizer(digits):
