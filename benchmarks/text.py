@@ -36,17 +36,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator import api  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from tracking import keys  # noqa: E402
 from tracking.serve import fetch_model, load_scorer, parse_inputs  # noqa: E402
-from workers.recipes._measure import cpu_model, measure_onnx  # noqa: E402
+from workers.recipes._measure import cpu_model, measure_pipeline  # noqa: E402
 from workers.tasks import load_task  # noqa: E402
 from workers.tasks._rotten_tomatoes import (  # noqa: E402
     TOKEN_PATTERN,
-    encode,
     reviews,
     split_indices,
 )
@@ -143,17 +144,21 @@ def sweep(seed: int, samples: int, folder: Path) -> tuple[object, str]:
 
 
 def served(uri: str, seed: int, iters: int, folder: Path) -> dict[str, float]:
-    """The champion as `podium serve` loads it: its registered ONNX file, timed and scored."""
+    """The champion as `podium serve` loads it: the whole registered graph (review strings in,
+    the tokenizer inside, a label out), timed and scored from the raw test reviews."""
     (folder / "champion").mkdir()
     local = fetch_model(f"models:/{MODEL_NAME}@champion", uri, folder / "champion")
     onnx_file = next(p for p in sorted(Path(local).rglob("*.onnx")) if p.name == "model.onnx")
     data = load_task("rotten-tomatoes", seed)
-    measured = measure_onnx(onnx_file, data.x_test, data.y_test, threads=1, iters=iters)
-    # What a client does: text -> ids with the task's vocabulary -> a JSON body -> logits.
+    texts, labels = data.pipeline.raw_test
+    metrics = data.metrics_fn(units=False)
+    score = (keys.TEST_ACCURACY, lambda out: float(metrics(out, labels)["accuracy"]))
+    measured = measure_pipeline(onnx_file, texts, data.pipeline.answer, score, 1, iters)
+    # What a client does: strings in a JSON body, a label and probabilities out.
     scorer = load_scorer(onnx_file)
-    ids = encode(["A small movie with a big impact.", "Tedious and shallow."], data.extra)
-    logits = scorer.predict(parse_inputs({"inputs": ids.tolist()}, scorer.input_shape))
-    print(f"served: fresh? {[bool(v) for v in logits.argmax(1)]}", file=sys.stderr)
+    body = {"inputs": ["A small movie with a big impact.", "Tedious and shallow."]}
+    answers = scorer.predict(parse_inputs(body, scorer.input_shape, dtype=np.object_))
+    print(f"served: {[a['label'] for a in answers]}", file=sys.stderr)
     return measured
 
 

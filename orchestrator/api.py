@@ -514,6 +514,7 @@ def serve(
     plugins: Sequence[str] = (),
     replicas: int = 0,
     address: str | None = None,
+    model_inputs: bool = False,
 ) -> None:
     """Serve ``models:/<name>@champion`` over HTTP (MLflow scoring protocol) until interrupted:
     in this process, or with ``replicas`` on that many Ray Serve replicas (on a local Ray, or
@@ -522,6 +523,8 @@ def serve(
     Only ONNX and weights-only state dicts are loaded; a pickled model is refused. A state dict
     is rebuilt from its ``arch.json`` only for a built-in architecture or one from a module in
     ``plugins`` (what the operator trusts); anything else is refused before any import.
+    A champion is the whole pipeline (raw inputs in, an answer per input out); with
+    ``model_inputs`` the model alone is served (model inputs in, logits out).
 
     Raises:
         UntrustedModel: the version's metadata names code that was not allowed (exit 2).
@@ -535,7 +538,7 @@ def serve(
         if replicas:
             _serve_replicas(model_uri, uri, replicas, host, port, plugins, address)
         else:
-            _serve(model_uri, port, host, uri, guarded_builder(plugins))
+            _serve(model_uri, port, host, uri, guarded_builder(plugins), model_inputs=model_inputs)
     except UntrustedModelError as e:
         raise UntrustedModel(f"refusing to serve {model_uri}: {e}") from e
     except ServeError as e:

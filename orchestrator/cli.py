@@ -436,6 +436,12 @@ def _add_serve(sub: Any) -> None:
         help="serve on N Ray Serve replicas behind Ray's HTTP proxy (a local Ray, or --address)",
     )
     p.add_argument("--address", help="the Ray cluster for --replicas (default: a local Ray)")
+    p.add_argument(
+        "--model-inputs",
+        action="store_true",
+        help="serve the model alone: requests send model inputs (preprocessed tensors) and get "
+        "logits, instead of raw inputs in and a label and probabilities out",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -486,6 +492,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 plugins=args.plugins,
                 replicas=args.replicas,
                 address=args.address,
+                model_inputs=args.model_inputs,
             )
         except KeyboardInterrupt:
             pass

@@ -11,6 +11,7 @@ from typing import Any
 from orchestrator.errors import RunError
 from orchestrator.spec import ExperimentSpec
 from tracking import keys
+from tracking.pipeline import ANSWER_KEY
 from tracking.registry import Promotion, log_trial_model, register_and_alias
 from tracking.selection import Decision
 
@@ -67,7 +68,12 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
     from orchestrator.plugins import module_paths
     from workers.recipes._run import FP32_STATE_ARTIFACT
     from workers.registry import is_plugin_ref
-    from workers.trainable import ARTIFACTS_DIR, load_example, load_trial_model
+    from workers.trainable import (
+        ARTIFACTS_DIR,
+        load_example,
+        load_pipeline_parts,
+        load_trial_model,
+    )
 
     model, meta = load_trial_model(checkpoint)
     # batch > 1: the ONNX export keeps it dynamic; a tuple for a model of several inputs.
@@ -85,6 +91,9 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
         "extra": meta.get("extra") or {},
     }
     plugin = [section["arch"]] if is_plugin_ref(section.get("arch")) else []
+    # The whole pipeline (raw inputs to an answer); a checkpoint from before it has no answer.
+    answer = meta.get(ANSWER_KEY)
+    raw_example, front = load_pipeline_parts(checkpoint)
     return log_trial_model(
         run_id,
         model,
@@ -95,6 +104,9 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
         arch=arch,
         feature_names=meta.get("feature_names"),
         code_paths=module_paths(plugin),
+        answer=answer,
+        front=front,
+        raw_example=raw_example,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracking import keys
+from tracking import keys, pipeline
 from tracking.selection import (
     Candidate,
     Decision,
@@ -80,6 +81,9 @@ def log_trial_model(
     arch: dict[str, Any] | None = None,
     feature_names: list[str] | None = None,
     code_paths: list[str] | None = None,
+    answer: dict[str, Any] | None = None,
+    front: bytes | None = None,
+    raw_example: Any = None,
 ) -> str:
     """Log a trial's model to ``run_id`` and return the URI of what gets registered.
 
@@ -96,8 +100,14 @@ def log_trial_model(
     ``model_torch`` (MLflow's ``pickle`` format, which needs no TorchDynamo in the driver),
     with the user's plug-in modules packaged (``code_paths``).
 
+    With ``answer`` (``tracking.pipeline.answer_of``), what is registered is the whole
+    pipeline (``tracking.pipeline.compose``): ``front`` (ONNX bytes: raw inputs to model inputs),
+    the model, and the answer (``label`` and ``probabilities``, or ``prediction`` in the target's
+    units); its signature and input example are the raw inputs (``raw_example``). An
+    ``onnx_file`` that already is the pipeline (a recipe's) is logged as it is.
+
     Args:
-        input_example: a few inputs (batch > 1: the export's batch axis stays dynamic).
+        input_example: a few model inputs (batch > 1: the export's batch axis stays dynamic).
     """
     import mlflow
     import mlflow.onnx
@@ -111,13 +121,19 @@ def log_trial_model(
         onnx_path = Path(onnx_file) if onnx_file else _export_onnx(model, input_example, folder)
         if onnx_path is None:
             raise RegistryError("the model cannot be exported to ONNX, so it cannot be served")
+        served_example = input_example
+        if answer is not None:
+            onnx_path = _as_pipeline(onnx_path, answer, front, folder)
+            served_example = raw_example if raw_example is not None else input_example
         torch.save(
             weights if weights is not None else model.state_dict(),
             folder / keys.STATE_DICT_ARTIFACT,
         )
         (folder / keys.ARCH_ARTIFACT).write_text(json.dumps(arch or {}))
-        example, signature = _signature(onnx_path, input_example, feature_names)
+        example, signature = _signature(onnx_path, served_example, feature_names)
         with _reopened(run_id):
+            if pipeline.takes_strings(onnx_path):  # MLflow's onnx flavor cannot run its ops
+                return _log_strings_model(onnx_path, example, signature, folder)
             info = mlflow.onnx.log_model(
                 onnx.load(str(onnx_path)),
                 name=keys.MODEL_ARTIFACT,
@@ -146,6 +162,35 @@ def log_trial_model(
     return info.model_uri
 
 
+def _log_strings_model(onnx_path: Path, example: Any, signature: Any, folder: Path) -> str:
+    """A text pipeline, logged as MLflow model-from-code (``tracking/strings_model.py``, which
+    imports neither Podium nor torch) with the graph as its ``onnx`` artifact: its tokenizer's
+    string ops need onnxruntime-extensions, which MLflow's onnx flavor cannot load."""
+    import mlflow.pyfunc
+    import onnxruntime_extensions
+
+    served = folder / "served" / keys.ONNX_ARTIFACT  # named as podium serve looks for it
+    served.parent.mkdir()
+    shutil.copyfile(onnx_path, served)
+    info = mlflow.pyfunc.log_model(
+        name=keys.MODEL_ARTIFACT,
+        python_model=str(Path(__file__).with_name("strings_model.py")),
+        artifacts={
+            "onnx": str(served),
+            "state_dict": str(folder / keys.STATE_DICT_ARTIFACT),
+            "arch": str(folder / keys.ARCH_ARTIFACT),
+        },
+        signature=signature,
+        input_example=example,
+        pip_requirements=[
+            *_onnx_requirements(),
+            f"onnxruntime-extensions=={onnxruntime_extensions.__version__}",
+            "pandas",
+        ],
+    )
+    return str(info.model_uri)
+
+
 @contextmanager
 def _reopened(run_id: str) -> Iterator[None]:
     """The trial's ended run, active again for logging its model, then ended with the status
@@ -161,26 +206,58 @@ def _reopened(run_id: str) -> Iterator[None]:
         mlflow.end_run(status)
 
 
+def _as_pipeline(
+    onnx_path: Path, answer: dict[str, Any], front: bytes | None, folder: Path
+) -> Path:
+    """``onnx_path`` as the whole pipeline: composed here unless it already is one."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    if pipeline.is_pipeline([o.name for o in model.graph.output]):
+        return onnx_path
+    front_model = onnx.load_from_string(front) if front else None
+    path = folder / "pipeline" / keys.ONNX_ARTIFACT
+    path.parent.mkdir()
+    onnx.save(pipeline.compose(model, answer, front_model), str(path))
+    return path
+
+
 def _signature(onnx_path: Path, example: Any, names: list[str] | None) -> tuple[Any, Any]:
-    """The logged model's input example and signature: named float columns for a tabular task
-    with feature names (requests are matched by column name, not position), else a tensor of
-    the input's own dtype and shape. The outputs are what the ONNX file computes."""
+    """The logged model's input example and signature: named columns of the inputs' own dtype
+    for a tabular task with feature names (requests are matched by column name, not position;
+    pandas' float64 where the task's raw columns are), else a tensor of the input's own dtype
+    and shape. The outputs are what the ONNX file computes: for a pipeline, one row per input
+    (``label`` and ``probabilities``, or ``prediction``)."""
     import numpy as np
-    import onnxruntime as ort
+    import pandas as pd
     from mlflow.models import infer_signature
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = pipeline.session(onnx_path)
+    outputs = [o.name for o in session.get_outputs()]
     if isinstance(example, tuple):  # several inputs: named tensors, as requests send them
         feed = {i.name: np.asarray(x) for i, x in zip(session.get_inputs(), example, strict=True)}
-        return feed, infer_signature(feed, session.run(None, feed)[0])
-    x = np.asarray(example)
-    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+        return feed, infer_signature(feed, _answers(outputs, session.run(None, feed)))
+    x = pipeline.as_array(example)
+    name = session.get_inputs()[0].name
+    answers = _answers(outputs, session.run(None, {name: x}))
+    if x.dtype == object:  # strings: one column of text, named as the graph's input
+        frame = pd.DataFrame({name: list(x)})
+        return frame, infer_signature(frame, answers)
     if names and x.ndim == 2 and x.shape[1] == len(names):
-        import pandas as pd
-
         frame = pd.DataFrame(x, columns=list(names))
-        return frame, infer_signature(frame, out)
-    return x, infer_signature(x, out)
+        return frame, infer_signature(frame, answers)
+    return x, infer_signature(x, answers)
+
+
+def _answers(names: list[str], values: list[Any]) -> Any:
+    """A pipeline's outputs as one row per input (a DataFrame); a model's logits as they are."""
+    import pandas as pd
+
+    if not pipeline.is_pipeline(names):
+        return values[0]
+    return pd.DataFrame(
+        {n: list(v) if isinstance(v, list) else list(v) for n, v in zip(names, values, strict=True)}
+    )
 
 
 def _onnx_requirements() -> list[str]:

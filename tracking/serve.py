@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tracking import keys
+from tracking import keys, pipeline
 from tracking.store import version_source
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # refuse bigger requests before reading them
@@ -56,6 +56,8 @@ ONNX_DTYPES = {
     "tensor(double)": np.float64,
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,  # images as stored: a pipeline scales them in its graph
+    "tensor(string)": np.object_,  # text: a pipeline tokenizes it in its graph
 }
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".joblib", ".cloudpickle", ".pt2")
 
@@ -87,21 +89,21 @@ class Scorer(Protocol):
 class OnnxScorer:
     """An ONNX file run by ONNX Runtime on CPU, one intra-op thread per request."""
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:  # pragma: no cover - a declared dependency
-            raise ServeError("serving ONNX needs onnxruntime: pip install onnxruntime") from e
-        opts = ort.SessionOptions()
+    def __init__(self, path: Path, threads: int = 1, model_inputs: bool = False) -> None:
         # Requests run on their own threads; one intra-op thread each avoids oversubscription.
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(
-                str(path), opts, providers=["CPUExecutionProvider"]
-            )
+            source: Any = path
+            if model_inputs:  # the model alone, for a caller that sends model inputs
+                import onnx
+
+                source = pipeline.model_part(onnx.load(str(path))).SerializeToString()
+            self._session = pipeline.session(source, threads)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise ServeError(f"cannot load ONNX model {path.name}: {e}") from e
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        # A pipeline answers each input with a label and probabilities (or a prediction);
+        # a model registered before pipelines, or served with model_inputs, with its logits.
+        self.answers = pipeline.is_pipeline(self.output_names)
         declared = self._session.get_inputs()
         self.input_names = [i.name for i in declared]
         self._dtypes = [ONNX_DTYPES.get(i.type, np.float32) for i in declared]
@@ -110,15 +112,35 @@ class OnnxScorer:
             for i in declared
         ]
         self.input_shape = self.input_shapes[0]
-        self.description = f"ONNX {path.name} (onnxruntime)"
+        self.input_dtypes = list(self._dtypes)
+        what = "answers" if self.answers else "logits"
+        self.description = f"ONNX {path.name} (onnxruntime; {what})"
 
-    def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> Any:
         batches = x if isinstance(x, dict) else {self.input_names[0]: x}
         feed = {
             n: batches[n].astype(t, copy=False)
             for n, t in zip(self.input_names, self._dtypes, strict=True)
         }
-        return self._session.run(None, feed)[0]
+        values = self._session.run(None, feed)
+        if not self.answers:
+            return values[0]
+        return answer_rows(self.output_names, values)
+
+
+def answer_rows(names: Sequence[str], values: Sequence[Any]) -> list[dict[str, Any]]:
+    """A pipeline's outputs as one JSON-able answer per input row, as MLflow's scoring server
+    gives a DataFrame's rows: ``[{"label": ..., "probabilities": {...}}, ...]``."""
+    columns = [[_plain(v) for v in value] for value in values]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): float(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class TorchStateDictScorer:
@@ -173,7 +195,9 @@ class TorchStateDictScorer:
             return self._model(*tensors).numpy()
 
 
-def load_scorer(path: str | Path, build_model: Callable[..., Any] | None = None) -> Scorer:
+def load_scorer(
+    path: str | Path, build_model: Callable[..., Any] | None = None, model_inputs: bool = False
+) -> Scorer:
     """Load the safest servable format found under ``path`` (a model folder or a file).
 
     ONNX is preferred (fastest and self-describing), then a state dict + ``arch.json``.
@@ -186,7 +210,7 @@ def load_scorer(path: str | Path, build_model: Callable[..., Any] | None = None)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     onnx = _prefer(files, keys.ONNX_ARTIFACT, ".onnx")
     if onnx:
-        return OnnxScorer(onnx)
+        return OnnxScorer(onnx, model_inputs=model_inputs)
     weights = next((f for f in files if f.name == keys.STATE_DICT_ARTIFACT), None)
     arch = next((f for f in files if f.name == keys.ARCH_ARTIFACT), None)
     if weights and arch:
@@ -250,9 +274,14 @@ def fetch_model(
 
 
 def parse_inputs(
-    payload: Any, input_shape: tuple[int, ...] | None, name: str = "inputs"
+    payload: Any,
+    input_shape: tuple[int, ...] | None,
+    name: str = "inputs",
+    dtype: Any = np.float32,
 ) -> np.ndarray:
-    """A float32 batch from an MLflow scoring request body (already JSON-decoded).
+    """A batch of ``dtype`` from an MLflow scoring request body (already JSON-decoded): numbers
+    (float32 or float64 columns; uint8 pixels, checked to be whole numbers 0..255) or, for a
+    text pipeline (``object``), one string per example.
 
     Accepts ``inputs`` / ``instances`` (lists of examples, flat or shaped) and ``dataframe_split``
     / ``dataframe_records`` (one flat row per example). Flat rows are reshaped to ``input_shape``.
@@ -274,10 +303,14 @@ def parse_inputs(
             "expected one of: inputs, instances, dataframe_split, dataframe_records; "
             f"got keys {sorted(payload)}"
         )
+    if dtype is np.object_:
+        return _strings(rows, name)
     try:
-        x = np.asarray(rows, dtype=np.float32)
+        x = np.asarray(rows, dtype=np.float64 if dtype is not np.float32 else np.float32)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{name} must be a rectangular list of numbers: {e}") from None
+    if dtype is np.uint8:
+        x = _pixels(x, name)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one example")
     if x.ndim == 1 and input_shape != ():  # () : one number per example (a category id)
@@ -293,6 +326,32 @@ def parse_inputs(
     return np.ascontiguousarray(x)
 
 
+def _strings(rows: Any, name: str) -> np.ndarray:
+    """One string per example (a text pipeline's input)."""
+    if isinstance(rows, str):
+        rows = [rows]
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f'{name} must be a list of strings, e.g. {{"inputs": ["a review"]}}')
+    # A one-column DataFrame's rows (dataframe_split, dataframe_records) are [text] each.
+    rows = [r[0] if isinstance(r, list) and len(r) == 1 else r for r in rows]
+    for i, row in enumerate(rows):
+        if not isinstance(row, str):
+            raise ValueError(f"{name}[{i}] must be a string, got {type(row).__name__}")
+    return np.asarray(rows, dtype=object)
+
+
+def _pixels(x: np.ndarray, name: str) -> np.ndarray:
+    """uint8 pixels: whole numbers 0..255, refused by position otherwise (never wrapped)."""
+    bad = ~np.isfinite(x) | (x < 0) | (x > 255) | (x != np.round(x))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} must hold pixels as whole numbers 0..255 (uint8); got {x[where]} at "
+            f"{list(where)}"
+        )
+    return x.astype(np.uint8)
+
+
 def parse_request(payload: Any, scorer: Scorer) -> np.ndarray | dict[str, np.ndarray]:
     """The batch a request body holds for ``scorer``: an array for a one-input model (see
     :func:`parse_inputs`), ``{name: array}`` for a model of several inputs, sent by name as
@@ -302,8 +361,9 @@ def parse_request(payload: Any, scorer: Scorer) -> np.ndarray | dict[str, np.nda
         ValueError: an input is missing, unknown or malformed, or their row counts differ.
     """
     names = scorer.input_names
+    dtypes = getattr(scorer, "input_dtypes", None) or [np.float32] * len(names)
     if len(names) == 1:
-        return parse_inputs(payload, scorer.input_shape)
+        return parse_inputs(payload, scorer.input_shape, dtype=dtypes[0])
     named = payload.get("inputs") if isinstance(payload, dict) else None
     if not isinstance(named, dict):
         raise ValueError(
@@ -314,8 +374,8 @@ def parse_request(payload: Any, scorer: Scorer) -> np.ndarray | dict[str, np.nda
     if missing or unknown:
         raise ValueError(f"inputs must be exactly {names}; missing {missing}, unknown {unknown}")
     out = {
-        n: parse_inputs({"inputs": named[n]}, shape, n)
-        for n, shape in zip(names, scorer.input_shapes, strict=True)
+        n: parse_inputs({"inputs": named[n]}, shape, n, dtype)
+        for n, shape, dtype in zip(names, scorer.input_shapes, dtypes, strict=True)
     }
     counts = {n: len(a) for n, a in out.items()}
     if len(set(counts.values())) > 1:
@@ -338,6 +398,7 @@ def serve(
     tracking_uri: str | None = None,
     build_model: Callable[..., Any] | None = None,
     ready: Callable[[str], None] | None = None,
+    model_inputs: bool = False,
 ) -> None:
     """Fetch, load and serve ``model_uri`` until interrupted.
 
@@ -348,6 +409,7 @@ def serve(
         tracking_uri: the MLflow store holding the registry.
         build_model: rebuilds a state-dict model from its ``arch.json`` section.
         ready: called with the base URL once the server is listening.
+        model_inputs: serve the model alone (model inputs in, logits out) out of a pipeline.
 
     Raises:
         UnsafeModelError, ServeError: see :func:`load_scorer` and :func:`fetch_model`.
@@ -355,8 +417,9 @@ def serve(
     from tracking import serve_http
 
     with fetched(model_uri, tracking_uri) as folder:
-        scorer = load_scorer(folder, build_model)
-        columns = serve_http.signature_columns(folder)
+        scorer = load_scorer(folder, build_model, model_inputs)
+        # A DataFrame's columns by name, for the graph that takes them (not the model alone).
+        columns = None if model_inputs else serve_http.signature_columns(folder)
     sock = serve_http.bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     (ready or (lambda u: print(f"serving {model_uri} ({scorer.description}) at {u}", flush=True)))(

@@ -219,7 +219,7 @@ def make_app(
             return error(400, f"prediction failed: {e}")
         finally:
             waiting -= 1
-        return JSONResponse({"predictions": y.tolist()})
+        return JSONResponse({"predictions": y if isinstance(y, list) else y.tolist()})
 
     app = Starlette(
         routes=[

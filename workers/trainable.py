@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tracking import keys
+from tracking.pipeline import ANSWER_KEY
 from workers import inputs
 from workers.adversarial import make_adversary, robust_accuracy
 from workers.device import move, pick_device, resident_task, task_bytes, task_on
@@ -48,6 +49,7 @@ MANIFEST_KEY = "podium"
 MANIFEST_FILE = "manifest.json"
 TRIAL_FILE = "trial.json"
 EXAMPLE_FILE = "example.pt"
+FRONT_KEY = "front_onnx"  # state.pt's copy of the task's preprocessing as ONNX
 FINAL_FILE = "final.json"
 HISTORY_FILE = "history.json"
 ROBUST_VAL_SAMPLES = 1000  # val examples attacked each epoch (the test split is attacked whole)
@@ -400,6 +402,11 @@ def _save(
     # A few inputs of the task's own dtype and shape: the driver exports and logs the winner
     # from its checkpoint without loading the task (or importing the user's task module).
     blob["example"] = inputs.detached(data.example_input())
+    # The registered graph's front (raw inputs to model inputs) and raw inputs for its signature.
+    # In state.pt, as bytes in a uint8 tensor: a checkpoint is one file (one object to upload).
+    blob["raw_example"] = data.pipeline.raw_example
+    if data.pipeline.front_onnx is not None:
+        blob[FRONT_KEY] = torch.frombuffer(bytearray(data.pipeline.front_onnx), dtype=torch.uint8)
     facts: dict[str, Any] = {
         "trial": trial_meta(trial, data),
         # The per-epoch metrics up to here and the trial that reported them (see keys.REPLAY).
@@ -498,6 +505,7 @@ def trial_meta(trial: dict[str, Any], data: TaskData) -> dict[str, Any]:
         "kind": data.kind,
         "feature_names": list(data.feature_names) if data.feature_names else None,
         "extra": dict(data.extra),
+        ANSWER_KEY: data.pipeline.answer,
     }
 
 
@@ -516,6 +524,14 @@ def load_example(folder: str | os.PathLike) -> inputs.Inputs:
     # Memory-mapped: only the example's bytes are read, not the model's and optimizer's.
     blob = torch.load(Path(folder, STATE_FILE), weights_only=True, map_location="cpu", mmap=True)
     return inputs.detached(blob["example"])
+
+
+def load_pipeline_parts(folder: str | os.PathLike) -> tuple[Any, bytes | None]:
+    """Raw example inputs (as a user has them) and the front's ONNX bytes from a checkpoint;
+    ``(None, None)`` for one saved before the registered model was the whole pipeline."""
+    blob = torch.load(Path(folder, STATE_FILE), weights_only=True, map_location="cpu", mmap=True)
+    front = blob.get(FRONT_KEY)
+    return blob.get("raw_example"), None if front is None else front.numpy().tobytes()
 
 
 def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:

@@ -1,6 +1,7 @@
 """The registered champion is the measured model, and every MLflow loader serves it: a sweep
 whose recipe quantizes to int8, then ``mlflow.pyfunc``, ``mlflow models serve`` and
-``podium serve`` on the champion, compared."""
+``podium serve`` on the champion, fed the raw columns as scikit-learn loads them (a float64
+DataFrame), each giving one answer (label and probabilities) per row, the same in all three."""
 
 from __future__ import annotations
 
@@ -46,21 +47,16 @@ def champion(tmp_path_factory):
     result = api.run(parse_spec(SPEC), tracking_uri=uri, verbosity=0, workdir=folder)
     assert result.promotion is not None and result.promotion.promoted
     data = load_task("breast_cancer", 0)
-    rows = pd.DataFrame(data.x_test[:20].numpy(), columns=list(data.feature_names))
+    raw = data.pipeline.raw_test[0][:20].numpy()  # as load_breast_cancer() gives them
+    rows = pd.DataFrame(raw, columns=list(data.feature_names))
     return folder, uri, result, rows
 
 
-def _logits(predictions, n: int = 20) -> np.ndarray:
-    """MLflow's answers as an (n, classes) array, whatever shape its JSON takes. MLflow's ONNX
-    flavor answers a DataFrame (named columns) with each output flattened: n x classes rows of
-    one column (mlflow.onnx ``format_output``)."""
-    if isinstance(predictions, dict):  # pyfunc on an ndarray or DataFrame: {output: array}
-        predictions = next(iter(predictions.values()))
+def _answers(predictions) -> list[tuple[str, float]]:
+    """Each row's (label, probability of 'benign'), whatever form the loader answers in."""
     if isinstance(predictions, pd.DataFrame):
-        predictions = predictions.iloc[:, 0].tolist()
-    if predictions and isinstance(predictions[0], dict):  # records of {output: [...]}
-        predictions = [next(iter(p.values())) for p in predictions]
-    return np.asarray(predictions, dtype=np.float64).reshape(n, -1)
+        predictions = predictions.to_dict(orient="records")
+    return [(p["label"], float(p["probabilities"]["benign"])) for p in predictions]
 
 
 def test_the_registered_model_is_the_measured_int8_onnx_file(champion):
@@ -76,12 +72,12 @@ def test_the_registered_model_is_the_measured_int8_onnx_file(champion):
     [measured] = (folder / "podium-runs" / "ray_results").rglob(
         f"*{winner}*/checkpoint_*/artifacts/model.onnx"
     )
-    x = rows.to_numpy(np.float32)
+    x = rows.to_numpy()
     a, b = (
-        ort.InferenceSession(str(p)).run(None, {"input": x})[0]
+        ort.InferenceSession(str(p)).run(None, {"input": x})
         for p in (local / "model.onnx", measured)
     )
-    assert np.array_equal(a, b)
+    assert list(a[0]) == list(b[0]) and a[1] == b[1]  # labels, then probabilities
     client = MlflowClient(uri, registry_uri=uri)
     version = client.get_model_version_by_alias("it-loaders-model", "champion")
     assert "recipe (quantize)" in version.tags[keys.TAG_MEASURED]
@@ -99,9 +95,12 @@ def test_pyfunc_mlflow_models_serve_and_podium_serve_agree(champion, tmp_path):
     pyfunc = mlflow.pyfunc.load_model("models:/it-loaders-model@champion")
     # Named columns: the signature lists them, and a request in another order means the same.
     assert pyfunc.metadata.get_input_schema().input_names()[:2] == ["mean radius", "mean texture"]
-    by_pyfunc = _logits(pyfunc.predict(rows))
+    # pandas' float64 columns, as a user's DataFrame has them: no cast by hand.
+    assert rows.dtypes.unique().tolist() == [np.float64]
+    by_pyfunc = _answers(pyfunc.predict(rows))
     shuffled = rows[list(reversed(rows.columns))]
-    assert np.allclose(_logits(pyfunc.predict(shuffled)), by_pyfunc, atol=1e-6)
+    assert _answers(pyfunc.predict(shuffled)) == by_pyfunc
+    assert {label for label, _ in by_pyfunc} <= {"malignant", "benign"}
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
     # As from an activated virtualenv: mlflow models serve execs uvicorn from PATH.
@@ -126,7 +125,7 @@ def test_pyfunc_mlflow_models_serve_and_podium_serve_agree(champion, tmp_path):
         start_new_session=True,
     )
     try:
-        by_mlflow = _logits(
+        by_mlflow = _answers(
             post_when_up(f"http://127.0.0.1:{port}/invocations", split, mlflow_serve)["predictions"]
         )
     finally:
@@ -140,14 +139,13 @@ def test_pyfunc_mlflow_models_serve_and_podium_serve_agree(champion, tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        by_podium = _logits(
-            post_when_up(
-                f"http://127.0.0.1:{port}/invocations", {"inputs": rows.to_numpy().tolist()}, podium
-            )["predictions"]
+        by_podium = _answers(
+            post_when_up(f"http://127.0.0.1:{port}/invocations", split, podium)["predictions"]
         )
     finally:
         podium.terminate()
         podium.wait(timeout=30)
-    assert by_pyfunc.shape == (20, 2)
-    assert np.allclose(by_mlflow, by_pyfunc, atol=1e-4)
-    assert np.allclose(by_podium, by_pyfunc, atol=1e-4)
+    assert len(by_pyfunc) == len(by_mlflow) == len(by_podium) == 20  # one answer per row
+    for answers in (by_mlflow, by_podium):
+        assert [label for label, _ in answers] == [label for label, _ in by_pyfunc]
+        assert np.allclose([p for _, p in answers], [p for _, p in by_pyfunc], atol=1e-5)

@@ -19,7 +19,7 @@ from tracking.onnx_model import (
 from workers.models import build_model
 from workers.recipes import run_recipe
 from workers.recipes._distill import teacher_file, teacher_logits
-from workers.recipes._measure import onnx_predict, onnx_session, torch_threads
+from workers.recipes._measure import onnx_session, torch_threads
 from workers.recipes._train import make_optimizer, train_epoch
 from workers.tasks import load_task
 
@@ -63,11 +63,13 @@ def test_quantized_model_round_trips_through_the_registry(registered):
 
     uri, version, onnx_file, data, _ = registered
     assert version == "1"
-    x = data.x_test.numpy()
-    expected = onnx_predict(onnx_session(onnx_file), x)
+    # The recipe's file is the whole pipeline: digits' raw pixels (float64, 0..16) in.
+    x = data.pipeline.raw_test[0].numpy()
+    assert x.dtype == np.float64 and x.max() == 16
+    expected = onnx_session(onnx_file).run(["label"], {"input": x})[0]
     # Back through the registry alias, three ways: ONNX Runtime, the onnx flavor, pyfunc.
     session = load_onnx_session("models:/quant-digits@champion", uri)
-    np.testing.assert_array_equal(onnx_predict(session, x), expected)
+    np.testing.assert_array_equal(session.run(["label"], {"input": x})[0], expected)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # an earlier test may have pointed it at its own store
     proto = mlflow.onnx.load_model("models:/quant-digits@champion")
@@ -75,8 +77,10 @@ def test_quantized_model_round_trips_through_the_registry(registered):
     pyfunc = mlflow.pyfunc.load_model("models:/quant-digits/1")
     # Dynamic int8 scales activations per batch, so compare the same batch.
     out = pyfunc.predict({"input": x[:32]})
-    same_batch = onnx_predict(onnx_session(onnx_file), x[:32])
-    np.testing.assert_allclose(np.asarray(out["logits"]), same_batch, rtol=1e-5, atol=1e-5)
+    same_batch = onnx_session(onnx_file).run(None, {"input": x[:32]})
+    assert list(out["label"]) == list(same_batch[0])
+    for a, b in zip(out["probabilities"], same_batch[1], strict=True):
+        assert a.keys() == b.keys() and np.allclose(list(a.values()), list(b.values()), atol=1e-5)
 
 
 def test_teacher_uris_are_checked_without_downloading(registered):

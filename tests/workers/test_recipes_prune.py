@@ -12,7 +12,7 @@ from torch import nn
 from tracking import keys
 from workers.models import build_model
 from workers.recipes import run_recipe
-from workers.recipes._measure import onnx_predict, onnx_session, torch_threads
+from workers.recipes._measure import model_session, onnx_predict, torch_threads
 from workers.recipes._prune import _ramp, magnitude_masks, shrink
 from workers.recipes._train import make_optimizer, train_epoch
 from workers.tasks import load_task
@@ -143,7 +143,7 @@ def test_gradual_schedule_ramps_to_the_target(mlp, tmp_path):
         steps, model, data, {"workdir": tmp_path, "model_section": MLP, "latency_iters": 20}
     )
     assert result.model_section["hidden"] == [32, 16]
-    session = onnx_session(result.artifacts[keys.ONNX_ARTIFACT])
+    session = model_session(result.artifacts[keys.ONNX_ARTIFACT])
     logits = onnx_predict(session, data.x_test.numpy())
     assert logits.shape == (len(data.x_test), 10)
     assert float((logits.argmax(1) == data.y_test.numpy()).mean()) == pytest.approx(

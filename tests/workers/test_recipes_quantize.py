@@ -5,7 +5,6 @@ where asked."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 
@@ -17,13 +16,15 @@ import torch
 from onnx import numpy_helper
 
 from tracking import keys
+from tracking.pipeline import model_part
 from workers.models import build_model
 from workers.recipes import run_recipe
 from workers.recipes._export import export_onnx
-from workers.recipes._measure import onnx_predict, onnx_session, torch_threads
+from workers.recipes._measure import model_session, onnx_predict, onnx_session, torch_threads
 from workers.recipes._qat import FakeQuantModel, weight_qparams
 from workers.recipes._train import make_optimizer, train_epoch
 from workers.tasks import load_task
+from workers.tasks._pipeline import head
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,13 +41,7 @@ SECTION = {"arch": "mlp", "hidden": [256, 128], "batch_norm": False, "dropout": 
 def fashion():
     """A 784-256-128-10 MLP trained briefly on 3,000 Fashion-MNIST images (tested on 2,000)."""
     full = load_task("fashion-mnist", 0)
-    data = dataclasses.replace(
-        full,
-        x_train=full.x_train[:3000],
-        y_train=full.y_train[:3000],
-        x_test=full.x_test[:2000],
-        y_test=full.y_test[:2000],
-    )
+    data = head(full, train=3000, test=2000)
     torch.manual_seed(0)
     model = build_model(SECTION, data.input_shape, data.num_classes)
     opt, gen = make_optimizer(model, 1e-3), torch.Generator().manual_seed(0)
@@ -65,7 +60,7 @@ def test_int8_stays_close_to_fp32_and_is_four_times_smaller(fashion, tmp_path, m
     fp32_path = export_onnx(model, data.example_input(), tmp_path / "fp32" / "model.onnx")
     x = data.x_test.numpy()
     fp32 = onnx_predict(onnx_session(fp32_path), x)
-    int8 = onnx_predict(onnx_session(result.artifacts[keys.ONNX_ARTIFACT]), x)
+    int8 = onnx_predict(model_session(result.artifacts[keys.ONNX_ARTIFACT]), x)
     with torch.inference_mode():
         eager = model(data.x_test).numpy()
     np.testing.assert_allclose(fp32, eager, atol=1e-4)  # the export itself is exact
@@ -160,7 +155,7 @@ def test_qat_artifact_computes_what_its_training_simulated(qat_runs, fashion):
         assert err.max() <= 1.001 and err.mean() <= 0.01, options  # measured: 1 step, 0.0005
     # The default fast kernels (what is measured) saturate u8 x s8 pair sums on CPUs without
     # VNNI: up to 10 steps on some logits there (mean 0.1-0.5), the same class almost always.
-    fast = onnx_predict(onnx_session(onnx_file), x)
+    fast = onnx_predict(model_session(onnx_file), x)
     assert float(np.abs(fast - simulated).mean()) <= step
     assert float((fast.argmax(1) == simulated.argmax(1)).mean()) >= 0.98
 
@@ -212,7 +207,8 @@ def _session(path, reference: bool = False, **config: str):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for key, value in config.items():
         opts.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = model_part(onnx.load(str(path))).SerializeToString()  # the artifact is the pipeline
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def test_torchscript_export_is_an_extra_artifact_that_matches(fashion, tmp_path):

@@ -114,12 +114,23 @@ def test_a_tasks_own_metrics_join_its_kinds():
     }
 
 
-def test_diabetes_is_a_standardised_regression_with_named_features():
+def test_diabetes_trains_standardised_and_answers_in_the_targets_units():
     data = load_task("diabetes", 0)
     assert data.kind == "regression" and data.input_shape == (10,) and data.num_classes == 1
     assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 442
+    # Trained on standardised inputs and targets, fitted on the training split ...
     assert float(data.y_train.mean()) == pytest.approx(0.0, abs=1e-5)
-    assert data.feature_names[2] == "bmi" and data.extra["target_std"] > 10
+    assert data.x_train.mean(0).abs().max() < 1e-4 and data.x_train.dtype == torch.float32
+    # ... while the raw split is what load_diabetes(scaled=False) gives, and the answer's
+    # scale is the training targets' (disease progression spans 25..346).
+    raw_x, raw_y = data.pipeline.raw_test
+    assert raw_x.dtype == torch.float64 and float(raw_x[:, 0].max()) > 20  # age in years
+    assert data.pipeline.answer["target_std"][0] > 10 and raw_y.max() > 100
+    # Metrics are in the target's units: predicting the training mean scores its deviation.
+    rmse = data.metrics_fn()(torch.zeros(len(data.y_test), 1), data.y_test)["rmse"]
+    spread = raw_y.double() - data.pipeline.answer["target_mean"][0]
+    assert rmse == pytest.approx(float(spread.pow(2).mean().sqrt()), rel=1e-5)
+    assert data.feature_names[2] == "bmi"
 
 
 def test_the_protocols_documented_examples_run():

@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from tracking import keys
+from tracking.pipeline import model_part
 from workers.errors import WorkerError
 from workers.models import build_model
 from workers.recipes import run_recipe
 from workers.recipes._distill import student_section
 from workers.recipes._export import export_onnx, export_torchscript
-from workers.recipes._measure import onnx_predict, onnx_session, torch_threads
+from workers.recipes._measure import model_session, onnx_predict, onnx_session, torch_threads
 from workers.recipes._train import accuracy, make_optimizer, train_epoch
 from workers.tasks import load_task
 from workers.tasks._rotten_tomatoes import (
@@ -279,14 +280,15 @@ def test_int8_covers_the_embedding_table(data, bag, tmp_path, mode):
     steps = [{"step": "quantize", "mode": mode}]
     result = run_recipe(steps, bag, data, {"workdir": tmp_path, "latency_iters": 30})
     m, int8 = result.metrics, result.artifacts[keys.ONNX_ARTIFACT]
-    assert m[keys.SIZE_RATIO] >= 3.5
+    # The file ships the tokenizer's vocabulary (~110 kB of strings) beside the model: the
+    # model itself is ~4x smaller, the whole file less so.
+    assert _model_ratio(bag, data, int8, tmp_path) >= 3.5
+    assert m[keys.SIZE_RATIO] >= 2.5
     assert abs(m[keys.ACCURACY_DROP_PTS]) <= 1.0
     assert m[keys.TEST_ACCURACY] > 0.7
     table = _table(int8, data.extra["vocab_size"])
     assert table.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-    fp32 = export_onnx(bag, data.example_input(), tmp_path / "fp32.onnx")
-    assert fp32.stat().st_size / int8.stat().st_size >= 3.5
-    session = onnx_session(int8)
+    session = model_session(int8)
     assert session.get_inputs()[0].type == "tensor(int64)"
     logits = onnx_predict(session, data.x_test.numpy())
     assert float((logits.argmax(1) == data.y_test.numpy()).mean()) == m[keys.TEST_ACCURACY]
@@ -300,8 +302,16 @@ def test_int8_covers_the_fasttext_table_of_tokens_and_bigrams(data, tmp_path):
     m, int8 = result.metrics, result.artifacts[keys.ONNX_ARTIFACT]
     rows = data.extra["vocab_size"] + section["buckets"]
     assert _table(int8, rows).data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-    assert m[keys.SIZE_RATIO] >= 3.5 and abs(m[keys.ACCURACY_DROP_PTS]) <= 1.0
+    assert _model_ratio(model, data, int8, tmp_path) >= 3.5
+    assert m[keys.SIZE_RATIO] >= 2.5 and abs(m[keys.ACCURACY_DROP_PTS]) <= 1.0
     assert m[keys.TEST_ACCURACY] > 0.7
+
+
+def _model_ratio(model, data, artifact, tmp_path) -> float:
+    """The fp32 model's ONNX bytes over the model part of a recipe's artifact (which is the
+    whole pipeline: the tokenizer and its vocabulary, the model, the answer)."""
+    fp32 = export_onnx(model, data.example_input(), tmp_path / "fp32-model.onnx")
+    return fp32.stat().st_size / len(model_part(onnx.load(str(artifact))).SerializeToString())
 
 
 def test_artifacts_rebuild_a_text_model(data, bag, tmp_path):
@@ -325,8 +335,8 @@ def test_distill_rebuilds_a_narrower_text_student(data, bag, tmp_path):
     result = run_recipe(steps, bag, data, ctx)
     assert result.model_section == {**section, "dim": 16}
     assert result.model.embed.embedding_dim == 16
-    # A 4x narrower table in int8: ~16x smaller than the teacher's fp32 file.
-    assert result.metrics[keys.SIZE_RATIO] > 12
+    # A 4x narrower table in int8: ~16x smaller than the teacher's fp32 model.
+    assert _model_ratio(bag, data, result.artifacts[keys.ONNX_ARTIFACT], tmp_path) > 12
     assert result.metrics[keys.TEST_ACCURACY] > 0.7
 
 

@@ -176,18 +176,27 @@ def teacher_logits(
     """The teacher's logits for every row of ``x`` (float32, CPU); a state-dict teacher is
     rebuilt only as a built-in architecture or one of ``plugins`` (see load_torch_teacher)."""
     if isinstance(teacher, Path) and teacher.suffix == ".onnx":
-        from workers.recipes._measure import onnx_predict, onnx_session
+        from workers.recipes._measure import onnx_predict
 
         arr = np.ascontiguousarray(x.detach().cpu().numpy())  # in its dtype: int64 token ids too
-        return torch.from_numpy(
-            onnx_predict(onnx_session(teacher, threads=torch.get_num_threads()), arr)
-        )
+        return torch.from_numpy(onnx_predict(_teacher_session(teacher), arr))
     model = load_torch_teacher(teacher, plugins) if isinstance(teacher, Path) else teacher
     model.eval()
     device = next(model.parameters()).device
     return torch.cat(
         [model(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)]
     )
+
+
+def _teacher_session(path: Path) -> Any:
+    """A session of the teacher's model part: a registered champion is the whole pipeline
+    (raw inputs to an answer); distillation feeds it model inputs and reads its logits."""
+    import onnx
+
+    from tracking.pipeline import model_part, session
+
+    model = model_part(onnx.load(str(path)))
+    return session(model.SerializeToString(), threads=torch.get_num_threads())
 
 
 def load_torch_teacher(path: Path, plugins: Any = ()) -> nn.Module:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tracking import keys
+from tracking import keys, pipeline
 from workers.errors import WorkerError
 
 WARMUP = 20
@@ -42,6 +42,15 @@ def onnx_session(path: Path, threads: int = 1) -> Any:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def model_session(path: Path, threads: int = 1) -> Any:
+    """A session of the model alone in a file that may be the whole pipeline
+    (``tracking.pipeline.model_part``): model inputs in, logits out."""
+    import onnx
+
+    model = pipeline.model_part(onnx.load(str(path)))
+    return pipeline.session(model.SerializeToString(), threads)
 
 
 def onnx_predict(session: Any, x: np.ndarray, batch: int = 1024) -> np.ndarray:
@@ -76,6 +85,33 @@ def measure_onnx(
     out = {
         keys.MODEL_SIZE_BYTES: float(path.stat().st_size),
         score[0]: score[1](torch.from_numpy(outputs).float()),
+    }
+    out.update(_timings(lambda xb: session.run(None, {name: xb}), x, iters))
+    return out
+
+
+def measure_pipeline(
+    path: Path,
+    x_raw: Any,
+    answer: dict[str, Any],
+    score: tuple[str, Callable[[torch.Tensor], float]],
+    threads: int = 1,
+    iters: int = 300,
+) -> dict[str, float]:
+    """Size, latency, throughput and test score of the whole registered graph, from raw inputs
+    (``tracking.pipeline``): what a user's request costs, preprocessing and answer included.
+    ``score`` reads the answers as ``tracking.pipeline.scores`` gives them."""
+    session = pipeline.session(path, threads)
+    name = session.get_inputs()[0].name
+    names = [o.name for o in session.get_outputs()]
+    x = pipeline.as_array(x_raw)
+    answers: dict[str, list[Any]] = {n: [] for n in names}
+    for i in range(0, len(x), 1024):
+        for n, value in zip(names, session.run(None, {name: x[i : i + 1024]}), strict=True):
+            answers[n].extend(list(value))
+    out = {
+        keys.MODEL_SIZE_BYTES: float(path.stat().st_size),
+        score[0]: score[1](torch.from_numpy(pipeline.scores(answers, answer))),
     }
     out.update(_timings(lambda xb: session.run(None, {name: xb}), x, iters))
     return out

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tracking import keys
+from tracking import keys, pipeline
 from workers import inputs
 from workers.errors import WorkerError
 from workers.measure import state_dict_bytes
@@ -160,10 +160,8 @@ def _baseline(
     }
     eager.update(_measure.param_counts(state.model))
     eager.update(_measure.measure_eager(state.model, data.x_test, ctx.threads, ctx.latency_iters))
-    onnx_path = export_onnx(state.model, data.example_input(), work / "baseline.onnx")
-    onnx = _measure.measure_onnx(
-        onnx_path, data.x_test, data.y_test, ctx.threads, ctx.latency_iters, _score(data)
-    )
+    onnx_path = _whole(export_onnx(state.model, data.example_input(), work / "baseline.onnx"), data)
+    onnx = _measure_file(onnx_path, data, ctx)
     metrics = {keys.recipe_metric(keys.RECIPE_BASELINE_EAGER, k): v for k, v in eager.items()}
     metrics.update({keys.recipe_metric(keys.RECIPE_BASELINE_ONNX, k): v for k, v in onnx.items()})
     return metrics, {"eager": eager, "onnx": onnx}
@@ -172,19 +170,45 @@ def _baseline(
 def _export_state(state: RecipeState, data: TaskData, folder: Path) -> Path:
     fp32 = export_onnx(state.model, data.example_input(), folder / "fp32.onnx")
     if state.quantize is None:
-        return fp32
-    return quantize_onnx(fp32, folder / "int8.onnx", state.quantize, data.x_train)
+        return _whole(fp32, data)
+    # The model alone is quantized: preprocessing and the answer stay exact.
+    return _whole(quantize_onnx(fp32, folder / "int8.onnx", state.quantize, data.x_train), data)
+
+
+def _whole(model_file: Path, data: TaskData) -> Path:
+    """The registered graph around a model file: the task's front, the model, the answer
+    (``tracking.pipeline``); what every step is measured on, from the raw test split."""
+    import onnx
+
+    pipe = data.pipeline
+    if pipe is None:  # a task that was not prepared (a direct caller): the model alone
+        return model_file
+    front = onnx.load_from_string(pipe.front_onnx) if pipe.front_onnx else None
+    composed = pipeline.compose(onnx.load(str(model_file)), pipe.answer, front)
+    path = model_file.with_name(f"{model_file.stem}.pipeline.onnx")
+    onnx.save(composed, str(path))
+    return path
+
+
+def _measure_file(path: Path, data: TaskData, ctx: RecipeContext) -> dict[str, float]:
+    if data.pipeline is None:
+        return _measure.measure_onnx(
+            path, data.x_test, data.y_test, ctx.threads, ctx.latency_iters, _score(data)
+        )
+    x, y = data.pipeline.raw_test
+    metric, primary = keys.test_metric(data.primary_metric()), data.primary_metric()
+    metrics = data.metrics_fn(units=False)  # the pipeline answers in the target's units
+    score = (metric, lambda out: float(metrics(out, y)[primary]))
+    return _measure.measure_pipeline(
+        path, x, data.pipeline.answer, score, ctx.threads, ctx.latency_iters
+    )
 
 
 def _measure_state(
     state: RecipeState, path: Path, data: TaskData, ctx: RecipeContext
 ) -> dict[str, float]:
     out = _measure.param_counts(state.model)
-    out.update(
-        _measure.measure_onnx(
-            path, data.x_test, data.y_test, ctx.threads, ctx.latency_iters, _score(data)
-        )
-    )
+    out.update(_measure_file(path, data, ctx))
     return out
 
 
@@ -249,9 +273,16 @@ def _write_artifacts(
         "extra": extra,
         "steps": steps,
         "quantize": state.quantize,
-        "onnx_input": "input",
-        "onnx_output": "logits",
+        "onnx_inputs": _io_names(path, "input"),
+        "onnx_outputs": _io_names(path, "output"),
     }
     out[keys.RECIPE_ARTIFACT] = ctx.workdir / keys.RECIPE_ARTIFACT
     out[keys.RECIPE_ARTIFACT].write_text(json.dumps(card, indent=2, default=str))
     return out
+
+
+def _io_names(path: Path, which: str) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [v.name for v in (graph.input if which == "input" else graph.output)]

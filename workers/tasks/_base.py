@@ -48,6 +48,7 @@ from workers.errors import WorkerError
 from workers.inputs import Inputs
 from workers.registry import Registry, is_plugin_ref, load_plugin
 from workers.tasks._kinds import CUSTOM, KINDS, Kind, Loss, Metrics
+from workers.tasks._pipeline import prepare, target_units
 
 TASKS: Registry[Callable[[int], TaskData]] = Registry("task")
 EXAMPLES = 4  # example inputs kept for export and signatures (batch > 1: a dynamic batch axis)
@@ -87,6 +88,14 @@ class TaskData:
             kind's (a name the kind has is replaced); each name needs a mode in ``metric_modes``.
         metric_modes: ``{name: "max" | "min"}`` for ``metrics``.
         example: a few inputs for ONNX export and latency measurement (default: test inputs).
+        preprocess: what turns the splits' raw inputs (as a user has them: float64 columns,
+            uint8 images, strings) into model inputs, fitted on the training split only; it
+            becomes the front of the registered model (``workers.tasks._pipeline``). With it,
+            the splits hold raw inputs and ``input_shape`` is found by applying it.
+        classes: class names in id order (the served ``label``); default the ids.
+        target_scale: regression: ``(mean, std)`` of the training targets; trials train on
+            ``(y - mean) / std``, and metrics and the served ``prediction`` are in the
+            target's own units.
         feature_names: column names of tabular inputs (the served model's signature).
         extra: JSON-able facts saved with the model, e.g. a text task's vocabulary.
         loader: ``DataLoader`` options for datasets (``num_workers``, ``prefetch_factor``,
@@ -121,6 +130,10 @@ class TaskData:
     feature_names: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     loader: Mapping[str, Any] = field(default_factory=dict)
+    preprocess: Any = None  # raw inputs -> model inputs, fitted on train (see _pipeline)
+    classes: tuple[str, ...] | None = None  # class (or label) names, in id order
+    target_scale: tuple[Any, Any] | None = None  # regression: (mean, std) targets train scaled by
+    pipeline: Any = field(default=None, repr=False)  # set by prepare(): never by a task
 
     @classmethod
     def from_datasets(
@@ -182,12 +195,15 @@ class TaskData:
     def loss_fn(self) -> Loss:
         return self.loss or _kind(self.kind).loss
 
-    def metrics_fn(self) -> Metrics:
-        """The kind's metrics plus the task's own (which win on a shared name)."""
+    def metrics_fn(self, units: bool = True) -> Metrics:
+        """The kind's metrics plus the task's own (which win on a shared name); with ``units``,
+        a regression trained on scaled targets is scored in the target's own units."""
         base = None if self.kind == CUSTOM else _kind(self.kind).metrics
         own = self.metrics
+        answer = self.pipeline.answer if self.pipeline is not None and units else {}
 
         def both(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+            out, y = target_units(out, y, answer)  # a regression trained on scaled targets
             values = dict(base(out, y)) if base else {}
             values.update(own(out, y) if own else {})
             return {k: float(v) for k, v in values.items()}
@@ -235,6 +251,10 @@ def check_task_data(data: Any) -> list[str]:
     for name, mode in data.metric_modes.items():
         if mode not in ("max", "min"):
             p.append(f"metric_modes[{name!r}] must be 'max' or 'min', got {mode!r}")
+    if data.preprocess is not None and not data.in_memory:
+        p.append("preprocess applies to in-memory splits; a Dataset transforms its own items")
+    if data.preprocess is not None and data.pipeline is None and data.in_memory:
+        return p + _check_raw(data)
     tensors = [getattr(data, f"{a}_{s}") for s in SPLITS for a in ("x", "y")]
     sets = [getattr(data, f"{s}_set") for s in SPLITS]
     if all(s is not None for s in sets):
@@ -252,6 +272,20 @@ def check_task_data(data: Any) -> list[str]:
             "input_shape must be positive ints, or one such shape per input tensor, "
             f"got {data.input_shape!r}"
         )
+    return p
+
+
+def _check_raw(data: TaskData) -> list[str]:
+    """Raw splits: rows against targets; the model inputs are checked once prepared."""
+    p = []
+    for split in SPLITS:
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if x is None or y is None:
+            p.append(f"needs x_{split} and y_{split}")
+        elif len(x) != len(y) or len(y) == 0:
+            p.append(f"x_{split} has {len(x)} rows but y_{split} has {len(y)}")
+    if data.target_scale is not None and data.kind != "regression":
+        p.append(f"target_scale is for regression; kind is {data.kind!r}")
     return p
 
 
@@ -292,6 +326,8 @@ def split_arrays(
     test_fraction: float = 0.15,
     test: tuple[np.ndarray, np.ndarray] | None = None,
     kind: str = "classification",
+    preprocess: Any = None,
+    scale_target: bool = False,
     **fields: Any,
 ) -> TaskData:
     """Deterministic train/val/test split of ``x, y`` from ``seed``: stratified by class for
@@ -301,8 +337,14 @@ def split_arrays(
     int64, regression and multilabel targets float32. If ``test`` is given (a data set with an
     official test split), it is the test split and only validation is carved out of ``x``.
     ``fields`` go to :class:`TaskData` (``feature_names``, ``extra``, ``loss``, ...).
+
+    With ``preprocess`` (a module, or a fitter ``x_train -> module`` such as
+    ``_pipeline.standardize``), inputs keep the dtype the user has (float64, uint8) and the
+    fitter sees the training split only; ``scale_target`` (regression) sets ``target_scale``
+    from the training targets.
     """
-    x, y = _input_array(x), _target_array(y, kind)
+    raw = preprocess is not None
+    x, y = (_input_array(x) if not raw else np.asarray(x)), _target_array(y, kind)
     rng = np.random.default_rng(seed)
     split = stratified_split if kind == "classification" else random_split
     if test is None:
@@ -310,16 +352,23 @@ def split_arrays(
         x, x_te, y, y_te = x[rest], x[held], y[rest], y[held]
         val_size = val_fraction / (1.0 - test_fraction)
     else:
-        x_te, y_te = _input_array(test[0]), _target_array(test[1], kind)
+        x_te, y_te = (
+            (np.asarray(test[0]) if raw else _input_array(test[0])),
+            _target_array(test[1], kind),
+        )
         val_size = val_fraction
     rest, held = split(y, val_size, rng)
     x_tr, x_va, y_tr, y_va = x[rest], x[held], y[rest], y[held]
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731
     if kind == "classification":
         outputs = int(max(y_tr.max(), y_va.max(), y_te.max()) + 1)
     else:
         outputs = 1 if y.ndim == 1 else int(y.shape[1])
     fields.setdefault("num_classes", outputs)
+    if preprocess is not None and not isinstance(preprocess, torch.nn.Module):
+        preprocess = preprocess(t(x_tr))  # a fitter: fitted on the training split only
+    if scale_target:
+        fields["target_scale"] = (y_tr.mean(0).tolist(), y_tr.std(0).tolist())
     return TaskData(
         name=name,
         x_train=t(x_tr),
@@ -330,6 +379,7 @@ def split_arrays(
         y_test=t(y_te),
         input_shape=tuple(x_tr.shape[1:]),
         kind=kind,
+        preprocess=preprocess,
         **fields,
     )
 
@@ -378,7 +428,9 @@ def task_names() -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def load_task(name: str, seed: int) -> TaskData:
-    """Load a task by registry name or ``module:function``; cached per process.
+    """Load a task by registry name or ``module:function``, prepared for training
+    (:func:`workers.tasks._pipeline.prepare`: model inputs, the registered graph's parts);
+    cached per process.
 
     The cache matters: a reused Ray actor runs many trials, and Fashion-MNIST takes a second to
     decode.
@@ -390,6 +442,12 @@ def load_task(name: str, seed: int) -> TaskData:
     builder = load_plugin(name) if is_plugin_ref(name) else TASKS.get(name)
     data = builder(seed)
     problems = check_task_data(data)
+    if not problems:
+        try:
+            data = prepare(data)
+        except Exception as e:  # noqa: BLE001 - the task's own preprocessing: name the task
+            raise WorkerError(f"task {name!r}: its preprocess failed: {e}") from e
+        problems = check_task_data(data)
     if problems:
         raise WorkerError(f"task {name!r}: " + "; ".join(problems))
     return data

@@ -3,20 +3,25 @@ breast cancer and wine (classification), and diabetes (regression)."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from workers.tasks._base import TASKS, TaskData, split_arrays
+from workers.tasks._pipeline import rescale, standardize
 
 
 @TASKS.register("digits")
 def digits(seed: int) -> TaskData:
+    """The 8x8 digits as ``load_digits`` gives them (64 float64 pixels 0..16 per row); the
+    model sees 0..1 as a ``(1, 8, 8)`` image (a CNN can use it too), scaled in the graph."""
     x, y = digits_arrays()
-    # Pixels are 0..16; scale to 0..1 and keep the image shape so a CNN can use it too.
-    return split_arrays("digits", (x / 16.0).reshape(-1, 1, 8, 8), y, seed)
+    classes = tuple(str(i) for i in range(10))
+    return split_arrays(
+        "digits", x, y, seed, preprocess=rescale(1 / 16, (1, 8, 8)), classes=classes
+    )
 
 
 def _sklearn_data_file(name: str) -> Path | None:
@@ -51,20 +56,28 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 def breast_cancer(seed: int) -> TaskData:
     from sklearn.datasets import load_breast_cancer
 
-    bunch = load_breast_cancer()
-    x = (bunch.data - bunch.data.mean(0)) / bunch.data.std(0)  # features span 1e-3..1e3
-    names = tuple(str(n) for n in bunch.feature_names)  # the served model's named columns
-    return split_arrays("breast_cancer", x, bunch.target, seed, feature_names=names)
+    return _tabular("breast_cancer", load_breast_cancer(), seed)  # features span 1e-3..1e3
+
+
+def _tabular(name: str, bunch: Any, seed: int) -> TaskData:
+    """A scikit-learn classification bunch: raw float64 columns by name (the served model's
+    DataFrame columns), standardised by the training split inside the graph, named classes."""
+    return split_arrays(
+        name,
+        bunch.data,
+        bunch.target,
+        seed,
+        preprocess=standardize,
+        feature_names=tuple(str(n) for n in bunch.feature_names),
+        classes=tuple(str(c) for c in bunch.target_names),
+    )
 
 
 @TASKS.register("wine")
 def wine(seed: int) -> TaskData:
     from sklearn.datasets import load_wine
 
-    bunch = load_wine()
-    x = (bunch.data - bunch.data.mean(0)) / bunch.data.std(0)
-    names = tuple(str(n) for n in bunch.feature_names)
-    return split_arrays("wine", x, bunch.target, seed, feature_names=names)
+    return _tabular("wine", load_wine(), seed)
 
 
 DIABETES_FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
@@ -75,22 +88,22 @@ def diabetes(seed: int) -> TaskData:
     """Regression: disease progression one year after baseline, from 10 measurements of 442
     patients (Efron et al. 2004, as scikit-learn ships it).
 
-    Features and target are standardised with the training split's mean and deviation, so the
-    reported ``val_rmse``/``test_rmse`` are in target deviations (1.0 = always predicting the
-    mean; multiply by ``extra["target_std"]`` for the original units) and a model's output
-    starts on the right scale.
+    The raw measurements (as ``load_diabetes(scaled=False)`` gives them) are standardised by
+    the training split inside the graph; the model trains on standardised targets (so one
+    learning rate fits), and ``val_rmse``/``test_rmse`` and the served ``prediction`` are in
+    the target's own units.
     """
     x, y = _diabetes_arrays()
-    data = split_arrays("diabetes", x, y, seed, kind="regression", feature_names=DIABETES_FEATURES)
-    x_mean, x_std = data.x_train.mean(0), data.x_train.std(0)
-    y_mean, y_std = float(data.y_train.mean()), float(data.y_train.std())
-    scaled = {
-        f"x_{s}": (getattr(data, f"x_{s}") - x_mean) / x_std for s in ("train", "val", "test")
-    }
-    scaled |= {
-        f"y_{s}": (getattr(data, f"y_{s}") - y_mean) / y_std for s in ("train", "val", "test")
-    }
-    return dataclasses.replace(data, **scaled, extra={"target_mean": y_mean, "target_std": y_std})
+    return split_arrays(
+        "diabetes",
+        x,
+        y,
+        seed,
+        kind="regression",
+        feature_names=DIABETES_FEATURES,
+        preprocess=standardize,
+        scale_target=True,
+    )
 
 
 def _diabetes_arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from workers.errors import DataNotFoundError
 from workers.tasks._base import TASKS, TaskData, split_arrays
+from workers.tasks._pipeline import rescale
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
@@ -56,12 +57,32 @@ def load_arrays(folder: Path | None = None) -> dict[str, np.ndarray]:
     return {key: read_idx(find_file(folder, stem)) for key, stem in FILES.items()}
 
 
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)  # fmt: skip  (Zalando's names for ids 0..9)
+
+
 @TASKS.register("fashion-mnist")
 def fashion_mnist(seed: int) -> TaskData:
+    """The images as stored (uint8 0..255, 28x28); the model sees 0..1 in NCHW with one channel,
+    scaled inside the registered graph. The official 10k test split is the test set."""
     a = load_arrays()
-    # uint8 -> [0, 1], NCHW with one channel; the official 10k test split is kept as the test set.
-    x = a["x_train"].reshape(-1, 1, 28, 28) / np.float32(255.0)
-    x_test = a["x_test"].reshape(-1, 1, 28, 28) / np.float32(255.0)
     return split_arrays(
-        "fashion-mnist", x, a["y_train"], seed, val_fraction=1 / 12, test=(x_test, a["y_test"])
+        "fashion-mnist",
+        a["x_train"],
+        a["y_train"],
+        seed,
+        val_fraction=1 / 12,
+        test=(a["x_test"], a["y_test"]),
+        preprocess=rescale(1 / 255, (1, 28, 28)),
+        classes=CLASSES,
     )

@@ -12,26 +12,21 @@ pandas and more). 56 snippets appear twice, always with the same label (one revi
 two titles of the same film); each is kept once, so no test snippet is also a training snippet.
 That leaves 12,752 snippets (7,368 fresh, 5,384 rotten), split 70/15/15, stratified, from the seed.
 
-Inputs are token ids, an int64 tensor of ``MAX_LEN`` per snippet: lowercased, split by
-``TOKEN_PATTERN`` (words with inner apostrophes, and ``!``/``?``), mapped through a vocabulary
-built from the **training split only** (tokens seen at least ``MIN_FREQ`` times, at most
-``MAX_VOCAB``), ``0`` padding the end, ``1`` any other token, cut after ``MAX_LEN`` tokens.
-The vocabulary travels with the model in ``TaskData.extra`` (saved in the checkpoint's
-manifest, ``workers.trainable.trial_facts``): ``vocab`` (the token of each id),
-``vocab_size``, ``max_len``, ``tokenizer``, ``token_pattern``, ``pad_id``, ``unk_id``.
+The task's inputs are the review strings; :class:`Tokenizer` (its ``preprocess``) turns them
+into what the model trains on, token ids, an int64 tensor of ``MAX_LEN`` per snippet:
+lowercased, split by ``TOKEN_PATTERN`` (words with inner apostrophes, and ``!``/``?``), mapped
+through a vocabulary built from the **training split only** (tokens seen at least ``MIN_FREQ``
+times, at most ``MAX_VOCAB``), ``0`` padding the end, ``1`` any other token, cut after
+``MAX_LEN`` tokens. The vocabulary is also in ``TaskData.extra`` (``vocab``, ``vocab_size``,
+``max_len``, ``tokenizer``, ``token_pattern``, ``pad_id``, ``unk_id``).
 
-Serving: the model takes token ids, not text. :func:`encode` turns text into exactly the ids the
-task trained on, given those ``extra`` facts. The split, and so the vocabulary, is a function of
-the seed the task was loaded with (a trial's ``training.seed``): rebuild them with ``load_task``,
-or read them from the trial checkpoint (``trial_facts(folder)["extra"]``) or the recipe's
-``recipe.json``::
+Serving: the registered champion takes review strings. The tokenizer runs inside its ONNX
+graph (onnxruntime-extensions string ops, ``workers.text_graph``: the same ids as
+:func:`encode` on every review), so a caller sends text::
 
-    from workers.tasks import load_task
-    from workers.tasks._rotten_tomatoes import encode
-
-    extra = load_task("rotten-tomatoes", 0).extra  # seed 0: the model's training.seed
-    ids = encode(["A small movie with a big impact."], extra)  # (1, 36) int64
-    # POST {"inputs": ids.tolist()} to `podium serve models:/<name>@champion`
+    # `podium serve models:/<name>@champion`, then POST
+    # {"inputs": ["A small movie with a big impact."]}
+    # answers [{"label": "fresh", "probabilities": {"rotten": 0.2, "fresh": 0.8}}]
 
 Example:
     >>> extra = {"vocab": ["<pad>", "<unk>", "a", "movie"], "max_len": 4,
@@ -89,20 +84,39 @@ def rotten_tomatoes(seed: int) -> TaskData:
         "unk_id": 1,
         "labels": sorted(LABELS, key=LABELS.__getitem__),  # class id -> name
     }
-    ids = encode(texts, extra)
+    raw = np.asarray(texts, dtype=object)  # the review strings, as a user has them
     y = torch.from_numpy(labels)
     return TaskData(
         name=NAME,
-        x_train=ids[train],
+        x_train=raw[train],
         y_train=y[train],
-        x_val=ids[val],
+        x_val=raw[val],
         y_val=y[val],
-        x_test=ids[test],
+        x_test=raw[test],
         y_test=y[test],
         input_shape=(MAX_LEN,),
+        preprocess=Tokenizer(extra),
         num_classes=len(LABELS),
+        classes=tuple(sorted(LABELS, key=LABELS.__getitem__)),
         extra=extra,
     )
+
+
+class Tokenizer:
+    """Review strings to the task's token ids (:func:`encode`), with its state (vocabulary,
+    pattern, length) carried into the registered graph as onnxruntime-extensions string ops
+    (``workers.text_graph``): the champion takes review strings."""
+
+    def __init__(self, extra: Mapping[str, Any]) -> None:
+        self.extra = dict(extra)
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        return encode(list(texts), self.extra)
+
+    def onnx_model(self) -> Any:
+        from workers.text_graph import tokenizer_model
+
+        return tokenizer_model(self.extra)
 
 
 def split_indices(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
