@@ -17,14 +17,20 @@ from workers.tasks._base import (
     task_names,
 )
 from workers.tasks._kinds import CUSTOM, KINDS
+from workers.tasks._pipeline import Rescale, Standardize, prepare, rescale, standardize
 
 __all__ = [
     "CUSTOM",
     "KINDS",
     "TASKS",
+    "Rescale",
+    "Standardize",
     "TaskData",
     "check_task_data",
     "load_task",
+    "prepare",
+    "rescale",
     "split_arrays",
+    "standardize",
     "task_names",
 ]
