@@ -286,8 +286,6 @@ def task_on(device: torch.device, data: Any) -> Any:
     """A task's splits (``workers.tasks.TaskData``) on ``device``: the same object when they are
     already there (CPU trials pay nothing), else a copy, moved once per trial rather than per
     batch."""
-    import dataclasses
-
     from workers import inputs
 
     if not data.in_memory or data.y_train.device == device:
@@ -296,7 +294,7 @@ def task_on(device: torch.device, data: Any) -> Any:
         f: inputs.to(getattr(data, f), device)
         for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
     }
-    return dataclasses.replace(data, **moved)
+    return data.with_parts(**moved)
 
 
 # A task's tensors may take at most half of a trial's device memory: the rest is for the model,

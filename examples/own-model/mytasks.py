@@ -30,17 +30,16 @@ def iris(seed: int) -> TaskData:
         preprocess=standardize,
         classes=tuple(str(c) for c in iris.target_names),
         feature_names=("sepal_length", "sepal_width", "petal_length", "petal_width"),
-        metrics=worst_class_recall,
-        metric_modes={"worst_class_recall": "max"},
+        metrics={"worst_class_recall": (worst_class_recall, "max")},
     )
 
 
-def worst_class_recall(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+def worst_class_recall(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """The recall of the species the model gets wrong most often: a model that gives up on one
     species scores low even when its accuracy looks fine."""
     pred = outputs.argmax(1)
     recalls = [float((pred[targets == c] == c).float().mean()) for c in np.unique(targets.numpy())]
-    return {"worst_class_recall": min(recalls)}
+    return min(recalls)
 
 
 def diabetes_mixed(seed: int) -> TaskData:
@@ -58,10 +57,9 @@ def diabetes_mixed(seed: int) -> TaskData:
     # split_arrays splits one array: split the row numbers, then take both tensors' rows.
     rows = split_arrays("rows", np.arange(len(y)), target, seed, kind="regression")
     pick = lambda idx: (torch.from_numpy(numbers[idx]), torch.from_numpy(sex[idx]))  # noqa: E731
-    splits = {s: getattr(rows, f"x_{s}").numpy() for s in ("train", "val", "test")}
     return TaskData(
         "diabetes-mixed",
-        *(t for s in ("train", "val", "test") for t in (pick(splits[s]), getattr(rows, f"y_{s}"))),
+        {s: (pick(x.numpy()), y) for s, (x, y) in rows.splits.items()},
         input_shape=((numbers.shape[1],), ()),
         num_classes=1,
         kind="regression",

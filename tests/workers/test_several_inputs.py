@@ -45,7 +45,8 @@ def task(**over) -> TaskData:
         two_inputs(200, 2),
     )
     fields = dict(input_shape=((3,), ()), num_classes=2, **over)
-    return TaskData("two", x_tr, y_tr, x_va, y_va, x_te, y_te, **fields)
+    splits = {"train": (x_tr, y_tr), "val": (x_va, y_va), "test": (x_te, y_te)}
+    return TaskData("two", splits, **fields)
 
 
 class PairSet(Dataset):
@@ -92,9 +93,12 @@ def test_the_same_task_as_datasets_streams_through_a_dataloader():
 
 def test_a_mismatched_task_is_told_what_is_wrong():
     (x, y) = two_inputs(10)
-    one_shape = TaskData("bad", x, y, x, y, x, y, input_shape=(3,), num_classes=2)
+    same = lambda x: {s: (x, y) for s in ("train", "val", "test")}  # noqa: E731
+    one_shape = TaskData("bad", same(x), input_shape=(3,), num_classes=2)
     assert any("2 tensor(s)" in p for p in check_task_data(one_shape))
-    short = TaskData("bad", (x[0], x[1][:5]), y, x, y, x, y, input_shape=((3,), ()), num_classes=2)
+    short = TaskData(
+        "bad", {**same(x), "train": ((x[0], x[1][:5]), y)}, input_shape=((3,), ()), num_classes=2
+    )
     assert any("[10, 5] rows but y_train has 10" in p for p in check_task_data(short))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -55,12 +56,17 @@ def test_split_arrays_keeps_token_ids_as_integers_and_regression_targets_as_floa
 def test_a_task_breaking_the_protocol_is_told_what_is_wrong():
     x = torch.randn(10, 3)
     assert check_task_data("nope") == ["returned str, not workers.tasks.TaskData"]
-    floats = TaskData("t", x, x[:, 0], x, x[:, 0], x, x[:, 0], (3,), 2)
+    splits = {s: (x, x[:, 0]) for s in ("train", "val", "test")}
+    floats = TaskData("t", splits, input_shape=(3,), num_classes=2)
     assert any("int64 class ids" in p for p in check_task_data(floats))
-    custom = TaskData("t", x, x[:, 0], x, x[:, 0], x, x[:, 0], (3,), 1, kind="custom")
+    custom = TaskData("t", splits, "custom", input_shape=(3,), num_classes=1)
     assert "kind 'custom' needs both loss and metrics" in check_task_data(custom)
-    half = TaskData("t", train_set=TensorDataset(x, x), input_shape=(3,), num_classes=1)
-    assert "train_set, val_set and test_set must be given together" in check_task_data(half)
+    half = TaskData("t", {"train": TensorDataset(x, x)}, input_shape=(3,), num_classes=1)
+    assert any("splits must be {'train', 'val', 'test'}" in p for p in check_task_data(half))
+    mixed = TaskData("t", {**splits, "val": TensorDataset(x, x)}, input_shape=(3,), num_classes=1)
+    assert "splits must all be (x, y) in memory or all datasets" in check_task_data(mixed)
+    no_mode = TaskData("t", splits, "regression", 1, (3,), metrics={"m": (len, "up")})
+    assert "metrics['m'] mode must be 'max' or 'min', got 'up'" in check_task_data(no_mode)
 
 
 class CountingDataset(Dataset):
@@ -98,13 +104,7 @@ def test_a_dataset_task_streams_through_a_data_loader_and_trains():
 
 def test_a_tasks_own_metrics_join_its_kinds():
     data = load_task("digits", 0)
-    extra = TaskData(
-        **{
-            **data.__dict__,
-            "metrics": lambda out, y: {"top2": 1.0},
-            "metric_modes": {"top2": "max"},
-        }
-    )
+    extra = dataclasses.replace(data, metrics={"top2": (lambda out, y: 1.0, "max")})
     modes = extra.metric_modes_all()
     assert modes["val_top2"] == "max" and modes["val_accuracy"] == "max"
     assert set(extra.metrics_fn()(torch.randn(5, 10), torch.arange(5))) == {

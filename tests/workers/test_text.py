@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import dataclasses
 import json
 from collections import Counter
 
@@ -62,7 +61,7 @@ def _train(data, section, epochs, lr=3e-3, n=None):
     torch.manual_seed(0)
     model = build_model(section, data.input_shape, data.num_classes, data.extra)
     if n is not None:
-        data = dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n])
+        data = data.with_parts(x_train=data.x_train[:n], y_train=data.y_train[:n])
     opt, gen = make_optimizer(model, lr), torch.Generator().manual_seed(0)
     for _ in range(epochs):
         train_epoch(model, data, opt=opt, batch_size=64, generator=gen)

@@ -14,26 +14,29 @@ One example per kind (each runs as written; ``split_arrays`` makes a seeded spli
     >>> tags = split_arrays("tags", x, (x[:, :3] > 0).astype(float), 0, kind="multilabel")
     >>> # tokens: integer inputs stay int64 (an embedding's ids)
     >>> tok = split_arrays("tok", rng.integers(0, 100, (200, 12)), (x[:, 0] > 0).astype(int), 0)
-    >>> # the task's own loss and metrics (kind custom: only these)
+    >>> # the task's own loss and metrics, each {name: (function, mode)} (kind custom: only these)
     >>> own = split_arrays("own", x, x[:, 0], 0, kind="custom", num_classes=1,
     ...     loss=lambda out, y: (out[:, 0] - y).abs().mean(),
-    ...     metrics=lambda out, y: {"mae": float((out[:, 0] - y).abs().mean())},
-    ...     metric_modes={"mae": "min"})
+    ...     metrics={"mae": (lambda out, y: float((out[:, 0] - y).abs().mean()), "min")})
+    >>> # raw columns, standardised by the training split's statistics inside the served model
+    >>> from workers.tasks import standardize
+    >>> raw = split_arrays("raw", x * 100, (x[:, 0] > 0).astype(int), 0, preprocess=standardize)
     >>> # several input tensors: x is a tuple per split, input_shape one shape per tensor
-    >>> two = TaskData("two", *[t for n in (150, 25, 25) for t in (
-    ...     (torch.randn(n, 4), torch.randint(0, 3, (n,))), torch.randint(0, 2, (n,)))],
+    >>> two = TaskData("two", {s: ((torch.randn(n, 4), torch.randint(0, 3, (n,))),
+    ...     torch.randint(0, 2, (n,))) for s, n in (("train", 150), ("val", 25), ("test", 25))},
     ...     input_shape=((4,), ()), num_classes=2)
     >>> # data that does not fit in memory: datasets, read through a DataLoader
     >>> sets = [TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,))) for _ in range(3)]
     >>> big = TaskData.from_datasets("big", *sets, num_classes=2, loader={"num_workers": 2})
-    >>> [check_task_data(t) for t in (clf, reg, tags, tok, own, two, big)]
-    [[], [], [], [], [], [], []]
+    >>> [check_task_data(t) for t in (clf, reg, tags, tok, own, raw, two, big)]
+    [[], [], [], [], [], [], [], []]
     >>> sorted(reg.metric_modes_all())[:3], tags.num_classes, tok.x_train.dtype
     (['test_loss', 'test_mae', 'test_r2'], 3, torch.int64)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,7 +50,7 @@ from workers import inputs
 from workers.errors import WorkerError
 from workers.inputs import Inputs
 from workers.registry import Registry, is_plugin_ref, load_plugin
-from workers.tasks._kinds import CUSTOM, KINDS, Kind, Loss, Metrics
+from workers.tasks._kinds import CUSTOM, KINDS, Kind, Loss, Metric, Metrics
 from workers.tasks._pipeline import prepare, target_units
 
 TASKS: Registry[Callable[[int], TaskData]] = Registry("task")
@@ -59,81 +62,90 @@ class TaskData:
     """A task: its splits, its problem kind, and what a model needs to know of its inputs.
 
     The protocol every task follows, built-in or a user's ``module:function`` (a function of the
-    split seed that returns one of these). Data comes one of two ways:
+    split seed that returns one of these). ``splits`` holds train, val and test, each either
+    ``(x, y)`` in memory (batched by indexing: fast) or a ``torch.utils.data.Dataset`` of
+    ``(x, y)`` pairs read through a ``DataLoader`` (``loader``: ``num_workers``, ...; pinned
+    memory on a GPU), for data that does not fit in memory (:meth:`from_datasets`).
 
-    - **in memory**: ``x_*`` / ``y_*`` tensors, batched by indexing (fast; digits, Fashion-MNIST);
-    - **as datasets**: ``train_set`` / ``val_set`` / ``test_set``, any ``torch.utils.data.Dataset``
-      of ``(x, y)`` pairs, read through a ``DataLoader`` (``loader``: ``num_workers``, ...;
-      pinned memory on a GPU), for data that does not fit in memory. :meth:`from_datasets`.
-
-    Inputs keep their dtype and shape: float features, images ``(C, H, W)``, int64 token ids.
-    A model of several inputs (numbers beside a category id, a user's and an item's ids) gets
-    each split's ``x`` as a tuple of tensors with one row per example, ``input_shape`` as one
-    shape per tensor (``((9,), ())``), and is called as ``model(*x)``; a dataset's items are then
-    ``((x0, x1, ...), y)``. Its exported and served model has inputs ``input_0``, ``input_1``...
-    Built-in architectures, compression recipes and adversarial training take one tensor.
+    ``x`` is what a user has (float64 columns, uint8 images, strings) when ``preprocess`` turns
+    it into model inputs, else the model inputs themselves: float features, images ``(C, H, W)``,
+    int64 token ids, or a tuple of tensors for a model of several inputs (called as
+    ``model(*x)``; its served inputs are ``input_0``, ``input_1``...).
 
     Attributes:
         name: the task's name as the spec gives it.
-        x_train, y_train, x_val, y_val, x_test, y_test: in-memory splits (``(n, *input_shape)``;
-            for several inputs, a tuple of such tensors).
-        input_shape: one example's shape, e.g. ``(64,)``, ``(1, 28, 28)``, ``(200,)`` tokens; for
-            several inputs, one shape per tensor, e.g. ``((9,), ())``.
+        splits: ``{"train": (x, y) | Dataset, "val": ..., "test": ...}``.
+        kind: ``classification``, ``regression``, ``multilabel`` (``workers.tasks._kinds``: the
+            loss, metrics and answer) or ``custom`` (the task's own loss and metrics only).
         num_classes: the model's output width: classes, regression targets or labels.
-        kind: ``classification``, ``regression``, ``multilabel`` (see ``workers.tasks._kinds``)
-            or ``custom`` (the task's own ``loss`` and ``metrics`` only).
-        train_set, val_set, test_set: the splits as datasets, instead of tensors.
+        input_shape: one model input's shape, e.g. ``(1, 28, 28)``; one per tensor for several
+            inputs, e.g. ``((9,), ())``. With ``preprocess``, found by applying it.
+        preprocess: raw inputs to model inputs, fitted on the training split only: a
+            ``torch.nn.Module`` (``standardize``, ``rescale``) or a tokenizer with
+            ``onnx_model()``; applied once per process, it becomes the front of the served graph.
+        classes: class (or label) names in id order: the served ``label``; default the ids.
+        target_scale: regression ``(mean, std)``: trained on ``(y - mean) / std``, scored and
+            served in the target's units.
         loss: ``loss(outputs, targets) -> scalar tensor``, replacing the kind's.
-        metrics: ``metrics(outputs, targets) -> {name: float}`` on a whole split, added to the
-            kind's (a name the kind has is replaced); each name needs a mode in ``metric_modes``.
-        metric_modes: ``{name: "max" | "min"}`` for ``metrics``.
-        example: a few inputs for ONNX export and latency measurement (default: test inputs).
-        preprocess: what turns the splits' raw inputs (as a user has them: float64 columns,
-            uint8 images, strings) into model inputs, fitted on the training split only; it
-            becomes the front of the registered model (``workers.tasks._pipeline``). With it,
-            the splits hold raw inputs and ``input_shape`` is found by applying it.
-        classes: class names in id order (the served ``label``); default the ids.
-        target_scale: regression: ``(mean, std)`` of the training targets; trials train on
-            ``(y - mean) / std``, and metrics and the served ``prediction`` are in the
-            target's own units.
+        metrics: ``{name: (metric(outputs, targets) -> float, "max" | "min")}`` on a whole
+            split, added to the kind's (a name the kind has is replaced).
         feature_names: column names of tabular inputs (the served model's signature).
+        example: a few inputs for export and latency measurement (default: test inputs).
         extra: JSON-able facts saved with the model, e.g. a text task's vocabulary.
-        loader: ``DataLoader`` options for datasets (``num_workers``, ``prefetch_factor``,
-            ``persistent_workers``).
+        loader: ``DataLoader`` options for datasets.
 
     Example:
         >>> import torch
         >>> x, y = torch.randn(30, 3), torch.randn(30)
-        >>> data = TaskData("demo", x[:20], y[:20], x[20:25], y[20:25], x[25:], y[25:],
-        ...                 input_shape=(3,), num_classes=1, kind="regression")
-        >>> data.metric_modes_all()["val_rmse"], data.primary_metric()
-        ('min', 'rmse')
+        >>> data = TaskData("demo", {"train": (x[:20], y[:20]), "val": (x[20:25], y[20:25]),
+        ...     "test": (x[25:], y[25:])}, "regression", num_classes=1, input_shape=(3,))
+        >>> data.metric_modes_all()["val_rmse"], data.primary_metric(), data.x_val.shape
+        ('min', 'rmse', torch.Size([5, 3]))
     """
 
     name: str
-    x_train: Any = None  # Inputs: a tensor, or a tuple of them; None: a dataset task
-    y_train: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
-    x_val: Any = None  # Inputs: a tensor, or a tuple of them; None: a dataset task
-    y_val: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
-    x_test: Any = None  # Inputs: a tensor, or a tuple of them; None: a dataset task
-    y_test: torch.Tensor = None  # type: ignore[assignment]  # None: a dataset task
-    input_shape: tuple = ()  # one shape, or one per input tensor
-    num_classes: int = 0
+    splits: Mapping[str, Any]
     kind: str = "classification"
-    train_set: Dataset | None = None
-    val_set: Dataset | None = None
-    test_set: Dataset | None = None
+    num_classes: int = 0
+    input_shape: tuple = ()
+    preprocess: Any = None
+    classes: tuple[str, ...] | None = None
+    target_scale: tuple[Any, Any] | None = None
     loss: Loss | None = None
-    metrics: Metrics | None = None
-    metric_modes: Mapping[str, str] = field(default_factory=dict)
-    example: Any = None  # Inputs, or None: the first test inputs
+    metrics: Mapping[str, tuple[Metric, str]] = field(default_factory=dict)
     feature_names: tuple[str, ...] | None = None
+    example: Any = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     loader: Mapping[str, Any] = field(default_factory=dict)
-    preprocess: Any = None  # raw inputs -> model inputs, fitted on train (see _pipeline)
-    classes: tuple[str, ...] | None = None  # class (or label) names, in id order
-    target_scale: tuple[Any, Any] | None = None  # regression: (mean, std) targets train scaled by
-    pipeline: Any = field(default=None, repr=False)  # set by prepare(): never by a task
+    pipeline: Any = field(default=None, repr=False)  # set by prepare(), never by a task
+
+    # Views of ``splits``: x_train ... y_test in memory (None for datasets), *_set datasets.
+    x_train = property(lambda self: self._part("train", 0))
+    y_train = property(lambda self: self._part("train", 1))
+    x_val = property(lambda self: self._part("val", 0))
+    y_val = property(lambda self: self._part("val", 1))
+    x_test = property(lambda self: self._part("test", 0))
+    y_test = property(lambda self: self._part("test", 1))
+    train_set = property(lambda self: self._dataset("train"))
+    val_set = property(lambda self: self._dataset("val"))
+    test_set = property(lambda self: self._dataset("test"))
+
+    def _part(self, split: str, i: int) -> Any:
+        value = self.splits.get(split)
+        return value[i] if isinstance(value, tuple) else None
+
+    def _dataset(self, split: str) -> Any:
+        value = self.splits.get(split)
+        return None if isinstance(value, tuple) else value
+
+    def with_parts(self, **parts: Any) -> TaskData:
+        """A copy with in-memory parts replaced, e.g. ``with_parts(x_train=..., y_train=...)``."""
+        splits = {s: list(v) if isinstance(v, tuple) else v for s, v in self.splits.items()}
+        for key, value in parts.items():
+            which, split = key.split("_", 1)
+            splits[split][0 if which == "x" else 1] = value
+        whole = {s: tuple(v) if isinstance(v, list) else v for s, v in splits.items()}
+        return dataclasses.replace(self, splits=whole)
 
     @classmethod
     def from_datasets(
@@ -155,11 +167,11 @@ class TaskData:
             fields["input_shape"] = (
                 tuple(tuple(t.shape) for t in first) if several else tuple(first.shape)
             )
-        return cls(name, train_set=train, val_set=val, test_set=test, **fields)
+        return cls(name, {"train": train, "val": val, "test": test}, **fields)
 
     @property
     def in_memory(self) -> bool:
-        return self.train_set is None
+        return isinstance(self.splits.get("train"), tuple)
 
     def split_size(self, split: str) -> int:
         """Examples in ``split`` (``train``, ``val`` or ``test``)."""
@@ -205,7 +217,7 @@ class TaskData:
         def both(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
             out, y = target_units(out, y, answer)  # a regression trained on scaled targets
             values = dict(base(out, y)) if base else {}
-            values.update(own(out, y) if own else {})
+            values.update({name: fn(out, y) for name, (fn, _) in own.items()})
             return {k: float(v) for k, v in values.items()}
 
         return both
@@ -213,14 +225,14 @@ class TaskData:
     def primary_metric(self) -> str:
         """The metric the defaults optimise: the kind's, else the task's first own metric."""
         if self.kind == CUSTOM:
-            return next(iter(self.metric_modes))
+            return next(iter(self.metrics))
         return _kind(self.kind).primary
 
     def metric_modes_all(self) -> dict[str, str]:
         """Every metric the task's trials report, ``val_*`` per epoch and ``test_*`` at the end,
         with its mode (losses: min)."""
         modes = {} if self.kind == CUSTOM else dict(_kind(self.kind).modes)
-        modes.update(self.metric_modes)
+        modes.update({name: mode for name, (_, mode) in self.metrics.items()})
         out = {"val_loss": "min", "test_loss": "min"}
         for name, mode in modes.items():
             out[f"val_{name}"] = mode
@@ -244,27 +256,28 @@ def check_task_data(data: Any) -> list[str]:
     p = []
     if data.kind not in (*KINDS, CUSTOM):
         p.append(f"kind {data.kind!r} is not one of: {', '.join([*KINDS, CUSTOM])}")
-    if data.kind == CUSTOM and (data.loss is None or data.metrics is None):
+    if data.kind == CUSTOM and (data.loss is None or not data.metrics):
         p.append("kind 'custom' needs both loss and metrics")
-    if data.metrics is not None and not data.metric_modes:
-        p.append("metrics needs metric_modes: {name: 'max' or 'min'} for each metric it returns")
-    for name, mode in data.metric_modes.items():
-        if mode not in ("max", "min"):
-            p.append(f"metric_modes[{name!r}] must be 'max' or 'min', got {mode!r}")
+    for name, entry in dict(data.metrics).items():
+        if not (isinstance(entry, tuple) and len(entry) == 2 and callable(entry[0])):
+            p.append(f"metrics[{name!r}] must be (function, 'max' or 'min'), got {entry!r}")
+        elif entry[1] not in ("max", "min"):
+            p.append(f"metrics[{name!r}] mode must be 'max' or 'min', got {entry[1]!r}")
+    if not isinstance(data.splits, Mapping) or set(data.splits) != set(SPLITS):
+        got = sorted(data.splits) if isinstance(data.splits, Mapping) else data.splits
+        return p + [
+            f"splits must be {{'train', 'val', 'test'}}: (x, y) or a Dataset each; got {got!r}"
+        ]
+    kinds = {isinstance(v, tuple) for v in data.splits.values()}
+    if len(kinds) > 1:
+        return p + ["splits must all be (x, y) in memory or all datasets"]
     if data.preprocess is not None and not data.in_memory:
         p.append("preprocess applies to in-memory splits; a Dataset transforms its own items")
     if data.preprocess is not None and data.pipeline is None and data.in_memory:
         return p + _check_raw(data)
-    tensors = [getattr(data, f"{a}_{s}") for s in SPLITS for a in ("x", "y")]
-    sets = [getattr(data, f"{s}_set") for s in SPLITS]
-    if all(s is not None for s in sets):
-        pass
-    elif any(s is not None for s in sets):
-        p.append("train_set, val_set and test_set must be given together")
-    elif any(t is None for t in tensors):
-        p.append("needs x_/y_ tensors for train, val and test, or train_set/val_set/test_set")
-    else:
-        p += _check_tensors(data)
+    if data.in_memory:
+        bad = [s for s, v in data.splits.items() if len(v) != 2 or v[0] is None or v[1] is None]
+        p += [f"splits[{s!r}] must be (x, y)" for s in bad] or _check_tensors(data)
     if not (isinstance(data.num_classes, int) and data.num_classes >= 1):
         p.append(f"num_classes (the model's output width) must be >= 1, got {data.num_classes!r}")
     if inputs.shapes(data.input_shape) is None:
@@ -371,12 +384,11 @@ def split_arrays(
         fields["target_scale"] = (y_tr.mean(0).tolist(), y_tr.std(0).tolist())
     return TaskData(
         name=name,
-        x_train=t(x_tr),
-        y_train=t(y_tr),
-        x_val=t(x_va),
-        y_val=t(y_va),
-        x_test=t(x_te),
-        y_test=t(y_te),
+        splits={
+            "train": (t(x_tr), t(y_tr)),
+            "val": (t(x_va), t(y_va)),
+            "test": (t(x_te), t(y_te)),
+        },
         input_shape=tuple(x_tr.shape[1:]),
         kind=kind,
         preprocess=preprocess,

@@ -13,8 +13,8 @@ regression     mean squared error    rmse (min), mae (min), r2 (max)            
 multilabel     binary cross-entropy  micro_f1 (max)                              0/1, (n, labels)
 ============== ===================== =========================================== ==============
 
-A task may replace the loss (``TaskData.loss``) and add or replace metrics (``TaskData.metrics``
-with ``TaskData.metric_modes``); ``kind: custom`` has only the task's own.
+A task may replace the loss (``TaskData.loss``) and add or replace metrics (``TaskData.metrics``,
+``{name: (function, mode)}``); ``kind: custom`` has only the task's own.
 
 Example:
     >>> import torch
@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Metrics = Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]]
+Metric = Callable[[torch.Tensor, torch.Tensor], float]  # one of a task's own, by name
 
 
 @dataclass(frozen=True)

@@ -144,18 +144,16 @@ def prepare(data: Any) -> Any:
         pipe = Pipeline(None, answer, inputs.detached(example), (None, None))
         return dataclasses.replace(data, pipeline=pipe)
     splits: dict[str, Any] = {}
-    for split in ("train", "val", "test"):
-        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        splits[f"x_{split}"] = apply(data.preprocess, x)
-        splits[f"y_{split}"] = _scaled(y, data.target_scale)
+    for split, (x, y) in data.splits.items():
+        splits[split] = (apply(data.preprocess, x), _scaled(y, data.target_scale))
     raw_example = _take(data.example if data.example is not None else data.x_test, 4)
     pipe = Pipeline(data.preprocess, answer, raw_example, (data.x_test, data.y_test))
     shape = data.input_shape
     if data.preprocess is not None:
-        shape = tuple(splits["x_train"].shape[1:])
+        shape = tuple(splits["train"][0].shape[1:])
     example = None if data.example is None else apply(data.preprocess, data.example)
     return dataclasses.replace(
-        data, **splits, input_shape=shape, example=example, pipeline=pipe, preprocess=None
+        data, splits=splits, input_shape=shape, example=example, pipeline=pipe, preprocess=None
     )
 
 
@@ -194,4 +192,4 @@ def head(data: Any, **rows: int) -> Any:
     if pipe is not None and "test" in rows and pipe.raw_test[0] is not None:
         x, y = pipe.raw_test
         pipe = dataclasses.replace(pipe, raw_test=(x[: rows["test"]], y[: rows["test"]]))
-    return dataclasses.replace(data, **cut, pipeline=pipe)
+    return dataclasses.replace(data.with_parts(**cut), pipeline=pipe)

@@ -88,12 +88,7 @@ def rotten_tomatoes(seed: int) -> TaskData:
     y = torch.from_numpy(labels)
     return TaskData(
         name=NAME,
-        x_train=raw[train],
-        y_train=y[train],
-        x_val=raw[val],
-        y_val=y[val],
-        x_test=raw[test],
-        y_test=y[test],
+        splits={s: (raw[i], y[i]) for s, i in (("train", train), ("val", val), ("test", test))},
         input_shape=(MAX_LEN,),
         preprocess=Tokenizer(extra),
         num_classes=len(LABELS),
