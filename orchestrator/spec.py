@@ -226,6 +226,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "accumulate": 1,  # batches whose gradients make one update
     "label_smoothing": 0.0,  # classification: cross-entropy against smoothed targets
     "patience": None,  # end a trial after this many epochs without a better search.metric
+    # best: the epoch with the best search.metric (a val_ metric) is tested, registered and
+    # reported as the trial's; last: the last epoch trained.
+    "keep": "best",
     # Used only where Ray gives the trial a GPU (workers/device.py): bf16 autocast of the forward
     # pass, and cuDNN autotuning of convolutions.
     "amp": False,
@@ -255,7 +258,7 @@ class ExperimentSpec:
     )
     training: dict[str, Any] = _doc(
         "max_epochs, batch_size, seed, l1_penalty, lr_schedule, adversarial, grad_clip, "
-        "accumulate, label_smoothing, patience",
+        "accumulate, label_smoothing, patience, keep (best | last: the epoch that ships)",
         default_factory=lambda: dict(TRAINING_DEFAULTS),
     )
     recipe: Any = _doc("compression steps applied after training, in order", default_factory=list)
@@ -776,6 +779,11 @@ def _check_training(path: str, t: dict[str, Any]) -> list[Problem]:
     p += _leaf(f"{path}.checkpoint_every", t["checkpoint_every"], _positive_int)
     p += _leaf(f"{path}.accumulate", t["accumulate"], _positive_int)
     p += _leaf(f"{path}.patience", t["patience"], lambda v: None if v is None else _positive_int(v))
+    p += _leaf(
+        f"{path}.keep",
+        t["keep"],
+        lambda v: None if v in ("best", "last") else f"must be 'best' or 'last', got {v!r}",
+    )
     p += _leaf(
         f"{path}.grad_clip",
         t["grad_clip"],

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 # Per-epoch metrics, reported to Tune and logged to MLflow with step=epoch.
 EPOCH = "epoch"
+# training.keep: best: the epoch whose weights a trial tested, registered and reported its val_
+# metrics from (its last report's val_ values are that epoch's).
+KEPT_EPOCH = "kept_epoch"
 TRAIN_LOSS = "train_loss"
 VAL_LOSS = "val_loss"
 VAL_ACCURACY = "val_accuracy"

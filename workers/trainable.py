@@ -81,6 +81,10 @@ class _State:
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics so far
     replay: list[dict[str, float]] | None = None  # restored history, sent with the next report
     exploited_from: str | None = None  # "<trial>@<epoch>" of a foreign checkpoint, reported once
+    # training.keep: best: the epoch with the best search.metric so far and a CPU copy of its
+    # weights (None while the model's own weights are that epoch's).
+    best_epoch: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
 
 
 def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
@@ -121,6 +125,7 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
         tune.report(_with_replay(state, state.final))
         return
     while state.epoch < max_epochs:
+        _remember_best(state)
         started = time.perf_counter()
         try:
             with device.mixed_precision(state.model):
@@ -166,12 +171,14 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
             if robust is not None:
                 scores[keys.ROBUST_ACCURACY] = robust
         state.history.append(scores)
+        _track_best(state, keeps_best(training, metric))
         metrics = _with_replay(state, {**scores, **where})
         if state.exploited_from is not None:
             metrics[keys.EXPLOITED_FROM], state.exploited_from = state.exploited_from, None
         last = state.epoch == max_epochs or out_of_patience(state.history, metric, patience)
         with tempfile.TemporaryDirectory(prefix="podium-ckpt-") as folder:
             if last:
+                metrics.update(_kept(state))  # the best epoch's weights and val metrics
                 metrics.update(_finish(trial, data, state, ctx, Path(folder)))
             if last or state.epoch % training.get("checkpoint_every", 1) == 0:
                 _save(state, trial, data, Path(folder), trial_id, final=metrics if last else None)
@@ -180,6 +187,51 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
                 tune.report(metrics)
         if last:
             return  # the last epoch, or training.patience ran out
+
+
+def keeps_best(training: dict[str, Any], metric: tuple[str, str] | None) -> tuple[str, str] | None:
+    """``(metric, mode)`` a trial keeps its best epoch on (``training.keep: best``, the default,
+    judged on ``search.metric`` where it is a per-epoch ``val_`` metric); None: the last epoch."""
+    if training.get("keep", "best") != "best" or metric is None:
+        return None
+    return metric if str(metric[0]).startswith("val_") else None
+
+
+def _track_best(state: _State, keep: tuple[str, str] | None) -> None:
+    """After an epoch: a better ``keep`` metric makes it the best epoch (its weights copied once
+    a later epoch changes them: each improvement costs one copy of the weights)."""
+    if keep is None:
+        return
+    name, mode = keep
+    values = [e.get(name) for e in state.history]
+    now = values[-1]
+    if now is None or now != now:  # not reported, or NaN
+        return
+    before = values[state.best_epoch - 1] if state.best_epoch else None
+    if before is None or (now > before if mode == "max" else now < before):
+        state.best_epoch, state.best_weights = state.epoch, None
+
+
+def _remember_best(state: _State) -> None:
+    """Before an epoch trains: copy the model's weights if they are the best epoch's."""
+    if state.best_epoch and state.best_epoch == state.epoch and state.best_weights is None:
+        state.best_weights = {
+            k: v.detach().to("cpu", copy=True) for k, v in state.model.state_dict().items()
+        }
+
+
+def _kept(state: _State) -> dict[str, Any]:
+    """At the end: the best epoch's weights back in the model and its val metrics as the trial's
+    (what is tested, measured, registered and selected); nothing with ``keep: last``."""
+    if not state.best_epoch:
+        return {}
+    if state.best_epoch != state.epoch:
+        assert state.best_weights is not None
+        state.model.load_state_dict(state.best_weights)
+        state.best_weights = None  # the model's weights are the best epoch's now
+    best = state.history[state.best_epoch - 1]
+    kept = {k: v for k, v in best.items() if k.startswith("val_") or k == keys.ROBUST_ACCURACY}
+    return {**kept, keys.KEPT_EPOCH: state.best_epoch}
 
 
 def training_loss(data: TaskData, training: dict[str, Any]) -> Any:
@@ -399,6 +451,9 @@ def _save(
     }
     if state.schedule is not None and hasattr(state.schedule, "state_dict"):
         blob["schedule"] = state.schedule.state_dict()
+    blob["best_epoch"] = state.best_epoch  # training.keep: best; its weights where not "model"
+    if state.best_epoch and state.best_epoch != state.epoch and state.best_weights is not None:
+        blob["best_model"] = state.best_weights
     # A few inputs of the task's own dtype and shape: the driver exports and logs the winner
     # from its checkpoint without loading the task (or importing the user's task module).
     blob["example"] = inputs.detached(data.example_input())
@@ -548,7 +603,11 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
         # not this run's history, so this trial's history starts again from here.
         state.history = list(owned["epochs"])
         state.replay = list(owned["epochs"])
+        # training.keep: best goes on from the best epoch so far (checkpoints before it: none).
+        state.best_epoch = int(blob.get("best_epoch", 0))
+        state.best_weights = blob.get("best_model")
     elif owned.get("trial_id"):
+        # Another trial's best epoch is not this trial's: its best is judged from here on.
         state.exploited_from = f"{owned['trial_id']}@{int(blob['epoch'])}"
     state.model.load_state_dict(blob["model"])
     configured = [dict(g) for g in state.optimizer.param_groups]

@@ -73,3 +73,14 @@ class _Scored(torch.nn.Module):
 def scored(input_shape, num_classes):  # noqa: ANN001, ANN201
     """A model that returns ``{"features": ..., "scores": logits}``: needs ``model.output``."""
     return _Scored(int(input_shape[0]), num_classes)
+
+
+def drifting(seed: int) -> TaskData:
+    """A task whose validation split disagrees with training: the better a model fits train
+    (and test, drawn like train), the worse it scores on val, so validation accuracy peaks at
+    the first epoch and falls after it, like an overfitting trial's."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(600, 4))
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    data = split_arrays("drifting", x, y, seed)
+    return data.with_parts(y_val=1 - data.y_val)
