@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 DEB_PACKAGES := dataset-fashion-mnist postgresql docker-compose chromium
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint bench clean constraints
+.PHONY: install run test test-fast lint bench clean constraints docs
 
 install: $(VENV)/.installed
 
@@ -23,8 +23,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 run: install
 	$(VENV)/bin/podium run
 
-test: install
+test: install docs
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The documentation site, strict: a broken link or a missing page fails (and so fails CI).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
 
 # Unit tests only: seconds, not minutes.
 test-fast: install
