@@ -47,4 +47,4 @@ constraints:
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) podium-runs *.egg-info
+	rm -rf $(VENV) podium-runs site *.egg-info

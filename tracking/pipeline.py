@@ -9,7 +9,8 @@ A champion is three graphs joined end to end (:func:`compose`):
 - the **answer** (:func:`answer_model`), built here from a small JSON description
   (:func:`answer_of`): ``label`` (the class name) and ``probabilities`` (class name → probability,
   ONNX-ML's ``ZipMap``) for a classifier, ``prediction`` in the target's own units for a
-  regression, ``probabilities`` for a multilabel model, ``output`` as computed for a custom kind.
+  regression, ``probabilities`` and ``labels`` (those over 0.5, joined by commas) for a
+  multilabel model, ``output`` as computed for a custom kind.
 
 Every output has one entry per input row, so MLflow's ONNX flavor answers a DataFrame of n rows
 with n rows (``mlflow.pyfunc``, ``mlflow models serve``), and ``podium serve`` the same.
@@ -30,6 +31,8 @@ import numpy as np
 
 ANSWER_KEY = "answer"  # the answer's description in a checkpoint's facts and the model card
 LABEL, PROBABILITIES, PREDICTION, OUTPUT = "label", "probabilities", "prediction", "output"
+LABELS = "labels"  # a multilabel model's labels over 0.5, joined by commas
+MAX_LABEL_SETS_BITS = 12  # up to 12 labels: a LabelEncoder of 4,096 label sets
 FRONT_OUTPUT = "podium_model_input"
 LOGITS = "logits"
 ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 3
@@ -81,6 +84,9 @@ def answer_model(answer: Mapping[str, Any], opset: int) -> Any:
     elif kind == "multilabel":
         nodes += [helper.make_node("Sigmoid", [LOGITS], ["answer_p"]), _zipmap("answer_p", classes)]
         outs.append(_map_out())
+        if width <= MAX_LABEL_SETS_BITS:
+            nodes += _labels_over_half(classes)
+            outs.append(helper.make_tensor_value_info(LABELS, TensorProto.STRING, ["batch"]))
     elif kind == "regression":
         mean = answer.get("target_mean", [0.0] * width)
         std = answer.get("target_std", [1.0] * width)
@@ -110,6 +116,46 @@ def answer_model(answer: Mapping[str, Any], opset: int) -> Any:
     )
     opsets = [helper.make_opsetid("", opset), helper.make_opsetid(ML_DOMAIN, ML_OPSET)]
     return helper.make_model(graph, opset_imports=opsets)
+
+
+def _labels_over_half(classes: Sequence[str]) -> list[Any]:
+    """``labels``: per row, the names of the labels whose probability is over 0.5 (the
+    threshold the kind's micro-F1 uses), joined by commas, "" for none. Standard ONNX has no
+    string join before opset 20, so each row's set is a number (bit j: label j is on) that
+    ONNX-ML's LabelEncoder maps to its string: one entry per possible set, hence the cap on
+    the label count (MAX_LABEL_SETS_BITS)."""
+    from onnx import TensorProto, helper
+
+    width = len(classes)
+    sets = range(2**width)
+    names = [",".join(c for j, c in enumerate(classes) if code >> j & 1) for code in sets]
+    powers = helper.make_tensor("v", TensorProto.INT64, [width], [2**j for j in range(width)])
+    return [
+        helper.make_node("Constant", [], ["answer_half"], value=_floats([0.5])),
+        helper.make_node("Greater", ["answer_p", "answer_half"], ["answer_on"]),
+        helper.make_node("Cast", ["answer_on"], ["answer_bits"], to=TensorProto.INT64),
+        helper.make_node("Constant", [], ["answer_powers"], value=powers),
+        helper.make_node("Mul", ["answer_bits", "answer_powers"], ["answer_weighted"]),
+        helper.make_node("Constant", [], ["answer_axis"], value=_ints([1])),
+        helper.make_node(
+            "ReduceSum", ["answer_weighted", "answer_axis"], ["answer_code"], keepdims=0
+        ),
+        helper.make_node(
+            "LabelEncoder",
+            ["answer_code"],
+            [LABELS],
+            domain=ML_DOMAIN,
+            keys_int64s=list(sets),
+            values_strings=names,
+            default_string="",
+        ),
+    ]
+
+
+def _floats(values: Sequence[float]) -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor("v", TensorProto.FLOAT, [len(values)], list(values))
 
 
 def _ints(values: Sequence[int]) -> Any:
@@ -212,7 +258,7 @@ def _at_opset(model: Any, opset: int) -> Any:
 def is_pipeline(output_names: Sequence[str]) -> bool:
     """Whether a graph with these outputs answers in the user's terms (else: logits, a model
     registered before pipelines, which takes model inputs)."""
-    return bool({LABEL, PROBABILITIES, PREDICTION, OUTPUT} & set(output_names))
+    return bool({LABEL, LABELS, PROBABILITIES, PREDICTION, OUTPUT} & set(output_names))
 
 
 def scores(outputs: Mapping[str, Any], answer: Mapping[str, Any]) -> np.ndarray:
