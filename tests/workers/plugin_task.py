@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from workers.tasks import TaskData, split_arrays
 
@@ -84,3 +85,26 @@ def drifting(seed: int) -> TaskData:
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     data = split_arrays("drifting", x, y, seed)
     return data.with_parts(y_val=1 - data.y_val)
+
+
+class _Houses(Dataset):
+    """Rows of a regression as a CSV-backed dataset would give them, built on demand."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        x = torch.randn(6, generator=g)
+        return x, (x[0] * 2 - x[1] + 0.5 * x[2] * x[3]).float()
+
+
+def streamed_regression(seed: int) -> TaskData:
+    """A regression read through a DataLoader (items built as they are read)."""
+    splits = (_Houses(600, seed), _Houses(150, seed + 1), _Houses(150, seed + 2))
+    return TaskData.from_datasets(
+        "houses", *splits, num_classes=1, kind="regression", loader={"num_workers": 0}
+    )

@@ -57,7 +57,12 @@ def is_registry_teacher(value: object) -> bool:
 
 def distill(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> None:
     """Replace ``state.model`` with a student distilled from the teacher."""
-    soft = teacher_logits(_teacher(state, p["teacher"], ctx), data.x_train, plugins=ctx.plugins)
+    teacher = _teacher(state, p["teacher"], ctx)
+    if data.in_memory:  # once for the whole split
+        soft: Any = teacher_logits(teacher, data.x_train, plugins=ctx.plugins)
+    else:  # a Dataset's batches come in a new order each epoch: the teacher answers each one
+        # (cloned: an inference-mode tensor cannot enter the student's autograd graph)
+        soft = lambda x: teacher_logits(teacher, x, plugins=ctx.plugins).clone()  # noqa: E731
     section = student_section(state.section, {k: p[k] for k in STUDENT_KEYS if p[k] is not None})
     torch.manual_seed(ctx.seed)
     student = build_model(section, data.input_shape, data.num_classes, data.extra)

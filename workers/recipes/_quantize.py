@@ -44,6 +44,7 @@ from workers.recipes._qat import (
     tensor_overrides,
     train_qat,
 )
+from workers.recipes._train import calibration_inputs
 from workers.tasks import TaskData
 
 CALIBRATION_BATCH = 64
@@ -71,7 +72,7 @@ def _quantization_aware_training(
 ) -> QParams:
     """Fold BatchNorm, find what ORT's static int8 quantizes, fine-tune with it simulated."""
     model, folded = fold_batch_norm(state.model)
-    x_calib = data.x_train[: p["calibration_batches"] * CALIBRATION_BATCH]
+    x_calib = calibration_inputs(data, p["calibration_batches"] * CALIBRATION_BATCH, ctx.seed)
     points = _quantized_points(model, data, p)
     state.model, qparams = train_qat(model, points, p, data, x_calib, ctx.seed, ctx.device)
     if folded:  # the section must keep rebuilding the model: BatchNorm is now inside the weights
@@ -84,15 +85,19 @@ def _quantized_points(model: torch.nn.Module, data: TaskData, p: dict) -> list[s
     with tempfile.TemporaryDirectory(prefix="podium-qat-") as tmp:
         fp32 = export_onnx(model, data.example_input(), Path(tmp) / "fp32.onnx")
         static = {**p, "mode": "static", "calibration_batches": 1}
-        return points_in(quantize_onnx(fp32, Path(tmp) / "int8.onnx", static, data.x_train))
+        calib = calibration_inputs(data, CALIBRATION_BATCH)
+        return points_in(quantize_onnx(fp32, Path(tmp) / "int8.onnx", static, calib))
 
 
-def quantize_onnx(src: Path, dst: Path, settings: dict[str, Any], x_calib: torch.Tensor) -> Path:
+def quantize_onnx(
+    src: Path, dst: Path, settings: dict[str, Any], x_calib: torch.Tensor | None
+) -> Path:
     """Write the int8 version of ONNX model ``src`` to ``dst``.
 
     Args:
         settings: the step's parameters (``mode``, ``calibration_batches``, ``per_channel``).
-        x_calib: training inputs; the first ``calibration_batches * 64`` calibrate static mode.
+        x_calib: training inputs; the first ``calibration_batches * 64`` calibrate static mode
+            (``_train.calibration_inputs``); None for dynamic mode.
     """
     try:
         from onnxruntime.quantization import (
@@ -119,7 +124,7 @@ def quantize_onnx(src: Path, dst: Path, settings: dict[str, Any], x_calib: torch
             quantize_static(
                 src,
                 dst,
-                _Calibration(x_calib[:n]),
+                _Calibration(x_calib[:n]),  # type: ignore[index]  # static: always given
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,

@@ -35,8 +35,8 @@ from workers.recipes._base import (
     step_label,
 )
 from workers.recipes._export import export_onnx, export_torchscript
-from workers.recipes._quantize import check_qat_order, quantize_onnx
-from workers.recipes._train import outputs, test_score
+from workers.recipes._quantize import CALIBRATION_BATCH, check_qat_order, quantize_onnx
+from workers.recipes._train import calibration_inputs, for_recipe, outputs, test_score
 from workers.tasks import TaskData
 
 # weights-only {state_dict, model, input_shape, num_classes, extra}: build_model's arguments
@@ -109,6 +109,7 @@ def run_recipe(
     if problems:
         raise WorkerError("invalid recipe: " + "; ".join(f"recipe{p}: {m}" for p, _, m in problems))
     ctx.workdir.mkdir(parents=True, exist_ok=True)
+    data = for_recipe(data)  # a dataset task: its test split read once; training streams
     state = RecipeState(copy.deepcopy(model).cpu().eval(), dict(ctx.model_section))
     with tempfile.TemporaryDirectory(prefix="podium-recipe-") as tmp:
         work = Path(tmp)
@@ -172,7 +173,9 @@ def _export_state(state: RecipeState, data: TaskData, folder: Path) -> Path:
     if state.quantize is None:
         return _whole(fp32, data)
     # The model alone is quantized: preprocessing and the answer stay exact.
-    return _whole(quantize_onnx(fp32, folder / "int8.onnx", state.quantize, data.x_train), data)
+    n = int(state.quantize.get("calibration_batches", 0)) * CALIBRATION_BATCH
+    calib = calibration_inputs(data, n) if state.quantize["mode"] != "dynamic" else None
+    return _whole(quantize_onnx(fp32, folder / "int8.onnx", state.quantize, calib), data)
 
 
 def _whole(model_file: Path, data: TaskData) -> Path:

@@ -188,7 +188,7 @@ class TaskData:
         """Up to ``n`` inputs (batch > 1 keeps an ONNX export's batch axis dynamic)."""
         if self.example is not None:
             return inputs.take(self.example, slice(0, n))
-        if self.in_memory:
+        if self.x_test is not None:  # in memory (or a dataset task's test split read for recipes)
             return inputs.take(self.x_test, slice(0, n))
         if n <= EXAMPLES:
             return inputs.take(self._first_test_inputs, slice(0, n))
