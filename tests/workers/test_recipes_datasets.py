@@ -40,16 +40,21 @@ def test_calibration_batches_are_drawn_from_the_training_dataset(trained):
     assert not torch.equal(a, calibration_inputs(data, 100, seed=1))
 
 
+PRUNE = {"step": "prune", "method": "structured", "sparsity": 0.25, "finetune_epochs": 4}
+DISTILL = {"step": "distill", "hidden": [32], "epochs": 10, "lr": 0.003}
+
+
 @pytest.mark.parametrize(
     "steps",
     [
-        [{"step": "prune", "method": "structured", "sparsity": 0.25, "finetune_epochs": 4, "batch_size": 32},
-         {"step": "quantize", "mode": "static", "calibration_batches": 2}],
-        [{"step": "distill", "hidden": [32], "epochs": 10, "batch_size": 32, "lr": 0.003},
-         {"step": "quantize", "mode": "qat", "qat_epochs": 1, "calibration_batches": 2}],
+        [
+            {**PRUNE, "batch_size": 32},
+            {"step": "quantize", "mode": "static", "calibration_batches": 2},
+        ],
+        [{**DISTILL, "batch_size": 32}, {"step": "quantize", "mode": "qat", "qat_epochs": 1}],
     ],
     ids=["prune+static", "distill+qat"],
-)  # fmt: skip
+)
 def test_every_step_runs_on_a_dataset_task_and_is_measured_on_rmse(trained, tmp_path, steps):
     model, data = trained
     ctx = {"workdir": tmp_path, "model_section": SECTION, "latency_iters": 10}
