@@ -84,6 +84,7 @@ class _State:
     # training.keep: best: the epoch with the best search.metric so far and a CPU copy of its
     # weights (None while the model's own weights are that epoch's).
     best_epoch: int = 0
+    best_scores: dict[str, float] = field(default_factory=dict)  # that epoch's report
     best_weights: dict[str, torch.Tensor] | None = None
 
 
@@ -203,13 +204,17 @@ def _track_best(state: _State, keep: tuple[str, str] | None) -> None:
     if keep is None:
         return
     name, mode = keep
-    values = [e.get(name) for e in state.history]
-    now = values[-1]
+    now = state.history[-1].get(name)
     if now is None or now != now:  # not reported, or NaN
         return
-    before = values[state.best_epoch - 1] if state.best_epoch else None
+    before = state.best_scores.get(name) if state.best_epoch else None
     if before is None or (now > before if mode == "max" else now < before):
         state.best_epoch, state.best_weights = state.epoch, None
+        state.best_scores = dict(state.history[-1])
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _remember_best(state: _State) -> None:
@@ -229,7 +234,7 @@ def _kept(state: _State) -> dict[str, Any]:
         assert state.best_weights is not None
         state.model.load_state_dict(state.best_weights)
         state.best_weights = None  # the model's weights are the best epoch's now
-    best = state.history[state.best_epoch - 1]
+    best = state.best_scores
     kept = {k: v for k, v in best.items() if k.startswith("val_") or k == keys.ROBUST_ACCURACY}
     return {**kept, keys.KEPT_EPOCH: state.best_epoch}
 
@@ -452,6 +457,7 @@ def _save(
     if state.schedule is not None and hasattr(state.schedule, "state_dict"):
         blob["schedule"] = state.schedule.state_dict()
     blob["best_epoch"] = state.best_epoch  # training.keep: best; its weights where not "model"
+    blob["best_scores"] = {k: float(v) for k, v in state.best_scores.items() if _is_real(v)}
     if state.best_epoch and state.best_epoch != state.epoch and state.best_weights is not None:
         blob["best_model"] = state.best_weights
     # A few inputs of the task's own dtype and shape: the driver exports and logs the winner
@@ -605,6 +611,7 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
         state.replay = list(owned["epochs"])
         # training.keep: best goes on from the best epoch so far (checkpoints before it: none).
         state.best_epoch = int(blob.get("best_epoch", 0))
+        state.best_scores = dict(blob.get("best_scores") or {})
         state.best_weights = blob.get("best_model")
     elif owned.get("trial_id"):
         # Another trial's best epoch is not this trial's: its best is judged from here on.

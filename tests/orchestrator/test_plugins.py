@@ -180,4 +180,6 @@ def test_adversaries_need_a_classifier_and_recipes_take_any_task():
     streamed = {"name": "p", "task": "tests.workers.plugin_task:streamed"}
     # A task read through a DataLoader takes a recipe too (issue 28): calibrated and fine-tuned
     # from its training Dataset, measured on its test split.
-    assert "recipe" not in problems({**streamed, "recipe": [{"step": "quantize"}]})
+    assert parse_spec({**streamed, "recipe": [{"step": "quantize"}]}).recipe == [
+        {"step": "quantize"}
+    ]
