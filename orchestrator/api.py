@@ -12,17 +12,32 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import PodiumError, Problem, SpecError, UnknownName, UntrustedModel
+import yaml
+
+from orchestrator.errors import PodiumError, Problem, SpecError, UnknownName
 from orchestrator.leaderboard import TrialRow
+from orchestrator.promotion import Target, checkpoint_in_sweep, choose, conclude
 from orchestrator.runner import SweepResult, run_experiment
-from orchestrator.spec import ExperimentSpec, load_spec
+from orchestrator.spec import NAME_RE, ExperimentSpec, load_spec
 from tracking import keys
+from tracking.constraints import parse_constraint
+from tracking.errors import UntrustedModelError
+from tracking.selection import (
+    Candidate,
+    check_policy,
+    mark_candidates,
+    policy_from,
+    validation_twin,
+    within_sweep,
+)
 from tracking.store import Store, resolve_tracking_uri
 
 
@@ -76,8 +91,6 @@ def leaderboard(
         )
         for tid, r in children.items()
     ]
-    from tracking.selection import validation_twin
-
     settings = _sweep_settings(store, runs[0])
     objective = _policy_section(settings)["objectives"][0]
     metric = objective["metric"]
@@ -119,8 +132,6 @@ _rank = rank_by(keys.TEST_ACCURACY)
 def headline_metrics(section: dict[str, Any], search_metric: str | None = None) -> list[str]:
     """The metrics a leaderboard shows: every one the promotion policy ranks or constrains by,
     then the search metric."""
-    from tracking.constraints import parse_constraint
-
     out = [o["metric"] for o in section.get("objectives") or [] if isinstance(o, dict)]
     for text in section.get("constraints") or []:
         try:
@@ -168,8 +179,6 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """Stop ``proc`` and every process it started (it leads its own group): SIGTERM, then
     SIGKILL after ``grace_s``. ``mlflow ui`` serves from worker processes that would otherwise
     outlive it, still listening on the port."""
-    import signal
-
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -194,10 +203,6 @@ def load_policy(path: str | Path) -> dict:
     Raises:
         SpecError: unreadable, not a mapping, or any bad key (all of them, as ``policy.<key>``).
     """
-    import yaml
-
-    from tracking.selection import check_policy
-
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -282,10 +287,6 @@ def _unknown_experiment(store: Store, experiment: str) -> UnknownName:
 
 def _sweep_settings(store: Store, parent: Any) -> dict:
     """The promotion section of the sweep's spec snapshot ({} if none)."""
-    import tempfile
-
-    import yaml
-
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = store.client.download_artifacts(parent.info.run_id, keys.SPEC_ARTIFACT, tmp)
@@ -305,8 +306,6 @@ def sweep_candidates(
 ) -> tuple[list, dict, Any, Store]:
     """The newest sweep's trials as selection candidates, its promotion settings, its parent run
     and the store."""
-    from tracking.selection import Candidate
-
     store = existing_store(resolve_tracking_uri(tracking_uri, None, workdir), experiment)
     exp_id, parent = _newest_sweep(store, experiment)
     children = store.child_runs(exp_id, parent.info.run_id)
@@ -331,8 +330,6 @@ def leaderboard_marks(
 ) -> dict:
     """Per trial id: Pareto-optimal or not, and why an excluded trial cannot win (the constraint
     it breaks, stopped, failed, NaN), under the sweep's promotion policy."""
-    from tracking.selection import mark_candidates, policy_from, within_sweep
-
     cands, settings, _, _ = sweep_candidates(experiment, tracking_uri, workdir)
     section = load_policy(policy_path) if policy_path else _policy_section(settings)
     policy = policy_from(section)
@@ -343,8 +340,6 @@ def leaderboard_marks(
 
 def _policy_section(settings: dict) -> dict:
     """The sweep's policy keys (its spec was validated; an unreadable one gives the default)."""
-    from tracking.selection import check_policy
-
     default = {"objectives": [{"metric": keys.TEST_ACCURACY, "mode": "max"}]}
     section = {**default, **settings}
     return default if check_policy(section) else section
@@ -356,7 +351,8 @@ def promote(
     tracking_uri: str | None = None,
     workdir: str | os.PathLike = ".",
 ) -> Any:
-    """Re-decide the newest sweep of ``experiment`` offline from its logged runs and promote.
+    """Re-decide the newest sweep of ``experiment`` offline from its logged runs and promote,
+    by the same path as the end of ``podium run`` (:func:`orchestrator.promotion.conclude`).
 
     The winner under the policy (``policy_path``, else the sweep's own) is registered (once: a
     re-run finds its version) and becomes champion only if it beats the current one. Reports
@@ -370,97 +366,36 @@ def promote(
         SpecError: unknown experiment or bad policy. PodiumError: no eligible trial, or the
             winner's model is neither logged nor in a checkpoint any more.
     """
-    from tracking.registry import register_and_alias, version_of_run
-    from tracking.selection import policy_from, select_best, within_sweep
-
     cands, settings, parent, store = sweep_candidates(experiment, tracking_uri, workdir)
     section = load_policy(policy_path) if policy_path else _policy_section(settings)
     policy = policy_from(section)
-    chooser = policy if settings.get("selection_split") == "test" else within_sweep(policy, cands)
-    decision = select_best(cands, chooser)
+    split = settings.get("selection_split") or "val"
+    _, decision = choose(cands, policy, split)
     if decision.winner is None:
         raise PodiumError(
             "nothing to promote: "
             + "; ".join(decision.reasons)
             + "".join(f"\n  {t}: {why}" for t, why in sorted(decision.rejected.items()))
         )
-    name = settings.get("model_name") or settings.get("name") or experiment
-    alias = settings.get("alias") or "champion"
-    run_id = decision.winner.run_id
-    if run_id is None:
-        raise PodiumError(f"trial {decision.winner.trial_id} has no MLflow run to promote")
-    registered = version_of_run(store.uri, name, run_id)
-    model_uri = "" if registered else _log_winner(store, parent, decision)
-    tags = {keys.TAG_EXPERIMENT: experiment, keys.TAG_TRIAL_ID: decision.winner.trial_id}
-    promotion = register_and_alias(
-        store.uri, model_uri, name, alias, run_id, decision, tags, policy
+    target = Target(
+        settings.get("model_name") or settings.get("name") or experiment,
+        settings.get("alias") or "champion",
+        split,
+        settings.get("search_metric", keys.VAL_ACCURACY),
+        {keys.TAG_EXPERIMENT: experiment},
     )
-    _publish_reports(store, parent.info.run_id, cands, chooser, promotion, settings)
-    return promotion
-
-
-def _log_winner(store: Store, parent: Any, decision: Any) -> str:
-    """Log the winner's model from its Tune checkpoint (weights-only) to its run."""
-    from orchestrator.promotion import log_checkpoint_model, winner_checkpoint
-
-    winner = decision.winner
-    location = _checkpoint_of(parent, winner.trial_id)
-    if location is None:
-        raise PodiumError(
-            f"trial {winner.trial_id}'s model was not logged and its checkpoint is not in "
-            f"the sweep's storage ({parent.data.tags.get(keys.TAG_RAY_PATH)!r}) any more; "
-            "re-run the sweep"
-        )
-    with winner_checkpoint(winner.trial_id, location) as folder:
-        return log_checkpoint_model(winner.run_id, folder, store.uri)
-
-
-def _checkpoint_of(parent: Any, trial_id: str) -> str | None:
-    """Where trial ``trial_id``'s newest checkpoint is: in the sweep's ledgers (every Tune
-    folder it ran in, ``--more`` included), else the newest in its Tune folder."""
-    import json
-
-    from orchestrator.ledger import open_ledger
-    from workers import storage
-
     tags = parent.data.tags
-    paths = [*json.loads(tags.get(keys.TAG_EARLIER_RAY_PATHS, "[]")), tags.get(keys.TAG_RAY_PATH)]
-    for path in (p for p in paths if p):
-        entry = open_ledger(path).entries().get(trial_id)
-        if entry is not None and entry.checkpoint:
-            return entry.checkpoint
-    for path in (p for p in reversed(paths) if p):
-        folders = [n for n in storage.names(path) if trial_id in n]
-        for folder in (storage.join(path, f) for f in reversed(folders)):
-            found = [n for n in storage.names(folder) if n.startswith("checkpoint_")]
-            if found:
-                return storage.join(folder, found[-1])
-    return None
-
-
-def _publish_reports(
-    store: Store,
-    parent_run_id: str,
-    cands: list,
-    policy: Any,
-    promotion: Any | None,
-    settings: dict,
-) -> list[str]:
-    from tracking.report import publish_reports
-
-    champion = None
-    if promotion is not None and getattr(promotion, "champion_version", None):
-        mv = store.client.get_model_version(promotion.model_name, promotion.champion_version)
-        champion = next((c.trial_id for c in cands if c.run_id == mv.run_id), None)
-    curves = settings.get("search_metric", keys.VAL_ACCURACY)
-    return publish_reports(store.client, parent_run_id, cands, policy, champion, curves)
+    done = conclude(
+        store, parent.info.run_id, cands, policy, target, lambda t: checkpoint_in_sweep(tags, t)
+    )
+    assert done.promotion is not None
+    return done.promotion
 
 
 def rollback(
     model_name: str, tracking_uri: str | None = None, workdir: str | os.PathLike = "."
 ) -> tuple[str, str]:
     """Swap ``@champion`` and ``@previous`` of ``model_name``; returns (champion, previous)."""
-    from orchestrator.spec import NAME_RE
     from tracking.registry import RegistryError
     from tracking.registry import rollback as _rollback
 
@@ -527,11 +462,11 @@ def serve(
     ``model_inputs`` the model alone is served (model inputs in, logits out).
 
     Raises:
-        UntrustedModel: the version's metadata names code that was not allowed (exit 2).
+        UntrustedModelError: the version's metadata names code that was not allowed (exit 2).
     """
     from tracking.serve import ServeError
     from tracking.serve import serve as _serve
-    from workers.models import UntrustedModelError, guarded_builder
+    from workers.models import guarded_builder
 
     try:
         uri = resolve_tracking_uri(tracking_uri, None, workdir)
@@ -540,6 +475,6 @@ def serve(
         else:
             _serve(model_uri, port, host, uri, guarded_builder(plugins), model_inputs=model_inputs)
     except UntrustedModelError as e:
-        raise UntrustedModel(f"refusing to serve {model_uri}: {e}") from e
+        raise UntrustedModelError(f"refusing to serve {model_uri}: {e}") from e
     except ServeError as e:
         raise PodiumError(str(e)) from e

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from typing import Any
 
 from orchestrator.errors import PodiumError, SpecError, StorageFailure
+from tracking.errors import UntrustedModelError
 
 USAGE_ERROR = 2
 
@@ -544,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         print(f"podium: {e}", file=sys.stderr)
         return USAGE_ERROR
-    except PodiumError as e:
+    except (PodiumError, UntrustedModelError) as e:
         print(f"podium: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -38,12 +38,6 @@ class RunError(PodiumError):
     """The sweep could not run or finish (Ray, MLflow or every trial failed)."""
 
 
-class UntrustedModel(PodiumError):
-    """A model's metadata names code Podium will not run (see docs/SECURITY.md)."""
-
-    exit_code = 2
-
-
 class UnknownName(PodiumError):
     """A command names an experiment or model that is not there (or not a valid name)."""
 

@@ -17,8 +17,7 @@ from orchestrator.ledger import FinishedTrial
 from orchestrator.results import result_metrics
 from orchestrator.space import flatten_params, resolve
 from tracking import keys
-from tracking.registry import Promotion
-from tracking.selection import Candidate, Decision
+from tracking.selection import Candidate
 from tracking.store import RunWriter, Store
 
 log = logging.getLogger(__name__)
@@ -61,21 +60,15 @@ def publish_sweep_reports(
     rows: list[TrialRow],
     candidates: list[Candidate],
     policy: Any,
-    decision: Decision,
-    promotion: Promotion | None,
+    champion: str | None,
     metric: str,
 ) -> None:
     """The parent run's reports: leaderboard CSV, Pareto-front and learning-curve plots (of
-    ``metric``, the sweep's search metric).
-
-    The champion marked in the plots is whoever holds the alias now (the winner only if it
-    beat the previous champion).
+    ``metric``, the sweep's search metric), the trial ``champion`` (who holds the alias now, if
+    one of this sweep's) marked; the plain leaderboard of ``rows`` if plotting fails.
     """
     from tracking.report import publish_reports
 
-    champion = None
-    if promotion is not None and decision.winner is not None:
-        champion = decision.winner.trial_id if promotion.promoted else None
     try:
         publish_reports(store.client, parent_id, candidates, policy, champion, metric)
     except Exception as e:  # noqa: BLE001 - plots are a convenience; the sweep's results stand

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Problem, RunError, SpecError
-from orchestrator.leaderboard import TrialRow, leaderboard_csv, publish_sweep_reports, trial_rows
+from orchestrator.leaderboard import TrialRow, trial_rows
 from orchestrator.ledger import (
     FinishedTrial,
     TrialLedger,
@@ -34,10 +34,9 @@ from orchestrator.ledger import (
     open_ledger,
 )
 from orchestrator.plugins import make_importable, runtime_env_for
-from orchestrator.promotion import promote_trial, winner_checkpoint
+from orchestrator.promotion import Target, conclude
 from orchestrator.ray_session import check_address, collector_paused, init_ray, shutdown_ray
 from orchestrator.resources import trial_resources
-from orchestrator.results import trial_error_text
 from orchestrator.schedulers import (
     build_param_space,
     build_scheduler,
@@ -55,7 +54,7 @@ from tracking.registry import (
     Promotion,
     warm_up_model_logging,
 )
-from tracking.selection import Candidate, Decision, Policy, policy_from, select_best, within_sweep
+from tracking.selection import Candidate, Decision, policy_from
 from tracking.store import RunWriter, Store, resolve_tracking_uri
 from workers import storage
 
@@ -289,29 +288,33 @@ def _conclude(
     writer: RunWriter,
     clock: _Phases,
 ) -> SweepResult:
-    """After the sweep: select, promote, publish the reports, end the parent run."""
+    """After the sweep: the one promotion path (select, promote, publish), then end the parent."""
     rows = trial_rows(finished, template, writer)
     policy = policy_from(asdict(spec.promotion))
     candidates = [Candidate(r.trial_id, r.metrics, r.status, r.run_id, r.params) for r in rows]
-    # The winner is chosen on validation; the test split decides only against the champion.
-    chooser = selection_policy(spec, policy, candidates)
-    decision = select_best(candidates, chooser)
-    promotion = None
-    if spec.promotion.enabled and decision.winner is not None:
-        checkpoint = finished[decision.winner.trial_id].checkpoint
-        if checkpoint is None:
-            raise RunError(f"the winner {decision.winner.trial_id} left no checkpoint to promote")
-        with winner_checkpoint(decision.winner.trial_id, checkpoint) as folder:
-            promotion = promote_trial(spec, uri, decision, str(folder), policy)
-    clock.mark("promote")
-    publish_sweep_reports(
-        store, parent_id, rows, candidates, chooser, decision, promotion, spec.search.metric
+    target = Target(
+        spec.model_name,
+        spec.promotion.alias,
+        spec.promotion.selection_split,
+        spec.search.metric,
+        {keys.TAG_SPEC_HASH: spec.spec_hash(), keys.TAG_EXPERIMENT: spec.name},
+        spec.promotion.enabled,
     )
-    store.end_run(parent_id, "FINISHED" if decision.winner is not None else "FAILED")
+
+    def checkpoint_of(trial_id: str) -> str:
+        checkpoint = finished[trial_id].checkpoint
+        if checkpoint is None:
+            raise RunError(f"the winner {trial_id} left no checkpoint to promote")
+        return checkpoint
+
+    done = conclude(store, parent_id, candidates, policy, target, checkpoint_of, rows, clock.mark)
+    store.end_run(parent_id, "FINISHED" if done.decision.winner is not None else "FAILED")
     clock.mark("publish")
-    first = chooser.objectives[0]
+    first = done.chooser.objectives[0]
     extra = {"timings_s": clock.seconds, "ranked_by": (first.metric, first.mode)}
-    return SweepResult(spec.name, uri, parent_id, rows, decision, promotion, writer.failures, extra)
+    return SweepResult(
+        spec.name, uri, parent_id, rows, done.decision, done.promotion, writer.failures, extra
+    )
 
 
 class _Phases:
@@ -514,19 +517,4 @@ def _trial_id_from_path(path: str) -> str:
     return "_".join(parts[2:4]) if len(parts) > 3 else Path(path).name
 
 
-def selection_policy(spec: ExperimentSpec, policy: Policy, candidates: list[Candidate]) -> Policy:
-    """How the sweep chooses its winner: on validation (:func:`tracking.selection.within_sweep`)
-    unless the spec's ``promotion.selection_split`` is ``test``."""
-    if spec.promotion.selection_split == "test":
-        return policy
-    return within_sweep(policy, candidates)
-
-
-__all__ = [
-    "SweepResult",
-    "TrialRow",
-    "run_experiment",
-    "promote_trial",
-    "leaderboard_csv",
-    "trial_error_text",
-]
+__all__ = ["SweepResult", "run_experiment"]

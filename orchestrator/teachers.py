@@ -23,7 +23,7 @@ def check_registry_teachers(spec: ExperimentSpec, uri: str) -> None:
     Raises:
         SpecError: each teacher URI that does not resolve in the tracking store.
     """
-    from tracking.onnx_model import check_teacher
+    from tracking.teachers import check_teacher
     from workers.recipes import registry_teachers
 
     problems = [
@@ -65,7 +65,7 @@ def fetch_registry_teachers(
 def _trusted_teachers(spec: ExperimentSpec, uris: list[str], uri: str, dst: Path) -> dict[str, str]:
     """Registry teachers downloaded into ``dst``, refused (a spec error) where their metadata
     names code this spec does not."""
-    from tracking.onnx_model import fetch_teachers
+    from tracking.teachers import fetch_teachers
 
     fetched = fetch_teachers(uris, uri, dst)
     problems = [

@@ -18,7 +18,7 @@ Only formats that cannot execute code on load are served:
   ``workers.models.build_from_metadata``; tracking never imports workers).
 
 A pickled model (``model.pth``, ``*.pkl``, a ``pt2`` archive, whose loader unpickles) from a store
-we do not control is refused with :class:`UnsafeModelError`: unpickling runs arbitrary code.
+we do not control is refused with :class:`UntrustedModelError`: unpickling runs arbitrary code.
 
 The HTTP server is Starlette on uvicorn (:mod:`tracking.serve_http`: timeouts, a bound on
 requests in flight, columns matched by name, CSV); this module finds, checks and loads the model.
@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tracking import keys, pipeline
+from tracking.errors import UntrustedModelError
 from tracking.store import version_source
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # refuse bigger requests before reading them
@@ -64,10 +65,6 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".joblib", ".cloudpickle", ".pt2")
 
 class ServeError(Exception):
     """The model cannot be found, loaded or served."""
-
-
-class UnsafeModelError(ServeError):
-    """The model exists only in a format whose loading can execute code."""
 
 
 class Scorer(Protocol):
@@ -203,7 +200,7 @@ def load_scorer(
     ONNX is preferred (fastest and self-describing), then a state dict + ``arch.json``.
 
     Raises:
-        UnsafeModelError: only pickled formats are present.
+        UntrustedModelError: only pickled formats are present.
         ServeError: nothing servable (or a state dict but no ``build_model``).
     """
     path = Path(path)
@@ -222,7 +219,7 @@ def load_scorer(
         return TorchStateDictScorer(weights, arch, build_model)
     pickled = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
     if pickled:
-        raise UnsafeModelError(
+        raise UntrustedModelError(
             f"refusing to load {', '.join(pickled)} from {path}: pickled models can run arbitrary "
             f"code when loaded. Podium serves only ONNX ({keys.ONNX_ARTIFACT}) or a weights-only "
             f"state dict ({keys.STATE_DICT_ARTIFACT} + {keys.ARCH_ARTIFACT}); add an export step "
@@ -412,7 +409,7 @@ def serve(
         model_inputs: serve the model alone (model inputs in, logits out) out of a pipeline.
 
     Raises:
-        UnsafeModelError, ServeError: see :func:`load_scorer` and :func:`fetch_model`.
+        UntrustedModelError, ServeError: see :func:`load_scorer` and :func:`fetch_model`.
     """
     from tracking import serve_http
 
@@ -443,7 +440,7 @@ def main(argv: list[str] | None = None, build_model: Callable[..., Any] | None =
     args = ap.parse_args(argv)
     try:
         serve(args.model_uri, args.port, args.host, args.tracking_uri, build_model)
-    except ServeError as e:
+    except (ServeError, UntrustedModelError) as e:
         print(f"podium serve: {e}", file=sys.stderr)
         return 1
     return 0

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tracking import keys
+from tracking.errors import UntrustedModelError
 from workers import inputs
 from workers.errors import WorkerError
 from workers.registry import Registry, declared_settings, is_plugin_ref, load_plugin
@@ -168,11 +169,6 @@ def build_model(
     if is_plugin_ref(arch):  # built-ins return logits; a team's model may return more
         model.register_forward_hook(_Logits(section.get(OUTPUT_KEY)))
     return model
-
-
-class UntrustedModelError(WorkerError):
-    """Model metadata from outside (a registry version's ``arch.json``, a teacher's file) names
-    code Podium will not import, or is not the data it should be."""
 
 
 def check_model_metadata(cfg: Any, plugins: Collection[str] = ()) -> str | None:

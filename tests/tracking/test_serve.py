@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from tracking import keys
-from tracking.serve import ServeError, UnsafeModelError, load_scorer, parse_inputs
+from tracking.errors import UntrustedModelError
+from tracking.serve import ServeError, load_scorer, parse_inputs
 from tracking.serve_http import Background, make_app
 from workers.models import build_model
 from workers.tasks import load_task
@@ -281,7 +282,7 @@ def test_unknown_model_fails_with_the_uri(tmp_path):
 
 def test_pickle_files_alone_are_refused(tmp_path):
     (tmp_path / "model.pth").write_bytes(b"\x80\x04K\x01.")  # never unpickled
-    with pytest.raises(UnsafeModelError, match="model.pth"):
+    with pytest.raises(UntrustedModelError, match="model.pth"):
         load_scorer(tmp_path)
     (tmp_path / "model.pth").unlink()
     with pytest.raises(ServeError, match="no servable model"):

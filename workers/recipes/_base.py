@@ -31,7 +31,7 @@ class RecipeContext:
             a step can rebuild a smaller model of the same family.
         seed: seeds fine-tuning and student initialisation.
         teachers: ``models:/name@alias`` → local teacher file, resolved by the driver before trials
-            start (workers never talk to MLflow; see ``tracking.onnx_model.fetch_teacher``).
+            start (workers never talk to MLflow; see ``tracking.teachers.fetch_teacher``).
         threads: intra-op threads for every latency/throughput measurement (1: reproducible).
         latency_iters: timed batch-1 runs per measurement (after a warm-up).
         device: where fine-tuning and distillation run (measurement is always CPU).

@@ -7,7 +7,7 @@ The ``T^2`` keeps the soft term's gradient scale independent of the temperature.
 The teacher is ``trial`` (the model as the recipe has it at this step: the trial's trained model
 when distill comes first) or ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` from the
 MLflow registry. Workers never talk to MLflow: the driver resolves registry teachers before any
-trial starts (``tracking.onnx_model.fetch_teacher``) and passes local files in
+trial starts (``tracking.teachers.fetch_teacher``) and passes local files in
 ``RecipeContext.teachers``. A teacher file is ONNX (run with ONNX Runtime) or a weights-only torch
 file ``{state_dict, model, input_shape, num_classes, extra}``.
 

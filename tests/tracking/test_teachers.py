@@ -1,5 +1,6 @@
-"""A recipe's int8 ONNX model round-trips through a real MLflow registry (SQLite store), and
-registry teachers resolve (or fail clearly) before any trial would start."""
+"""Registry teachers: a recipe's int8 ONNX model registered in a real MLflow registry (SQLite
+store) round-trips, resolves (or fails clearly) before any trial would start, and is fetched as
+the file the recipe wrote."""
 
 from __future__ import annotations
 
@@ -10,12 +11,7 @@ import pytest
 import torch
 
 from tracking import keys
-from tracking.onnx_model import (
-    check_teacher,
-    fetch_teachers,
-    load_onnx_session,
-    register_onnx_model,
-)
+from tracking.teachers import check_teacher, fetch_teacher, fetch_teachers
 from workers.models import build_model
 from workers.recipes import run_recipe
 from workers.recipes._distill import teacher_file, teacher_logits
@@ -32,6 +28,8 @@ SECTION = {"arch": "mlp", "hidden": [64], "batch_norm": False, "dropout": 0.0}
 def registered(tmp_path_factory):
     """A digits model, int8-quantized by a recipe, registered as quant-digits@champion."""
     import mlflow
+    import mlflow.onnx
+    import onnx
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -50,14 +48,23 @@ def registered(tmp_path_factory):
         )
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("quant", artifact_location=(root / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=exp) as run:
-        pass
+    mlflow.set_registry_uri(uri)
     onnx_file = result.artifacts[keys.ONNX_ARTIFACT]
-    version = register_onnx_model(uri, run.info.run_id, onnx_file, "quant-digits", "champion")
+    with mlflow.start_run(experiment_id=exp):
+        # Plain MLflow, as a team would publish a compressed model as its own registered model.
+        info = mlflow.onnx.log_model(
+            onnx.load(str(onnx_file)),
+            name="onnx_model",
+            save_as_external_data=False,
+            registered_model_name="quant-digits",
+        )
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias("quant-digits", "champion", version)
     return uri, version, onnx_file, data, root
 
 
-def test_quantized_model_round_trips_through_the_registry(registered):
+def test_quantized_model_round_trips_through_the_registry(registered, tmp_path):
     import mlflow.onnx
     import mlflow.pyfunc
 
@@ -68,7 +75,8 @@ def test_quantized_model_round_trips_through_the_registry(registered):
     assert x.dtype == np.float64 and x.max() == 16
     expected = onnx_session(onnx_file).run(["label"], {"input": x})[0]
     # Back through the registry alias, three ways: ONNX Runtime, the onnx flavor, pyfunc.
-    session = load_onnx_session("models:/quant-digits@champion", uri)
+    folder = fetch_teacher("models:/quant-digits@champion", uri, tmp_path)
+    session = onnx_session(teacher_file(folder))
     np.testing.assert_array_equal(session.run(["label"], {"input": x})[0], expected)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # an earlier test may have pointed it at its own store
