@@ -44,14 +44,10 @@ from workers.tasks import TaskData, load_task
 # short one does not open.
 STATE_FILE = "state.pt"
 MANIFEST_KEY = "podium"
-# Checkpoints written before Podium folded it all into state.pt, still read: the manifest as a
-# file of its own, written last, and before that the facts in files of their own.
-MANIFEST_FILE = "manifest.json"
-TRIAL_FILE = "trial.json"
-EXAMPLE_FILE = "example.pt"
+# Checkpoints of the layouts before this one (the manifest as manifest.json, the facts in files
+# of their own) are no longer read: they hold neither the raw example nor the front that a
+# champion is now composed from, so they could not be promoted as a whole pipeline anyway.
 FRONT_KEY = "front_onnx"  # state.pt's copy of the task's preprocessing as ONNX
-FINAL_FILE = "final.json"
-HISTORY_FILE = "history.json"
 ROBUST_VAL_SAMPLES = 1000  # val examples attacked each epoch (the test split is attacked whole)
 ARTIFACTS_DIR = "artifacts"  # files a recipe produced (e.g. model.onnx), logged by the driver
 
@@ -492,33 +488,13 @@ def _files(folder: Path) -> dict[str, int]:
 
 def _manifest(folder: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's manifest as ``{"files": ..., "trial": ..., "history": ..., "final": ...}``
-    (``files``: the others than state.pt), read from state.pt, or from the files of an earlier
-    layout.
+    (``files``: the others than state.pt), read from state.pt; {} if it holds none.
 
     Raises:
         ValueError: state.pt is not whole (a copy cut short) or is not Podium's.
-        FileNotFoundError: there is no state.pt (nor an earlier layout's manifest).
+        FileNotFoundError: there is no state.pt.
     """
-    try:
-        listed = json.loads(Path(folder, MANIFEST_FILE).read_text())
-    except FileNotFoundError:
-        listed = None
-    if isinstance(listed, dict) and "files" in listed:
-        return dict(listed)  # the manifest as a file of its own
-    if listed is None:
-        inside = _manifest_in_state(Path(folder, STATE_FILE))
-        if inside is not None:
-            return inside
-    # Before manifests held the facts: a list of sizes (if any), the facts in files of their own.
-    manifest: dict[str, Any] = {} if listed is None else {"files": listed}
-    for key, name in (("trial", TRIAL_FILE), ("history", HISTORY_FILE), ("final", FINAL_FILE)):
-        if Path(folder, name).exists():
-            manifest[key] = json.loads(Path(folder, name).read_text())
-    return manifest
-
-
-def _manifest_in_state(path: Path) -> dict[str, Any] | None:
-    """The manifest state.pt holds; None if it holds none (an earlier layout)."""
+    path = Path(folder, STATE_FILE)
     try:
         # Memory-mapped: the JSON's bytes are read, not the model's and optimizer's.
         blob = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
@@ -526,25 +502,28 @@ def _manifest_in_state(path: Path) -> dict[str, Any] | None:
         raise
     except Exception as e:  # torch's reader: a short file is not a whole zip file
         raise ValueError(f"{path.name} does not load: {e}") from e
-    return _manifest_inside(blob)
+    return _manifest_inside(blob) or {}  # {}: an earlier Podium's, or not Podium's
 
 
 def _manifest_inside(blob: Any) -> dict[str, Any] | None:
-    """The manifest in a loaded state.pt; None in an earlier layout's."""
+    """The manifest in a loaded state.pt; None if it holds none."""
     text = blob.get(MANIFEST_KEY) if isinstance(blob, dict) else None
     return dict(json.loads(text)) if isinstance(text, str) else None
 
 
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     """Why the checkpoint in ``folder`` is not whole (a cut-off upload), or None."""
-    if not Path(folder, STATE_FILE).exists() and not Path(folder, MANIFEST_FILE).exists():
+    if not Path(folder, STATE_FILE).exists():
         return f"lacks {STATE_FILE} (its upload was cut off)"
     try:
         listed = _manifest(folder).get("files")
     except (OSError, ValueError) as e:
         return f"is not whole (its upload was cut off): {str(e).splitlines()[0][:200]}"
     if not isinstance(listed, dict):
-        return f"has no readable {MANIFEST_FILE} (its upload was cut off)"
+        return (
+            f"has no manifest in {STATE_FILE} (cut off, or written by a Podium from before the "
+            "manifest moved into it: those are no longer read)"
+        )
     for name, size in sorted(listed.items()):
         path = Path(folder, name)
         if not path.is_file():
@@ -579,9 +558,6 @@ def trial_facts(folder: str | os.PathLike) -> dict[str, Any]:
 def load_example(folder: str | os.PathLike) -> inputs.Inputs:
     """The example inputs a trial's checkpoint holds (weights-only load): a tensor, or a tuple
     of them for a model of several inputs."""
-    old = Path(folder, EXAMPLE_FILE)
-    if old.exists():
-        return torch.load(old, weights_only=True, map_location="cpu")
     # Memory-mapped: only the example's bytes are read, not the model's and optimizer's.
     blob = torch.load(Path(folder, STATE_FILE), weights_only=True, map_location="cpu", mmap=True)
     return inputs.detached(blob["example"])
@@ -601,7 +577,7 @@ def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
         return
     with checkpoint.as_directory() as folder:
         blob = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
-        manifest = _manifest_inside(blob) or _manifest(folder)
+        manifest = _manifest_inside(blob) or {}
         state.final = manifest.get("final")
         owned = manifest.get("history", {})
     if owned.get("trial_id") == trial_id:

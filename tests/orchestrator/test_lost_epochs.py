@@ -102,15 +102,17 @@ def test_a_trial_an_earlier_driver_put_in_the_ledger_is_settled_from_it(
     of it) before MLflow got its last epochs: the resumed driver settles it from the ledger."""
     import json
 
+    import torch
+
     from orchestrator.ledger import FinishedTrial
     from orchestrator.runner import _settle_ended_trials
-    from workers.trainable import MANIFEST_FILE
+    from workers.trainable import MANIFEST_KEY, STATE_FILE
 
     store, exp, parent, run_id = killed_after_three_epochs
     ckpt = tmp_path / "checkpoint_000004"
     ckpt.mkdir()
     history = {"trial_id": "t1", "epochs": [epoch(n) for n in range(1, 6)]}
-    (ckpt / MANIFEST_FILE).write_text(json.dumps({"files": {}, "history": history}))
+    torch.save({MANIFEST_KEY: json.dumps({"files": {}, "history": history})}, ckpt / STATE_FILE)
     last = {**epoch(5), keys.TEST_ACCURACY: 0.9, keys.DONE: True}
     logger, writer = resumed(store, exp, parent)
     _settle_ended_trials({"t1": FinishedTrial("t1", last, {}, str(ckpt))}, logger)

@@ -10,12 +10,8 @@ from ray import tune
 from tracking import keys
 from workers.tasks import load_task
 from workers.trainable import (
-    EXAMPLE_FILE,
-    HISTORY_FILE,
-    MANIFEST_FILE,
     MANIFEST_KEY,
     STATE_FILE,
-    TRIAL_FILE,
     _restore,
     _save,
     _setup,
@@ -95,58 +91,14 @@ def test_a_checkpoint_is_one_file_holding_the_trials_facts(digits, tmp_path):
     assert checkpoint_history(ckpt.path) == []
 
 
-def _earlier_layouts(tmp_path: Path) -> dict:
-    """state.pt without the manifest; the manifest's contents."""
-    import json
-
+def test_a_checkpoint_of_an_earlier_layout_is_refused_by_name(digits, tmp_path):
+    """Layouts from before the manifest moved into state.pt are no longer read (they hold no raw
+    example nor front to compose a champion from): promoting one says why, a resume starts over."""
     import torch
 
+    ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=2)
     blob = torch.load(tmp_path / STATE_FILE, weights_only=True)
-    manifest = json.loads(blob.pop(MANIFEST_KEY))
+    del blob[MANIFEST_KEY]
     torch.save(blob, tmp_path / STATE_FILE)
-    return manifest
-
-
-def test_a_checkpoint_with_its_manifest_in_a_file_still_restores(digits, tmp_path):
-    """The layout of Podium's stop 24: the manifest (sizes and facts) as manifest.json."""
-    import json
-
-    ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=3)
-    manifest = _earlier_layouts(tmp_path)
-    manifest["files"] = {STATE_FILE: (tmp_path / STATE_FILE).stat().st_size}
-    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
-    assert checkpoint_problem(ckpt.path) is None
-    state = _setup(TRIAL, digits)
-    _restore(state, ckpt, "trial_a")
-    assert state.epoch == 3 and [e[keys.EPOCH] for e in state.history] == [1, 2, 3]
-    assert trial_facts(ckpt.path)["trial"] == TRIAL
-
-
-def test_a_checkpoint_of_the_earliest_layout_still_restores(digits, tmp_path):
-    """Checkpoints written before the facts moved into a manifest (a sweep resumed across an
-    upgrade, a registry teacher) kept them in files of their own."""
-    import json
-
-    import torch
-
-    ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=3)
-    manifest = _earlier_layouts(tmp_path)
-    blob = torch.load(tmp_path / STATE_FILE, weights_only=True)
-    torch.save(blob.pop("example"), tmp_path / EXAMPLE_FILE)
-    torch.save(blob, tmp_path / STATE_FILE)
-    (tmp_path / TRIAL_FILE).write_text(json.dumps(manifest["trial"]))
-    (tmp_path / HISTORY_FILE).write_text(json.dumps(manifest["history"]))
-    files = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
-    (tmp_path / MANIFEST_FILE).write_text(json.dumps(files))
-
-    assert checkpoint_problem(ckpt.path) is None
-    (tmp_path / HISTORY_FILE).write_text("{}")  # cut short
-    assert checkpoint_problem(ckpt.path) == (
-        f"has {HISTORY_FILE} cut short: 2 of {files[HISTORY_FILE]} bytes"
-    )
-    (tmp_path / HISTORY_FILE).write_text(json.dumps(manifest["history"]))
-    state = _setup(TRIAL, digits)
-    _restore(state, ckpt, "trial_a")
-    assert state.epoch == 3 and [e[keys.EPOCH] for e in state.history] == [1, 2, 3]
-    assert trial_facts(ckpt.path)["trial"] == TRIAL
-    assert load_example(ckpt.path).shape[1:] == digits.example_input().shape[1:]
+    assert "written by a Podium from before the manifest" in (checkpoint_problem(ckpt.path) or "")
+    assert checkpoint_history(ckpt.path) == []

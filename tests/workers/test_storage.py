@@ -8,7 +8,7 @@ import json
 import pytest
 
 from workers import storage
-from workers.trainable import MANIFEST_FILE, MANIFEST_KEY, STATE_FILE, checkpoint_problem
+from workers.trainable import MANIFEST_KEY, STATE_FILE, checkpoint_problem
 
 
 @pytest.fixture
@@ -85,20 +85,6 @@ def test_a_checkpoint_cut_off_is_found_and_a_whole_one_passes(tmp_path):
     assert checkpoint_problem(tmp_path) == "lacks state.pt (its upload was cut off)"
 
 
-def test_a_checkpoint_with_its_manifest_in_a_file_of_its_own_is_still_checked(tmp_path):
-    """The layout before the manifest moved into state.pt: the manifest, written last, lists
-    every other file's size."""
-    (tmp_path / STATE_FILE).write_bytes(b"\1" * 64)
-    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"files": {STATE_FILE: 64}}))
-    assert checkpoint_problem(tmp_path) is None
-    (tmp_path / STATE_FILE).write_bytes(b"\1" * 10)
-    assert checkpoint_problem(tmp_path) == "has state.pt cut short: 10 of 64 bytes"
-    (tmp_path / STATE_FILE).unlink()
-    assert checkpoint_problem(tmp_path) == "lacks state.pt (its upload was cut off)"
-    (tmp_path / MANIFEST_FILE).write_text("[")
-    assert "is not whole" in (checkpoint_problem(tmp_path) or "")
-
-
 def test_tune_uploads_a_checkpoint_as_one_put_per_file_and_no_folder_markers(
     tmp_path, bucket, s3_server
 ):
@@ -108,7 +94,7 @@ def test_tune_uploads_a_checkpoint_as_one_put_per_file_and_no_folder_markers(
 
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
-    for name in ("state.pt", "artifacts.onnx", "notes.txt", "extra.bin", MANIFEST_FILE):
+    for name in ("state.pt", "artifacts.onnx", "notes.txt", "extra.bin", "manifest.json"):
         (checkpoint / name).write_bytes(b"x" * 2000)
     path, fs = storage.for_tune(f"s3://{bucket}/runs")
     log = s3_server.home / "moto.log"
