@@ -1,5 +1,5 @@
 """MkDocs hook: the spec reference page, generated at build time from the spec's JSON Schema
-(``orchestrator.schema.spec_schema``, what ``podium schema`` prints), so the page cannot drift
+(``orchestrator.spec.schema.spec_schema``, what ``podium schema`` prints), so the page cannot drift
 from the validator. Written here because no MkDocs plug-in renders a JSON Schema as a table
 without pulling in a documentation generator of its own."""
 
@@ -22,7 +22,7 @@ def on_files(files: Files, config: Any) -> Files:
 
 def render() -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from orchestrator.schema import spec_schema
+    from orchestrator.spec.schema import spec_schema
 
     schema = spec_schema()
     lines = [

@@ -81,7 +81,7 @@ def _add_schema(sub: Any) -> None:
 def cmd_schema(args: argparse.Namespace) -> int:
     import json
 
-    from orchestrator.schema import spec_schema
+    from orchestrator.spec.schema import spec_schema
 
     print(json.dumps(spec_schema(), indent=2))
     return 0

@@ -176,7 +176,7 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
     """
     import torch
 
-    from orchestrator.plugins import module_paths
+    from orchestrator.spec.plugins import module_paths
     from workers.recipes._run import FP32_STATE_ARTIFACT
     from workers.registry import is_plugin_ref
     from workers.trainable import (

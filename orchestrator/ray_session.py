@@ -138,7 +138,7 @@ def init_ray(
     """Join ``address`` or start a private local Ray; True if this call started it.
 
     ``runtime_env`` travels with the job to a cluster's workers (the spec's plug-in modules,
-    :func:`orchestrator.plugins.runtime_env_for`); a local Ray's workers inherit this process's
+    :func:`orchestrator.spec.plugins.runtime_env_for`); a local Ray's workers inherit this process's
     ``PYTHONPATH`` instead, which costs nothing.
 
     Raises:

@@ -33,7 +33,6 @@ from orchestrator.ledger import (
     last_result,
     open_ledger,
 )
-from orchestrator.plugins import make_importable, runtime_env_for
 from orchestrator.promotion import Target, conclude
 from orchestrator.ray_session import check_address, collector_paused, init_ray, shutdown_ray
 from orchestrator.resources import trial_resources
@@ -45,6 +44,7 @@ from orchestrator.schedulers import (
 )
 from orchestrator.space import template_of
 from orchestrator.spec import ExperimentSpec
+from orchestrator.spec.plugins import make_importable, runtime_env_for
 from orchestrator.sweep_runs import discard_parent, failed_on, prepare_tracking
 from orchestrator.teachers import check_registry_teachers, fetch_registry_teachers
 from orchestrator.trial_function import make_trainable

@@ -81,7 +81,7 @@ def _trusted_teachers(spec: ExperimentSpec, uris: list[str], uri: str, dst: Path
 def own_plugins(spec: ExperimentSpec) -> tuple[str, ...]:
     """The ``module:function`` references the spec itself names: the only code a registry
     teacher's metadata may name."""
-    from orchestrator.plugins import plugin_refs
+    from orchestrator.spec.plugins import plugin_refs
 
     return tuple(dict.fromkeys(ref for _, ref, _ in plugin_refs(spec)))
 

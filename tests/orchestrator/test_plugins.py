@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from orchestrator.plugins import import_roots, ref_problem
 from orchestrator.spec import SpecError, load_spec, parse_spec
+from orchestrator.spec.plugins import import_roots, ref_problem
 
 MODELS_PY = """
 from torch import nn

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.schema import spec_schema
 from orchestrator.spec import DEFAULT_SPEC
+from orchestrator.spec.schema import spec_schema
 
 ROOT = Path(__file__).parents[2]
 SPECS = sorted((ROOT / "examples").rglob("*.yaml")) + [DEFAULT_SPEC]

@@ -2,7 +2,7 @@
 valid on its own face.
 
 - every ``module:function`` imports, exists, is callable and has the signature Podium calls
-  (:mod:`orchestrator.plugins`);
+  (:mod:`orchestrator.spec.plugins`);
 - the task loads and follows the protocol (``workers.tasks``); its kind sets the defaults of
   ``search.metric``/``mode`` and ``promotion.objectives`` when the spec leaves them out;
 - each model section's keys are the settings its builder's signature takes (a plug-in's own
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import Problem
-from orchestrator.plugins import make_importable, plugin_refs, ref_problem, resolve, sections
+from orchestrator.spec.plugins import make_importable, plugin_refs, ref_problem, resolve, sections
 from tracking import keys
 from workers.registry import declared_settings, is_plugin_ref
 

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.plugins import import_roots
+from orchestrator.spec.plugins import import_roots
 from tracking import keys
 from tracking.selection import check_policy
 from workers.adversarial import check_adversarial
@@ -52,7 +52,7 @@ MODEL_BASED = ("bohb", "motpe", "nsga2", "optuna")
 # Searchers of the Pareto front of promotion.objectives: they need two or more objectives.
 MULTI_OBJECTIVE = ("motpe", "nsga2")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-DEFAULT_SPEC = Path(__file__).parent / "defaults" / "digits.yaml"
+DEFAULT_SPEC = Path(__file__).parent.parent / "defaults" / "digits.yaml"
 
 
 # --------------------------------------------------------------------------- search spaces
@@ -477,8 +477,8 @@ def parse_spec(raw: dict[str, Any], spec_dir: str | Path | None = None) -> Exper
     """Validate a spec mapping (already YAML-loaded) and return the typed spec.
 
     Plug-ins (``module:function``) are imported from ``spec_dir`` (the spec file's folder), then
-    the working directory (:mod:`orchestrator.plugins`); the task is loaded once, so its metrics
-    can be checked and the defaults that depend on its kind filled in.
+    the working directory (:mod:`orchestrator.spec.plugins`); the task is loaded once, so its
+    metrics can be checked and the defaults that depend on its kind filled in.
 
     Raises:
         SpecError: with every problem found.
@@ -505,7 +505,7 @@ def parse_spec(raw: dict[str, Any], spec_dir: str | Path | None = None) -> Exper
     if not any(pr.path == "task" for pr in problems):
         # The checks that import plug-ins and load the task (its metrics, its model's settings);
         # a model section with problems of its own is not checked against its builder.
-        from orchestrator.spec_task import check_with_task
+        from orchestrator.spec.task import check_with_task
 
         spec.plugin_roots = tuple(import_roots(spec_dir))
         model_ok = not any(pr.path.startswith("model") for pr in problems)
@@ -677,7 +677,7 @@ def _output_name(plugins_only: bool) -> Callable[[Any], str | None]:
 
 def _check_model(path: str, m: dict[str, Any]) -> list[Problem]:
     # Which keys an arch takes is its builder's signature: checked once plug-ins are imported
-    # (orchestrator/spec_task.py). Here: the values of the built-in architectures' settings,
+    # (orchestrator/spec/task.py). Here: the values of the built-in architectures' settings,
     # only where a built-in can be the arch: a plug-in's ``hidden`` is its own (an int, say).
     p = _leaf(
         f"{path}.arch",
