@@ -9,8 +9,8 @@ at 1,000 trials; no test saw it). Each row reports the largest file in the stora
 
 A ``ray.cluster_utils.Cluster`` runs a head node with no CPUs for trials (the driver's node, as
 in the team stack) and two worker nodes with ``--cpus-per-node`` CPUs each. Each size in
-``--trials`` is one full Podium sweep through :func:`orchestrator.runner.run_experiment`: Tune,
-the MLflow callback and its buffered writer into a SQLite store, a checkpoint per trial in the
+``--trials`` is one full Podium sweep through :func:`orchestrator.execution.runner.run_experiment`:
+Tune, the MLflow callback and its buffered writer into a SQLite store, a checkpoint per trial in the
 shared storage path, selection at the end (registry promotion off: it is a constant, not a
 per-trial cost).
 
@@ -74,7 +74,7 @@ class RssSampler(threading.Thread):
             time.sleep(self.period_s)
 
     def _finished(self) -> int:
-        from orchestrator.ledger import LEDGER_FILE
+        from orchestrator.execution.ledger import LEDGER_FILE
 
         ledgers = list(self.storage.glob(f"*/{LEDGER_FILE}"))
         return sum(1 for _ in open(ledgers[0])) if ledgers else 0
@@ -107,7 +107,7 @@ def trial_work_s(spec, repeats: int = 30) -> float:
     """Mean wall time of one trial's own work, in-process (Tune's report is a no-op here)."""
     import warnings
 
-    from orchestrator.space import resolve, template_of
+    from orchestrator.search.space import resolve, template_of
     from workers.trainable import TrialContext, run_trial
 
     template = template_of(spec)
@@ -124,7 +124,7 @@ def trial_work_s(spec, repeats: int = 30) -> float:
 def run_size(
     trials: int, address: str, slots: int, work_s: float, folder: Path, mode: str = "forget"
 ) -> dict:
-    from orchestrator.runner import run_experiment
+    from orchestrator.execution.runner import run_experiment
 
     storage = folder / f"storage-{mode}-{trials}"
     spec = spec_for(trials, storage)

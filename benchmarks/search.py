@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/search.py --quick      # 1 seed, 48-point space (~15 min here)
     .venv/bin/python benchmarks/search.py              # 3 seeds, 96-point space
 
-Every method is a real sweep through :func:`orchestrator.runner.run_experiment`: a local Ray with
-one CPU per trial, MLflow on a SQLite store in a temporary folder, real training. The task
+Every method is a real sweep through :func:`orchestrator.execution.runner.run_experiment`: a local
+Ray with one CPU per trial, MLflow on a SQLite store in a temporary folder, real training. The task
 (``fashion_subset`` below, a plug-in task) is Podium's Fashion-MNIST with its training split cut
 to the first 12,000 images, 2,000 of them for validation, and the official 10k test images. Each
 epoch then takes a fraction of a second, and a 96-trial grid fits the budget.
@@ -143,7 +143,7 @@ class SearcherClock:
         self.seconds = 0.0
 
     def install(self) -> None:
-        from orchestrator.searchers import PodiumOptuna
+        from orchestrator.search.searchers import PodiumOptuna
 
         for name in ("suggest", "on_trial_result", "on_trial_complete"):
             original = getattr(PodiumOptuna, name)
@@ -192,7 +192,7 @@ def to_target(events: list[tuple[float, float]], start: float, target: float) ->
 def one_seed(
     seed: int, quick: bool, uri: str, clock: SearcherClock, workdir: Path
 ) -> dict[str, Any]:
-    from orchestrator.runner import run_experiment
+    from orchestrator.execution.runner import run_experiment
 
     samples = grid_size(quick)  # as many trials as grid: each may stop once it has the target
     out: dict[str, Any] = {}

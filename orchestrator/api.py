@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import PodiumError, Problem, SpecError, UnknownName
-from orchestrator.leaderboard import TrialRow
-from orchestrator.promotion import Target, checkpoint_in_sweep, choose, conclude
-from orchestrator.runner import SweepResult, run_experiment
+from orchestrator.execution.runner import SweepResult, run_experiment
+from orchestrator.registry.leaderboard import TrialRow
+from orchestrator.registry.promotion import Target, checkpoint_in_sweep, choose, conclude
 from orchestrator.spec import NAME_RE, ExperimentSpec, load_spec
 from tracking import keys
 from tracking.constraints import parse_constraint
@@ -51,7 +51,8 @@ def validate(path: str | Path | None = None, overrides: list[str] | None = None)
 
 
 def run(spec: ExperimentSpec, **kwargs: object) -> SweepResult:
-    """Run a validated spec; see :func:`orchestrator.runner.run_experiment` for the options."""
+    """Run a validated spec; see :func:`orchestrator.execution.runner.run_experiment` for the
+    options."""
     return run_experiment(spec, **kwargs)  # type: ignore[arg-type]
 
 
@@ -352,7 +353,8 @@ def promote(
     workdir: str | os.PathLike = ".",
 ) -> Any:
     """Re-decide the newest sweep of ``experiment`` offline from its logged runs and promote,
-    by the same path as the end of ``podium run`` (:func:`orchestrator.promotion.conclude`).
+    by the same path as the end of ``podium run``
+    (:func:`orchestrator.registry.promotion.conclude`).
 
     The winner under the policy (``policy_path``, else the sweep's own) is registered (once: a
     re-run finds its version) and becomes champion only if it beats the current one. Reports
@@ -420,8 +422,8 @@ def _serve_replicas(
     address: str | None,
 ) -> None:
     """Fetch and check the model here (the same loader, refusing the same things), then hand its
-    files to Ray Serve replicas (:mod:`orchestrator.serve_replicas`)."""
-    from orchestrator.serve_replicas import model_files, serve_replicas
+    files to Ray Serve replicas (:mod:`orchestrator.registry.serve_replicas`)."""
+    from orchestrator.registry.serve_replicas import model_files, serve_replicas
     from tracking.serve import fetched, load_scorer
     from workers.models import guarded_builder
 

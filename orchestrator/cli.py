@@ -520,7 +520,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 # Where MLflow and Tune log a full disk with a traceback: Podium ends the sweep on it with one
-# line of its own (orchestrator.fail_fast), so theirs show with --verbose only.
+# line of its own (orchestrator.execution.fail_fast), so theirs show with --verbose only.
 _FAULT_LOGGERS = (
     "mlflow.store.db.utils",
     "ray.tune.execution.experiment_state",

@@ -89,7 +89,7 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
 
     Args:
         trial: the concrete spec sections ``task``, ``model``, ``optimizer``, ``training``,
-            ``recipe`` (see ``orchestrator.space.resolve``).
+            ``recipe`` (see ``orchestrator.search.space.resolve``).
         ctx: threads and driver-prepared inputs.
 
     Raises:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.runner import run_experiment
+from orchestrator.execution.runner import run_experiment
 from orchestrator.spec import parse_spec
 from tests.fixtures_services import user_env
 from tracking import keys

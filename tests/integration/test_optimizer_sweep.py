@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.runner import run_experiment
+from orchestrator.execution.runner import run_experiment
 from orchestrator.spec import parse_spec
 from tracking import keys
 from workers.optimizers import OPTIMIZERS

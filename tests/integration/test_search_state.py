@@ -19,10 +19,10 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from orchestrator.errors import RunError, SpecError
-from orchestrator.runner import run_experiment
-from orchestrator.space import RERUN_KEY
+from orchestrator.execution._ray.state import SNAPSHOT
+from orchestrator.execution.runner import run_experiment
+from orchestrator.search.space import RERUN_KEY
 from orchestrator.spec import parse_spec
-from orchestrator.tune_state import SNAPSHOT
 from tests.integration.test_faults import checkpoints, podium, raw_spec, trial_runs, wait_for
 from tracking import keys
 

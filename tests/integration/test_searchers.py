@@ -22,7 +22,7 @@ def one_ray():
     is tested in tests/integration/test_cli.py)."""
     import ray
 
-    from orchestrator.runner import _QUIET_TUNE
+    from orchestrator.execution.runner import _QUIET_TUNE
 
     with pytest.MonkeyPatch.context() as env:
         for k, v in _QUIET_TUNE.items():
@@ -139,8 +139,8 @@ def test_the_searchers_that_cannot_run_a_space_say_so():
 @pytest.mark.timeout(180)  # a hang fails here, not at the suite's 15 minutes
 def test_hyperband_finishes_when_the_last_result_overtakes_a_pause(tmp_path, monkeypatch):
     """On a loaded machine the second trial's last result can reach the driver before the first
-    trial's pause-save answers (orchestrator/hyperband.py): Tune's own HyperBand then waited for
-    ever. The real Tune controller is made to process events in that order."""
+    trial's pause-save answers (orchestrator/execution/_ray/hyperband.py): Tune's own HyperBand
+    then waited for ever. The real Tune controller is made to process events in that order."""
     from ray.tune.execution.tune_controller import TuneController
 
     held: list = []

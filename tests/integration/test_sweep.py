@@ -123,7 +123,7 @@ def test_tune_let_go_of_the_trials_and_the_ledger_has_them(sweep):
     import json
     from pathlib import Path
 
-    from orchestrator.ledger import LEDGER_FILE, TrialLedger
+    from orchestrator.execution.ledger import LEDGER_FILE, TrialLedger
 
     result, client, _ = sweep
     experiment = Path(client.get_run(result.parent_run_id).data.tags[keys.TAG_RAY_PATH])
@@ -146,8 +146,8 @@ def test_keep_finished_leaves_every_trial_in_tune_and_counts_each_once(tmp_path,
     import json
     from pathlib import Path
 
-    from orchestrator.ledger import LEDGER_FILE, TrialLedger
-    from orchestrator.runner import run_experiment
+    from orchestrator.execution.ledger import LEDGER_FILE, TrialLedger
+    from orchestrator.execution.runner import run_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     search = {"num_samples": 6, "scheduler": "fifo"}

@@ -1,7 +1,7 @@
 """Tune's saved state stays linear in the trials with ``cluster.storage_path`` set, at every save.
 
-Issue 31: the one-object snapshot of Tune's state (orchestrator/tune_state.py) was handed to
-Tune's experiment syncer inside the copy command, and Tune pickles that syncer with every trial's
+Issue 31: the one-object snapshot of Tune's state (orchestrator/execution/_ray/state.py) was handed
+to Tune's experiment syncer inside the copy command, and Tune pickles that syncer with every trial's
 storage context: each save embedded the previous snapshot in every trial, so a 1,000-trial sweep
 reached a 4.4 GB ``experiment_state`` file. A sweep of a few trials saved once or twice cannot
 show that; this one saves many times (a short save period) over enough trials to grow, in a folder
@@ -16,8 +16,8 @@ import zipfile
 
 import pytest
 
-from orchestrator import tune_state
-from orchestrator.runner import run_experiment
+from orchestrator.execution._ray import state as tune_state
+from orchestrator.execution.runner import run_experiment
 from orchestrator.spec import parse_spec
 
 pytestmark = pytest.mark.slow

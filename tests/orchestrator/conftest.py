@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from orchestrator.runner import _QUIET_TUNE
+from orchestrator.execution.runner import _QUIET_TUNE
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.api import _rank
-from orchestrator.leaderboard import TrialRow
+from orchestrator.registry.leaderboard import TrialRow
 from tracking import keys
 from tracking.selection import Candidate, policy_from, select_best
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.ledger import (
+from orchestrator.execution.ledger import (
     LEDGER_FILE,
     FinishedTrial,
     ObjectLedger,

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.callbacks import MlflowTrialLogger
+from orchestrator.execution.callbacks import MlflowTrialLogger
 from tracking import keys
 from tracking.store import RunWriter, Store
 
@@ -104,8 +104,8 @@ def test_a_trial_an_earlier_driver_put_in_the_ledger_is_settled_from_it(
 
     import torch
 
-    from orchestrator.ledger import FinishedTrial
-    from orchestrator.runner import _settle_ended_trials
+    from orchestrator.execution.ledger import FinishedTrial
+    from orchestrator.execution.runner import _settle_ended_trials
     from workers.trainable import MANIFEST_KEY, STATE_FILE
 
     store, exp, parent, run_id = killed_after_three_epochs

@@ -6,7 +6,7 @@ import pickle
 
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator.pbt import (
+from orchestrator.search.pbt import (
     BudgetAwarePBT,
     build_pbt,
     clip_to_space,
@@ -14,7 +14,7 @@ from orchestrator.pbt import (
     spec_path,
     tracked_hparams,
 )
-from orchestrator.space import template_of
+from orchestrator.search.space import template_of
 from orchestrator.spec import load_spec
 from tracking import keys
 

@@ -1,4 +1,6 @@
-"""Every private name of Ray (2.58) that Podium relies on, checked against the installed Ray.
+"""Every private name of Ray (2.58) that Podium relies on (listed in
+:mod:`orchestrator.execution._ray`, the one package that uses them), checked against the
+installed Ray.
 
 A Ray upgrade that renames or drops one fails here, naming the symbol and what Podium does with
 it, instead of somewhere in a sweep (issue 29: the first step of putting Ray's internals behind one
@@ -15,74 +17,7 @@ import re
 
 import pytest
 
-# (module, name, what Podium does with it)
-MODULE_NAMES = [
-    ("ray.tune.schedulers.hyperband", "_Bracket", "hyperband.py subclasses it"),
-    ("ray._private.worker", "_global_node", "ray_session.py finds the autoscaler monitor"),
-    ("ray._private.ray_constants", "PROCESS_TYPE_MONITOR", "ray_session.py: the same"),
-    ("ray.train._internal.checkpoint_manager", "_delete_fs_path", "tune_state.py defers it"),
-    ("ray.util.debug", "_logged", "tune_memory.py trims Tune's log_once keys"),
-]
-CONTROLLER = "ray.tune.execution.tune_controller.TuneController"
-# (class, attribute, what Podium does with it)
-ATTRIBUTES = [
-    *[
-        (CONTROLLER, a, "tune_memory.py lets go of finished trials")
-        for a in (
-            "_trials",
-            "_live_trials",
-            "_stopped_trials",
-            "_trials_to_cache",
-            "_trial_metadata",
-            "_cached_trial_decisions",
-            "_queued_trial_decisions",
-            "_actor_manager",
-        )
-    ],
-    *[
-        (CONTROLLER, a, "tune_state.py snapshots Tune's saved state")
-        for a in ("_storage", "_session_str", "_checkpoint_manager")
-    ],
-    *[
-        (CONTROLLER, a, "tests/integration/test_searchers.py forces HyperBand's race")
-        for a in ("_on_saving_result", "_on_training_result")
-    ],
-    *[
-        ("ray.tune.execution.experiment_state._ExperimentCheckpointManager", a, "tune_state.py")
-        for a in ("_storage", "_sync_every_n_trial_checkpoints")
-    ],
-    *[
-        ("ray.train._internal.syncer._BackgroundSyncer", a, "tune_state.py's copy command")
-        for a in (
-            "_should_continue_existing_sync",
-            "_sync_up_command",
-            "_launch_sync_process",
-            "_current_cmd",
-        )
-    ],
-    *[
-        ("ray.air.execution._internal.actor_manager.RayActorManager", a, "tune_memory.py")
-        for a in (
-            "_pending_actors_to_enqueued_actor_tasks",
-            "_pending_actors_to_attrs",
-            "_live_actors_to_ray_actors_resources",
-        )
-    ],
-    *[
-        ("ray.tune.schedulers.HyperBandScheduler", a, "hyperband.py's _create_bracket")
-        for a in (
-            "_create_bracket",
-            "_time_attr",
-            "_get_n0",
-            "_get_r0",
-            "_max_t_attr",
-            "_eta",
-            "_stop_last_trials",
-        )
-    ],
-    ("ray.tune.Tuner", "_local_tuner", "callbacks.py installs callbacks on a restored tuner"),
-    ("ray.tune.impl.tuner_internal.TunerInternal", "_run_config", "callbacks.py: the same"),
-]
+from orchestrator.execution._ray import CONTROLLER, PRIVATE_ATTRIBUTES, PRIVATE_NAMES
 
 
 def _class(path: str) -> type:
@@ -101,14 +36,14 @@ def _has(cls: type, attribute: str) -> bool:
     )
 
 
-@pytest.mark.parametrize(("module", "name", "use"), MODULE_NAMES)
+@pytest.mark.parametrize(("module", "name", "use"), PRIVATE_NAMES)
 def test_each_private_module_name_podium_uses_is_in_the_installed_ray(module, name, use):
     assert hasattr(importlib.import_module(module), name), (
         f"the installed Ray has no {module}.{name} ({use}): revisit that use"
     )
 
 
-@pytest.mark.parametrize(("cls", "attribute", "use"), ATTRIBUTES)
+@pytest.mark.parametrize(("cls", "attribute", "use"), PRIVATE_ATTRIBUTES)
 def test_each_private_attribute_podium_uses_is_in_the_installed_ray(cls, attribute, use):
     assert _has(_class(cls), attribute), (
         f"the installed Ray's {cls} has no {attribute} ({use}): revisit that use"
@@ -117,3 +52,26 @@ def test_each_private_attribute_podium_uses_is_in_the_installed_ray(cls, attribu
 
 def test_the_check_fails_for_a_name_ray_does_not_have():
     assert not _has(_class(CONTROLLER), "_no_such_attribute_podium_uses")
+
+
+def test_no_module_outside_the_gate_names_a_private_ray_symbol():
+    """Private Ray imports, and the private attributes listed in the gate, appear only under
+    orchestrator/execution/_ray/ (the tests that force Tune's races aside)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    private_import = re.compile(
+        r"(from\s+ray[\w.]*\s+import\s+[^#\n]*\b_[a-zA-Z]\w*|\bray(\.\w+)*\._[a-z]\w*)"
+    )
+    attributes = {a for _, a, _ in PRIVATE_ATTRIBUTES}
+    private_attribute = re.compile(r"\.(" + "|".join(map(re.escape, attributes)) + r")\b")
+    found = []
+    for package in ("orchestrator", "workers", "tracking"):
+        for path in sorted((root / package).rglob("*.py")):
+            if "_ray" in path.relative_to(root).parts:
+                continue
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if private_import.search(code) or private_attribute.search(code):
+                    found.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not found, "private Ray names outside orchestrator/execution/_ray/:\n" + "\n".join(found)

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = """
 import json
 from ray._private import worker
-from orchestrator.ray_session import init_ray, shutdown_ray, stop_autoscaler_monitor
+from orchestrator.execution._ray.node import stop_autoscaler_monitor
+from orchestrator.execution.ray_session import init_ray, shutdown_ray
 
 assert init_ray(None, 0)  # a private local Ray, as podium run starts
 started = worker._global_node.all_processes.items()
@@ -51,7 +52,7 @@ def test_garbage_goes_while_ray_is_up_and_none_is_collected_while_it_stops():
     import gc
     import weakref
 
-    from orchestrator.ray_session import collector_paused
+    from orchestrator.execution.ray_session import collector_paused
 
     class Node:
         pass
@@ -71,7 +72,11 @@ def test_garbage_goes_while_ray_is_up_and_none_is_collected_while_it_stops():
 def test_tunes_benign_state_upload_race_is_hidden_and_other_errors_are_not():
     import logging
 
-    from orchestrator.ray_session import STATE_LOGGER, hide_state_sync_race, is_state_sync_race
+    from orchestrator.execution.ray_session import (
+        STATE_LOGGER,
+        hide_state_sync_race,
+        is_state_sync_race,
+    )
 
     def record(error: BaseException) -> logging.LogRecord:
         return logging.LogRecord(

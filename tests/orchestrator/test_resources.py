@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.resources import auto_gpu_share, probe_trials, trial_resources
-from orchestrator.space import template_of
+from orchestrator.execution.resources import auto_gpu_share, probe_trials, trial_resources
+from orchestrator.search.space import template_of
 from orchestrator.spec import parse_spec
 from workers.trainable import TrialMemory
 

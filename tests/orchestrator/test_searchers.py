@@ -7,8 +7,8 @@ import pickle
 import pytest
 from optuna.trial import TrialState
 
-from orchestrator.schedulers import build_param_space
-from orchestrator.space import RERUN_KEY
+from orchestrator.search.schedulers import build_param_space
+from orchestrator.search.space import RERUN_KEY
 from orchestrator.spec import load_spec
 from tracking import keys
 
@@ -46,7 +46,7 @@ def test_the_searcher_pickles_with_its_space():
 
 
 def _built(*overrides):
-    from orchestrator.schedulers import build_param_space
+    from orchestrator.search.schedulers import build_param_space
 
     _, searcher = build_param_space(load_spec(overrides=list(overrides)))
     return searcher
@@ -59,7 +59,7 @@ TWO_OBJECTIVES = (
 
 
 def test_bohb_draws_a_third_at_random_and_models_the_rest_on_the_conditional_space():
-    from orchestrator.searchers import BOHB_RANDOM_FRACTION
+    from orchestrator.search.searchers import BOHB_RANDOM_FRACTION
 
     searcher = _built("search.searcher=bohb", "search.scheduler=hyperband")
     sampler = searcher._ot_study.sampler
@@ -126,8 +126,8 @@ def test_multi_objective_searchers_need_two_objectives():
 
 
 def test_earlier_trials_map_back_to_points_of_the_space_and_seed_the_study():
-    from orchestrator.searchers import Evaluated
-    from orchestrator.space import flatten_params, point_of, resolve, template_of
+    from orchestrator.search.searchers import Evaluated
+    from orchestrator.search.space import flatten_params, point_of, resolve, template_of
 
     spec = load_spec(overrides=["search.searcher=optuna"])
     template, source = template_of(spec), _searcher()
@@ -168,8 +168,8 @@ def test_a_config_trained_again_is_not_stopped_early_and_others_still_are():
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    from orchestrator.early_stop import FinishingMedian
-    from orchestrator.schedulers import build_scheduler
+    from orchestrator.search.early_stop import FinishingMedian
+    from orchestrator.search.schedulers import build_scheduler
 
     median = load_spec(overrides=["search.searcher=optuna", "search.scheduler=median"])
     assert isinstance(build_scheduler(median), FinishingMedian)
@@ -252,8 +252,8 @@ def test_hyperband_runs_a_config_trained_again_first_outside_its_brackets():
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    from orchestrator.early_stop import FinishingHyperBand
-    from orchestrator.schedulers import build_scheduler
+    from orchestrator.search.early_stop import FinishingHyperBand
+    from orchestrator.search.schedulers import build_scheduler
 
     spec = load_spec(overrides=["search.searcher=bohb", "search.scheduler=hyperband"])
     hyperband = build_scheduler(spec)

@@ -7,7 +7,7 @@ import pickle
 import optuna
 from ray import tune
 
-from orchestrator.space import (
+from orchestrator.search.space import (
     OptunaSpace,
     flat_space,
     flatten_params,

@@ -16,12 +16,12 @@ from typing import Any
 from ray import tune
 from ray.tune.experiment import Trial
 
-from orchestrator.ledger import LEDGER_FILE, TrialLedger
-from orchestrator.tune_memory import (
+from orchestrator.execution._ray.memory import (
     ForgetFinishedTrials,
     SilentTrialProgress,
     forget_statistics,
 )
+from orchestrator.execution.ledger import LEDGER_FILE, TrialLedger
 
 TRIALS = 12
 
@@ -59,7 +59,7 @@ def test_without_a_ledger_ended_trials_only_lose_their_statistics():
 # allocations land.
 _TRIM_SCRIPT = """
 import ctypes, threading
-from orchestrator.tune_memory import return_freed_heap
+from orchestrator.execution._ray.memory import return_freed_heap
 
 def rss_mib():
     with open("/proc/self/status") as f:

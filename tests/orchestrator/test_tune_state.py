@@ -1,5 +1,5 @@
-"""The snapshot of Tune's saved state (orchestrator/tune_state.py), on a folder; the kill it
-guards against is provoked for real in tests/integration/test_faults.py."""
+"""The snapshot of Tune's saved state (orchestrator/execution/_ray/state.py), on a folder; the kill
+it guards against is provoked for real in tests/integration/test_faults.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import tune_state
-from orchestrator.tune_state import SNAPSHOT, SnapshotTuneState, restore_snapshot, write_snapshot
+from orchestrator.execution._ray import state as tune_state
+from orchestrator.execution._ray.state import (
+    SNAPSHOT,
+    SnapshotTuneState,
+    restore_snapshot,
+    write_snapshot,
+)
 from tests.orchestrator.test_tune_memory import _sweep
 
 SESSION = "2026-12-07_04-07-19"

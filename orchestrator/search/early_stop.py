@@ -4,7 +4,7 @@ A warm start trains the best configs of an earlier sweep again as its first tria
 (``search.warm_start.rerun``): the earlier sweep saw them through to their last epoch, and this
 sweep needs their models to promote. ASHA stopped such a trial at a rung where a new config,
 drawn at random, happened to report a better early epoch. A trial whose config carries
-:data:`~orchestrator.space.RERUN_KEY` still counts at every rung (the others are compared
+:data:`~orchestrator.search.space.RERUN_KEY` still counts at every rung (the others are compared
 with it), but is never stopped; it ends at its last epoch, as the trainable returns there.
 
 HyperBand's brackets pause, resume and stop their trials together, and count them: such a trial
@@ -18,8 +18,8 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
 
-from orchestrator.hyperband import StopsSavingTrials
-from orchestrator.space import RERUN_KEY
+from orchestrator.execution._ray.hyperband import StopsSavingTrials
+from orchestrator.search.space import RERUN_KEY
 
 
 def _is_rerun(trial: Any) -> bool:

@@ -66,7 +66,7 @@ def serve_replicas(
     import ray
     from ray import serve
 
-    from orchestrator.ray_session import init_ray
+    from orchestrator.execution.ray_session import init_ray
 
     started = init_ray(address, verbosity=0)
     # After ray.init, which sets a SIGTERM handler of its own: a stop asked for while the

@@ -2,17 +2,17 @@
 
 A trial's own failure is reported, not raised: a bug in its code would fail every retry alike, and
 a storage fault (a full disk) every trial alike, so the driver ends the trial or the sweep on the
-report instead (:mod:`orchestrator.fail_fast`); only a transient error is raised for Tune to retry.
-(:mod:`workers.trainable` is the worker side this calls into.)
+report instead (:mod:`orchestrator.execution.fail_fast`); only a transient error is raised for Tune
+to retry. (:mod:`workers.trainable` is the worker side this calls into.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.space import resolve
+from orchestrator.registry.teachers import own_plugins
+from orchestrator.search.space import resolve
 from orchestrator.spec import ExperimentSpec
-from orchestrator.teachers import own_plugins
 from tracking import keys
 
 
@@ -23,7 +23,7 @@ def make_trainable(
 
     ``extras`` are driver-prepared inputs (registry teachers' local copies) for the trial context.
     """
-    from orchestrator.pbt import tracked_hparams
+    from orchestrator.search.pbt import tracked_hparams
 
     threads = max(1, int(spec.resources.cpu))
     extras = dict(extras or {})
@@ -35,7 +35,7 @@ def make_trainable(
     metric = spec.search.metric
 
     def podium_trial(config: dict[str, Any]) -> None:
-        from orchestrator.fail_fast import is_transient
+        from orchestrator.execution.fail_fast import is_transient
         from tracking.faults import storage_fault
         from workers.trainable import TrialContext, run_trial
 
@@ -55,7 +55,7 @@ def make_trainable(
 
 def _report_code_error(error: Exception, metric: str) -> None:
     """End the trial failed with an error of its own code, instead of raising it: a retry would
-    raise it again (:mod:`orchestrator.fail_fast`)."""
+    raise it again (:mod:`orchestrator.execution.fail_fast`)."""
     import traceback
 
     from ray import tune
@@ -74,7 +74,7 @@ def _report_storage_fault(fault: Any, metric: str) -> None:
     """Tell the driver the trial cannot write (a full disk, a read-only folder): every trial
     and every retry would fail the same way until space is freed, so the driver ends the sweep
     at this report, leaving the trial unfinished for ``--resume``
-    (:mod:`orchestrator.fail_fast`)."""
+    (:mod:`orchestrator.execution.fail_fast`)."""
     from ray import tune
 
     tune.report(

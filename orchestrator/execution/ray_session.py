@@ -2,7 +2,8 @@
 
 Two workarounds for Ray 2.58 live here, each with its reason: the local autoscaler monitor is
 killed before ``ray.shutdown`` (it ignores SIGTERM, so every run waited out Ray's one-second
-grace period), and the garbage collector is paused while Ray stops (freeing Tune's leftovers then
+grace period: :mod:`orchestrator.execution._ray.node`), and the garbage collector is paused while
+Ray stops (freeing Tune's leftovers then
 calls into a core worker that is already gone, which ended the whole process).
 """
 
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from orchestrator.errors import RunError
+from orchestrator.execution._ray.node import stop_autoscaler_monitor
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +52,6 @@ def shutdown_ray(started: bool) -> None:
 
         stop_autoscaler_monitor()
         ray.shutdown()
-
-
-def stop_autoscaler_monitor() -> bool:
-    """Kill the autoscaler monitor of the local Ray this process started; True if there was one.
-
-    ``ray.shutdown`` sends each of its processes SIGTERM and waits up to 1 s before SIGKILL; the
-    monitor (Ray 2.58) never exits on SIGTERM, so every run waited that full second at its end.
-    It holds no state of its own (it reads the GCS, which stops next), so it goes first, at once.
-    Reaches into Ray's private node handle; anything unexpected leaves it to ``ray.shutdown``.
-    """
-    try:
-        from ray._private import ray_constants, worker
-
-        node = worker._global_node
-        infos: list[Any] = (
-            node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []
-        )
-        for info in infos:
-            info.process.kill()
-            info.process.wait(timeout=5)
-        return bool(infos)
-    except Exception:  # noqa: BLE001 - an optimisation only; ray.shutdown stops it anyway
-        log.debug("could not stop the autoscaler monitor early", exc_info=True)
-        return False
 
 
 def check_address(address: str | None, resume: bool, timeout_s: float = 5.0) -> None:

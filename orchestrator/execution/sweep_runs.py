@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import RunError, SpecError, StorageFailure
-from orchestrator.space import template_of
+from orchestrator.search.space import template_of
 from orchestrator.spec import ExperimentSpec
 from tracking import keys
 from tracking.faults import StorageFault, remedy
@@ -37,7 +37,7 @@ class _Sweep:
     ray_path: str  # where Tune keeps this run of the sweep's trials
     existing: dict[str, Any]  # child runs by trial id (resume, --more)
     earlier: list[str] = field(default_factory=list)  # Tune folders of the sweep's earlier runs
-    seeding: Any = None  # orchestrator.warm_start.Seeding: earlier trials for the searcher
+    seeding: Any = None  # orchestrator.search.warm_start.Seeding: earlier trials for the searcher
 
 
 def prepare_tracking(
@@ -49,7 +49,7 @@ def prepare_tracking(
         RunError: MLflow could not be reached, or there is nothing to resume or extend.
         SpecError: ``search.warm_start`` names an experiment the store lacks.
     """
-    from orchestrator import warm_start
+    from orchestrator.search import warm_start
 
     try:
         store = Store(uri)
@@ -113,7 +113,7 @@ def _parent_run(
         path = run.data.tags.get(keys.TAG_RAY_PATH)
         if not path or not storage.exists(path):
             raise RunError(f"cannot resume {spec.name!r}: its Tune state {path!r} is gone")
-        from orchestrator.tune_state import restore_snapshot
+        from orchestrator.execution._ray.state import restore_snapshot
 
         try:
             restore_snapshot(path)  # the state Tune last saved, whole, over its own copy of it

@@ -9,8 +9,8 @@ driver here, so memory grew with every trial (see docs/BENCHMARKS.md ## Scale).
 
 Podium needs none of it once a trial has terminated: its MLflow run has every result, and what
 the end of the sweep needs (last result, config, checkpoint folder) goes into the sweep's
-:class:`~orchestrator.ledger.TrialLedger` first. So :class:`ForgetFinishedTrials` takes each
-terminated trial out of Tune's controller at the end of the step it ended in, after Tune's
+:class:`~orchestrator.execution.ledger.TrialLedger` first. So :class:`ForgetFinishedTrials` takes
+each terminated trial out of Tune's controller at the end of the step it ended in, after Tune's
 experiment state has recorded its end. Then Tune saves, and ``Tuner.fit`` returns, only the
 trials that were still live; ``--resume`` reads the others from the ledger. Tune's searcher keeps
 its own count of the trials it created, so a forgotten trial is never created again.
@@ -43,7 +43,12 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.progress_reporter import TrialProgressCallback
 
-from orchestrator.ledger import FinishedTrial, TrialLedger, checkpoint_location, last_result
+from orchestrator.execution.ledger import (
+    FinishedTrial,
+    TrialLedger,
+    checkpoint_location,
+    last_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +176,8 @@ class ForgetFinishedTrials(Callback):
 class SilentTrialProgress(TrialProgressCallback):
     """Stands in for the progress printer Tune adds to every sweep that has none: at Podium's
     ``verbose=0`` it prints nothing, yet keeps every trial object, with its last result as text,
-    until the sweep ends. Podium's own :class:`~orchestrator.callbacks.ProgressView` prints."""
+    until the sweep ends. Podium's own :class:`~orchestrator.execution.callbacks.ProgressView`
+    prints."""
 
     def on_trial_result(self, *args: Any, **kwargs: Any) -> None:
         pass

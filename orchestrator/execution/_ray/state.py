@@ -58,7 +58,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator.tune_memory import calling_controller
+from orchestrator.execution._ray.memory import calling_controller
 from workers import storage
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import RunError
-from orchestrator.leaderboard import TrialRow, publish_sweep_reports
-from orchestrator.ledger import open_ledger
+from orchestrator.execution.ledger import open_ledger
+from orchestrator.registry.leaderboard import TrialRow, publish_sweep_reports
 from tracking import keys
 from tracking.pipeline import ANSWER_KEY
 from tracking.registry import Promotion, log_trial_model, register_and_alias, version_of_run

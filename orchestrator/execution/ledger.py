@@ -1,7 +1,7 @@
 """The sweep's record of finished trials: one JSON line per trial, in the Tune experiment folder.
 
-Ray Tune lets go of a trial once it has terminated (:mod:`orchestrator.tune_memory`), so the
-driver's memory does not grow with the number of trials. What the end of the sweep still needs
+Ray Tune lets go of a trial once it has terminated (:mod:`orchestrator.execution._ray.memory`), so
+the driver's memory does not grow with the number of trials. What the end of the sweep still needs
 of such a trial (its last result, its config, where its checkpoint is) is appended here first,
 and read back once, after the sweep: by selection, promotion and ``--resume``. The trial's
 per-epoch metrics are in its MLflow run.
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.results import result_metrics, trial_status
+from orchestrator.execution.results import result_metrics, trial_status
 from tracking import keys
 from workers import storage
 
@@ -52,7 +52,8 @@ class FinishedTrial:
 
     @property
     def status(self) -> str:
-        """completed, stopped or failed (see :func:`orchestrator.results.trial_status`)."""
+        """completed, stopped or failed (see
+        :func:`orchestrator.execution.results.trial_status`)."""
         return trial_status(self.last, errored=self.error is not None)
 
 

@@ -18,8 +18,8 @@ would count as a finished model's. A trial whose loss diverged is *failed*, and 
 is *complete* with its objective values. The searcher can be seeded with trials it never ran
 (:meth:`PodiumOptuna.seed_with`: warm start, ``--more``).
 
-Importing this module imports Ray Tune and Optuna; :mod:`orchestrator.schedulers` imports it only
-when a spec asks for a model-based searcher.
+Importing this module imports Ray Tune and Optuna; :mod:`orchestrator.search.schedulers` imports it
+only when a spec asks for a model-based searcher.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESample
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.space import RERUN_KEY, OptunaSpace
+from orchestrator.search.space import RERUN_KEY, OptunaSpace
 from tracking import keys
 
 BOHB_RANDOM_FRACTION = 1 / 3  # BOHB's default share of configs drawn at random
@@ -45,8 +45,8 @@ BOHB_RANDOM_FRACTION = 1 / 3  # BOHB's default share of configs drawn at random
 @dataclass(frozen=True)
 class Evaluated:
     """A trial the searcher did not run but learns from: its Optuna params (names as
-    :class:`~orchestrator.space.OptunaSpace` suggests them) and its objective values (None for
-    a trial stopped at ``pruned_at`` epochs with ``last`` as its search metric there)."""
+    :class:`~orchestrator.search.space.OptunaSpace` suggests them) and its objective values (None
+    for a trial stopped at ``pruned_at`` epochs with ``last`` as its search metric there)."""
 
     params: dict[str, Any]
     values: tuple[float, ...] | None
@@ -112,7 +112,7 @@ class PodiumOptuna(OptunaSearch):
 
     def run_first(self, params: Sequence[dict[str, Any]]) -> int:
         """Make ``params`` (configs as :meth:`seed_with` takes them) the next trials, in order,
-        each marked in its config (:data:`~orchestrator.space.RERUN_KEY`) so that schedulers
+        each marked in its config (:data:`~orchestrator.search.space.RERUN_KEY`) so that schedulers
         let it finish; returns how many."""
         study: Any = self._ot_study
         for p in params:

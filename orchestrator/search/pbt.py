@@ -29,7 +29,7 @@ from typing import Any
 
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
-from orchestrator.space import is_section_space, iter_leaves
+from orchestrator.search.space import is_section_space, iter_leaves
 from orchestrator.spec import space_kind
 from tracking import keys
 

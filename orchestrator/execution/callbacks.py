@@ -24,8 +24,14 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from orchestrator.errors import RunError
-from orchestrator.results import STRING_KEYS, result_metrics, trial_error_text, trial_status
-from orchestrator.space import flatten_params, resolve
+from orchestrator.execution._ray.tuner import set_restored_callbacks
+from orchestrator.execution.results import (
+    STRING_KEYS,
+    result_metrics,
+    trial_error_text,
+    trial_status,
+)
+from orchestrator.search.space import flatten_params, resolve
 from tracking import keys
 from tracking.store import RunWriter
 
@@ -148,7 +154,7 @@ class ProgressView(_DriverOnly, Callback):
 
     ``verbosity`` 0 prints nothing, 1 a status line when a trial ends (and at most every 10 s),
     2 also one line per result. ``forgotten`` counts, by status, the ended trials that Tune no
-    longer lists (the sweep's ledger, :mod:`orchestrator.tune_memory`).
+    longer lists (the sweep's ledger, :mod:`orchestrator.execution._ray.memory`).
     """
 
     def __init__(
@@ -383,8 +389,7 @@ class CallbackRelay:
         """
         if self.remote:
             raise RunError("resuming a sweep over Ray Client is not supported")
-        assert tuner._local_tuner is not None
-        tuner._local_tuner._run_config.callbacks = self.callbacks
+        set_restored_callbacks(tuner, self.callbacks)
 
     def __enter__(self) -> CallbackRelay:
         if self.remote:

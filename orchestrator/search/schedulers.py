@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.space import OptunaSpace, flat_space, iter_leaves
+from orchestrator.search.space import OptunaSpace, flat_space, iter_leaves
 from orchestrator.spec import ExperimentSpec, space_kind
 
 
 def build_scheduler(spec: ExperimentSpec) -> Any:
     from ray.tune.schedulers import FIFOScheduler
 
-    from orchestrator.early_stop import FinishingASHA, FinishingHyperBand, FinishingMedian
-    from orchestrator.pbt import build_pbt
-    from orchestrator.space import template_of
+    from orchestrator.search.early_stop import FinishingASHA, FinishingHyperBand, FinishingMedian
+    from orchestrator.search.pbt import build_pbt
+    from orchestrator.search.space import template_of
 
     s, max_t = spec.search, spec.training_max_epochs()
     grace = min(s.grace_period, max_t)
@@ -49,7 +49,7 @@ def build_param_space(spec: ExperimentSpec, seed_offset: int = 0) -> tuple[dict[
     """(Tuner param_space, search_alg) for the spec's searcher, seeded from the spec's seed plus
     ``seed_offset``: a model-based one's sampler, or random's draws (Tune's own generator draws
     from numpy's global state, so two runs of one spec would sample different configs)."""
-    from orchestrator.space import template_of
+    from orchestrator.search.space import template_of
     from orchestrator.spec import MODEL_BASED
 
     template = template_of(spec)
@@ -58,8 +58,8 @@ def build_param_space(spec: ExperimentSpec, seed_offset: int = 0) -> tuple[dict[
     if s.searcher in MODEL_BASED and n_dims:  # with nothing to search: plain repeats
         import optuna
 
-        from orchestrator.searchers import build_searcher
-        from orchestrator.warm_start import searcher_metrics
+        from orchestrator.search.searchers import build_searcher
+        from orchestrator.search.warm_start import searcher_metrics
 
         # Optuna announces every study it creates on the console, inside the progress view.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -85,6 +85,6 @@ def build_param_space(spec: ExperimentSpec, seed_offset: int = 0) -> tuple[dict[
 
 
 def has_grid(spec: ExperimentSpec) -> bool:
-    from orchestrator.space import template_of
+    from orchestrator.search.space import template_of
 
     return any(space_kind(sp) == "grid" for _, sp in iter_leaves(template_of(spec), ""))

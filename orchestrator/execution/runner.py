@@ -6,9 +6,11 @@ The lifecycle, in order: resolve the tracking URI → create the experiment and 
 flush the writer → select the best trial (pure) → log and register its model → finish the parent.
 
 What the lifecycle calls on lives beside it, one concern a module: the sweep's MLflow runs
-(:mod:`orchestrator.sweep_runs`), registry teachers (:mod:`orchestrator.teachers`), what a trial
-asks Ray for (:mod:`orchestrator.resources`), the function Tune runs per trial
-(:mod:`orchestrator.trial_function`), the leaderboard and reports (:mod:`orchestrator.leaderboard`).
+(:mod:`orchestrator.execution.sweep_runs`), registry teachers
+(:mod:`orchestrator.registry.teachers`), what a trial asks Ray for
+(:mod:`orchestrator.execution.resources`), the function Tune runs per trial
+(:mod:`orchestrator.execution.trial_function`), the leaderboard and reports
+(:mod:`orchestrator.registry.leaderboard`).
 """
 
 from __future__ import annotations
@@ -25,29 +27,34 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Problem, RunError, SpecError
-from orchestrator.leaderboard import TrialRow, trial_rows
-from orchestrator.ledger import (
+from orchestrator.execution.ledger import (
     FinishedTrial,
     TrialLedger,
     checkpoint_location,
     last_result,
     open_ledger,
 )
-from orchestrator.promotion import Target, conclude
-from orchestrator.ray_session import check_address, collector_paused, init_ray, shutdown_ray
-from orchestrator.resources import trial_resources
-from orchestrator.schedulers import (
+from orchestrator.execution.ray_session import (
+    check_address,
+    collector_paused,
+    init_ray,
+    shutdown_ray,
+)
+from orchestrator.execution.resources import trial_resources
+from orchestrator.execution.sweep_runs import discard_parent, failed_on, prepare_tracking
+from orchestrator.execution.trial_function import make_trainable
+from orchestrator.registry.leaderboard import TrialRow, trial_rows
+from orchestrator.registry.promotion import Target, conclude
+from orchestrator.registry.teachers import check_registry_teachers, fetch_registry_teachers
+from orchestrator.search.schedulers import (
     build_param_space,
     build_scheduler,
     checkpoints_to_keep,
     has_grid,
 )
-from orchestrator.space import template_of
+from orchestrator.search.space import template_of
 from orchestrator.spec import ExperimentSpec
 from orchestrator.spec.plugins import make_importable, runtime_env_for
-from orchestrator.sweep_runs import discard_parent, failed_on, prepare_tracking
-from orchestrator.teachers import check_registry_teachers, fetch_registry_teachers
-from orchestrator.trial_function import make_trainable
 from tracking import keys
 from tracking.faults import StorageFault, storage_fault
 from tracking.registry import (
@@ -113,8 +120,8 @@ def run_experiment(
         keep_finished: let Ray Tune keep every ended trial in the driver's memory and in its
             experiment state, as plain Tune does (tens of KB per trial). By default Podium takes
             a terminated trial out of Tune once the sweep's ledger has it
-            (:mod:`orchestrator.tune_memory`), so the driver's memory stays flat; the ledger is
-            written either way.
+            (:mod:`orchestrator.execution._ray.memory`), so the driver's memory stays flat; the
+            ledger is written either way.
 
     Raises:
         RunError: Ray or MLflow failed, or there is no sweep to resume.
@@ -163,7 +170,7 @@ def run_experiment(
     store, experiment_id, parent_id = sweep.store, sweep.experiment_id, sweep.parent_id
     ray_path = sweep.ray_path
     clock.mark("start")  # Ray up, store and parent run ready
-    from orchestrator.fail_fast import FailFast, clear_faults, post_fault
+    from orchestrator.execution.fail_fast import FailFast, clear_faults, post_fault
 
     clear_faults()
     writer = RunWriter(
@@ -256,7 +263,7 @@ def run_experiment(
 def fault_of(error: BaseException) -> StorageFault | None:
     """The storage fault that ended the sweep: reported by a trial or the MLflow writer (the
     stopper's :class:`StorageFaultStop`), or met by Tune's driver itself."""
-    from orchestrator.fail_fast import StorageFaultStop
+    from orchestrator.execution.fail_fast import StorageFaultStop
     from tracking.faults import from_text
 
     cause: BaseException | None = error
@@ -339,7 +346,7 @@ def _earlier_trials(paths: list[str]) -> dict[str, FinishedTrial]:
 
 
 def _preload() -> None:
-    import orchestrator.callbacks  # noqa: F401  (Ray Tune)
+    import orchestrator.execution.callbacks  # noqa: F401  (Ray Tune)
 
 
 def _warm_up_conclusion(promotion: bool, first_result: threading.Event) -> None:
@@ -369,13 +376,19 @@ def _fit(
     stopper: Any = None,
 ) -> dict[str, FinishedTrial]:
     """Run (or resume) the Tune sweep; every trial that ended, by id. ``stopper`` (a
-    :class:`orchestrator.fail_fast.FailFast`) ends a new sweep whose trials all fail alike."""
+    :class:`orchestrator.execution.fail_fast.FailFast`) ends a new sweep whose trials all fail
+    alike."""
     import ray
     from ray import tune
 
-    from orchestrator.callbacks import CallbackRelay, FirstResult, MlflowTrialLogger, ProgressView
-    from orchestrator.tune_memory import ForgetFinishedTrials, SilentTrialProgress
-    from orchestrator.tune_state import SnapshotTuneState
+    from orchestrator.execution._ray.memory import ForgetFinishedTrials, SilentTrialProgress
+    from orchestrator.execution._ray.state import SnapshotTuneState
+    from orchestrator.execution.callbacks import (
+        CallbackRelay,
+        FirstResult,
+        MlflowTrialLogger,
+        ProgressView,
+    )
 
     resources = trial_resources(spec, template, verbosity)
     trainable = tune.with_resources(make_trainable(template, spec, extras), resources)

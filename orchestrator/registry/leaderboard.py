@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.ledger import FinishedTrial
-from orchestrator.results import result_metrics
-from orchestrator.space import flatten_params, resolve
+from orchestrator.execution.ledger import FinishedTrial
+from orchestrator.execution.results import result_metrics
+from orchestrator.search.space import flatten_params, resolve
 from tracking import keys
 from tracking.selection import Candidate
 from tracking.store import RunWriter, Store

@@ -3,8 +3,8 @@ finished trials (``search.warm_start``) or a finished sweep's own (``podium run 
 
 An earlier trial becomes an evaluated point, with its observed metrics and no retraining, only if
 its config is a point of this spec's space: every space's value inside the space and every fixed
-setting the same (:func:`orchestrator.space.point_of`). Otherwise its metric measured something
-else, and it is skipped and counted.
+setting the same (:func:`orchestrator.search.space.point_of`). Otherwise its metric measured
+something else, and it is skipped and counted.
 
 A warm start also trains the best ``rerun`` of another experiment's points again, as this sweep's
 first trials. Told only, the searcher knew the best config but this sweep had no model of it to
@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.space import point_of
+from orchestrator.search.space import point_of
 from orchestrator.spec import ExperimentSpec, Problem, SpecError
 from tracking import keys
 from tracking.selection import validation_twin
@@ -31,7 +31,7 @@ class Seeding:
     """What seeds the searcher, and what was left out."""
 
     source: str  # "experiment NAME" or "this sweep"
-    points: list[Any] = field(default_factory=list)  # orchestrator.searchers.Evaluated
+    points: list[Any] = field(default_factory=list)  # orchestrator.search.searchers.Evaluated
     rerun: list[dict[str, Any]] = field(default_factory=list)  # params to train again first
     skipped: int = 0  # earlier trials outside this space
     seeded: int = 0  # set once the searcher took them
@@ -108,7 +108,7 @@ def _trial_runs(store: Store, experiment_id: str, parent: str | None, completed_
 
 
 def _points(spec: ExperimentSpec, template: dict[str, Any], runs: list, source: str) -> Seeding:
-    from orchestrator.searchers import Evaluated
+    from orchestrator.search.searchers import Evaluated
 
     metrics, _ = searcher_metrics(spec)
     seeding = Seeding(source)
