@@ -4,13 +4,14 @@
     python benchmarks/serve.py --compare-mlflow        # also MLflow's own scoring server
 
 What it does: trains the default digits MLP (64-128-64-10) for a few epochs, exports it to ONNX,
-starts ``python -m tracking.serve`` on 127.0.0.1 as a subprocess and drives it from ``--clients``
-threads, each on its own keep-alive connection, sending batch-1 ``{"inputs": [<one 1x8x8 image>]}``
-requests until ``--duration`` seconds or ``--max-requests`` requests, whichever comes first.
-Latency is measured at the client (request sent to response read). With ``--compare-mlflow`` the
-same ONNX model, logged with ``mlflow.onnx``, is served by ``mlflow models serve --env-manager
-local`` and driven the same way. Client and server share this machine's cores: the numbers are a
-lower bound of what a separate client would see. Prints a table and one JSON line per server.
+starts ``python -m tracking.serving.server`` on 127.0.0.1 as a subprocess and drives it from
+``--clients`` threads, each on its own keep-alive connection, sending batch-1 ``{"inputs": [<one
+1x8x8 image>]}`` requests until ``--duration`` seconds or ``--max-requests`` requests, whichever
+comes first. Latency is measured at the client (request sent to response read). With
+``--compare-mlflow`` the same ONNX model, logged with ``mlflow.onnx``, is served by ``mlflow models
+serve --env-manager local`` and driven the same way. Client and server share this machine's cores:
+the numbers are a lower bound of what a separate client would see. Prints a table and one JSON line
+per server.
 """
 
 from __future__ import annotations
@@ -188,7 +189,14 @@ def main() -> None:
                 stop(proc)
 
         results["podium serve (ONNX Runtime, uvicorn)"] = serve_and_drive(
-            [sys.executable, "-m", "tracking.serve", str(onnx_path.parent), "--port", "{port}"]
+            [
+                sys.executable,
+                "-m",
+                "tracking.serving.server",
+                str(onnx_path.parent),
+                "--port",
+                "{port}",
+            ]
         )
         if args.compare_mlflow:
             import mlflow.onnx

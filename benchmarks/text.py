@@ -43,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator import api  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from tracking import keys  # noqa: E402
-from tracking.serve import fetch_model, load_scorer, parse_inputs  # noqa: E402
+from tracking.serving.inputs import parse_inputs
+from tracking.serving.scorers import load_scorer
+from tracking.serving.server import fetch_model
 from workers.recipes._measure import cpu_model, measure_pipeline  # noqa: E402
 from workers.tasks import load_task  # noqa: E402
 from workers.tasks._rotten_tomatoes import (  # noqa: E402

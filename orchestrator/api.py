@@ -362,7 +362,7 @@ def promote(
     sweep's parent run.
 
     Returns:
-        :class:`tracking.registry.Promotion`.
+        :class:`tracking.registry.promote.Promotion`.
 
     Raises:
         SpecError: unknown experiment or bad policy. PodiumError: no eligible trial, or the
@@ -398,8 +398,8 @@ def rollback(
     model_name: str, tracking_uri: str | None = None, workdir: str | os.PathLike = "."
 ) -> tuple[str, str]:
     """Swap ``@champion`` and ``@previous`` of ``model_name``; returns (champion, previous)."""
-    from tracking.registry import RegistryError
-    from tracking.registry import rollback as _rollback
+    from tracking.registry.lock import RegistryError
+    from tracking.registry.promote import rollback as _rollback
 
     if not NAME_RE.match(model_name):  # before the promotion lock, whose name embeds it
         raise UnknownName(
@@ -424,7 +424,8 @@ def _serve_replicas(
     """Fetch and check the model here (the same loader, refusing the same things), then hand its
     files to Ray Serve replicas (:mod:`orchestrator.registry.serve_replicas`)."""
     from orchestrator.registry.serve_replicas import model_files, serve_replicas
-    from tracking.serve import fetched, load_scorer
+    from tracking.serving.scorers import load_scorer
+    from tracking.serving.server import fetched
     from workers.models import guarded_builder
 
     builder = guarded_builder(plugins)
@@ -466,8 +467,8 @@ def serve(
     Raises:
         UntrustedModelError: the version's metadata names code that was not allowed (exit 2).
     """
-    from tracking.serve import ServeError
-    from tracking.serve import serve as _serve
+    from tracking.serving.scorers import ServeError
+    from tracking.serving.server import serve as _serve
     from workers.models import guarded_builder
 
     try:

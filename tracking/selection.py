@@ -1,7 +1,7 @@
 """Choosing the best trial: pure functions from trial records to a decision with its reasons.
 
-No Ray and no MLflow here; ``tracking.registry`` carries a decision out. A :class:`Policy` (the
-spec's ``promotion`` section) says what "best" means:
+No Ray and no MLflow here; ``tracking.registry.promote`` carries a decision out. A :class:`Policy`
+(the spec's ``promotion`` section) says what "best" means:
 
 - ``objectives``: one or more ``{metric, mode}``.
 - ``constraints``: ``latency_ms_p50 <= 1.0`` and the like (:mod:`tracking.constraints`); a trial

@@ -225,8 +225,8 @@ def build_from_metadata(cfg: Any, plugins: Collection[str] = ()) -> nn.Module:
 
 
 def guarded_builder(plugins: Collection[str] = ()) -> Callable[..., nn.Module]:
-    """``build_model``'s signature, for metadata from outside (``tracking.serve`` calls it with
-    ``arch.json``'s values as they are): :func:`build_from_metadata` with ``plugins``."""
+    """``build_model``'s signature, for metadata from outside (``tracking.serving.server`` calls it
+    with ``arch.json``'s values as they are): :func:`build_from_metadata` with ``plugins``."""
 
     def build(section: Any, input_shape: Any, num_classes: Any, extra: Any = None) -> nn.Module:
         cfg = {"model": section, "input_shape": input_shape, "num_classes": num_classes}

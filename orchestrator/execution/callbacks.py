@@ -33,7 +33,7 @@ from orchestrator.execution.results import (
 )
 from orchestrator.search.space import flatten_params, resolve
 from tracking import keys
-from tracking.store import RunWriter
+from tracking.writer import RunWriter
 
 log = logging.getLogger(__name__)
 

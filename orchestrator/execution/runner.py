@@ -57,12 +57,11 @@ from orchestrator.spec import ExperimentSpec
 from orchestrator.spec.plugins import make_importable, runtime_env_for
 from tracking import keys
 from tracking.faults import StorageFault, storage_fault
-from tracking.registry import (
-    Promotion,
-    warm_up_model_logging,
-)
+from tracking.registry.model import warm_up_model_logging
+from tracking.registry.promote import Promotion
 from tracking.selection import Candidate, Decision, policy_from
-from tracking.store import RunWriter, Store, resolve_tracking_uri
+from tracking.store import Store, resolve_tracking_uri
+from tracking.writer import RunWriter
 from workers import storage
 
 log = logging.getLogger(__name__)

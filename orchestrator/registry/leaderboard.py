@@ -18,7 +18,8 @@ from orchestrator.execution.results import result_metrics
 from orchestrator.search.space import flatten_params, resolve
 from tracking import keys
 from tracking.selection import Candidate
-from tracking.store import RunWriter, Store
+from tracking.store import Store
+from tracking.writer import RunWriter
 
 log = logging.getLogger(__name__)
 

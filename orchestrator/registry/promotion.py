@@ -1,7 +1,8 @@
 """The one promotion path, for ``podium run`` at the end of a sweep and ``podium promote`` after
 it: choose the winner (pure, :mod:`tracking.selection`), log its model from its checkpoint unless
 that run is registered already, register it and move the alias only if it beats the champion
-(:mod:`tracking.registry` decides and writes), publish the sweep's reports on its parent run."""
+(:mod:`tracking.registry.promote` decides and writes), publish the sweep's reports on its parent
+run."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from orchestrator.execution.ledger import open_ledger
 from orchestrator.registry.leaderboard import TrialRow, publish_sweep_reports
 from tracking import keys
 from tracking.pipeline import ANSWER_KEY
-from tracking.registry import Promotion, log_trial_model, register_and_alias, version_of_run
+from tracking.registry.model import log_trial_model
+from tracking.registry.promote import Promotion, register_and_alias, version_of_run
 from tracking.selection import Candidate, Decision, Policy, select_best, within_sweep
 from tracking.store import Store
 from workers import storage

@@ -1,11 +1,11 @@
 """``podium serve --replicas N``: the same scoring app, on N Ray Serve replicas behind Ray's
 HTTP proxy, on a local Ray or a cluster (``--address``).
 
-The driver fetches and checks the model once (the trust boundary of ``tracking.serve``: ONNX or
-a weights-only state dict, no pickle); what the replicas get is the model's files as bytes in
-Ray's object store, so a replica on another node needs neither the registry nor the driver's
+The driver fetches and checks the model once (the trust boundary of ``tracking.serving.server``:
+ONNX or a weights-only state dict, no pickle); what the replicas get is the model's files as bytes
+in Ray's object store, so a replica on another node needs neither the registry nor the driver's
 disk. Each replica writes them to a folder of its own, loads them with the same loader and serves
-``tracking.serve_http``'s app: the protocol, the limits and the answers are those of a single
+``tracking.serving.http``'s app: the protocol, the limits and the answers are those of a single
 ``podium serve``. Responses carry ``X-Served-By: <host>:<pid>``, the replica that answered.
 """
 
@@ -36,8 +36,8 @@ def replica_app(files: dict[str, bytes], build_model: Callable[..., Any] | None)
     def build() -> Any:
         import socket as _socket
 
-        from tracking.serve import load_scorer
-        from tracking.serve_http import make_app, signature_columns
+        from tracking.serving.http import make_app, signature_columns
+        from tracking.serving.scorers import load_scorer
 
         folder = Path(tempfile.mkdtemp(prefix="podium-replica-"))
         for name, data in files.items():

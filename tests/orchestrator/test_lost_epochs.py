@@ -14,7 +14,8 @@ import pytest
 
 from orchestrator.execution.callbacks import MlflowTrialLogger
 from tracking import keys
-from tracking.store import RunWriter, Store
+from tracking.store import Store
+from tracking.writer import RunWriter
 
 
 def epoch(n: int) -> dict:

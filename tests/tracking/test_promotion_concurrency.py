@@ -17,14 +17,8 @@ from pathlib import Path
 import pytest
 
 from tracking import keys
-from tracking.registry import (
-    PREVIOUS_ALIAS,
-    RegistryError,
-    promote_challenger,
-    promotion_lock,
-    rollback,
-    split_label,
-)
+from tracking.registry.lock import RegistryError, promotion_lock
+from tracking.registry.promote import PREVIOUS_ALIAS, promote_challenger, rollback, split_label
 from tracking.selection import Candidate, Policy
 
 N_PROCS = 4

@@ -19,8 +19,9 @@ import torch
 
 from tracking import keys
 from tracking.errors import UntrustedModelError
-from tracking.serve import ServeError, load_scorer, parse_inputs
-from tracking.serve_http import Background, make_app
+from tracking.serving.http import Background, make_app
+from tracking.serving.inputs import parse_inputs
+from tracking.serving.scorers import ServeError, load_scorer
 from workers.models import build_model
 from workers.tasks import load_task
 
@@ -149,8 +150,8 @@ class Server:
         self.proc.wait(30)
 
 
-# ``python -m tracking.serve`` serves ONNX; a state dict needs Podium's model builders, which the
-# CLI (``podium serve``) passes in.
+# ``python -m tracking.serving.server`` serves ONNX; a state dict needs Podium's model builders,
+# which the CLI (``podium serve``) passes in.
 PODIUM_SERVE = "orchestrator.cli"
 
 
@@ -158,7 +159,7 @@ PODIUM_SERVE = "orchestrator.cli"
 def server(registry) -> Iterator:
     started: list[Server] = []
 
-    def start(model: str, module: str = "tracking.serve") -> Server:
+    def start(model: str, module: str = "tracking.serving.server") -> Server:
         args = [f"models:/{model}@champion", "--port", "0", "--tracking-uri", registry]
         s = Server(["serve", *args] if module == PODIUM_SERVE else args, module)
         started.append(s)
@@ -177,7 +178,7 @@ def expected_logits(trained, n: int = 50) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "model, module", [("digits-onnx", "tracking.serve"), ("digits-sd", PODIUM_SERVE)]
+    "model, module", [("digits-onnx", "tracking.serving.server"), ("digits-sd", PODIUM_SERVE)]
 )
 def test_served_predictions_equal_the_models_own_outputs(server, trained, model, module):
     s = server(model, module)
@@ -228,7 +229,7 @@ def test_a_pickled_model_is_refused_with_a_clear_message(registry, tmp_path):
         [
             sys.executable,
             "-m",
-            "tracking.serve",
+            "tracking.serving.server",
             "models:/digits-pickle@champion",
             "--port",
             "0",
@@ -271,7 +272,7 @@ def test_a_failed_runs_fetch_leaves_no_temporary_folder(registry, tmp_path):
 
 
 def test_unknown_model_fails_with_the_uri(tmp_path):
-    from tracking.serve import fetch_model
+    from tracking.serving.server import fetch_model
 
     with pytest.raises(ServeError, match="models:/nope@champion"):
         fetch_model("models:/nope@champion", f"sqlite:///{tmp_path / 'empty.db'}")

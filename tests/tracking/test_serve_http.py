@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from tracking.serve import load_scorer
-from tracking.serve_http import Background, make_app, signature_columns
+from tracking.serving.http import Background, make_app, signature_columns
+from tracking.serving.scorers import load_scorer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -222,7 +222,7 @@ def test_a_body_that_never_arrives_is_answered_408():
 
 def serve_subprocess(folder: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tracking.serve", str(folder), "--port", "0"],
+        [sys.executable, "-m", "tracking.serving.server", str(folder), "--port", "0"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,

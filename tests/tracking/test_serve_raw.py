@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.tracking.test_serve_http import post, post_json
-from tracking.serve import load_scorer
-from tracking.serve_http import Background, make_app
+from tracking.serving.http import Background, make_app
+from tracking.serving.scorers import load_scorer
 from workers.models import build_model
 from workers.recipes._export import export_onnx
 from workers.recipes._run import _whole

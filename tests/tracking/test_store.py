@@ -8,7 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tracking import keys
-from tracking.store import RunWriter, Store, default_artifact_location, resolve_tracking_uri
+from tracking.store import Store, default_artifact_location, resolve_tracking_uri
+from tracking.writer import RunWriter
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from mlflow.utils import requirements_utils
 
-from tracking.registry import warm_up_model_logging
+from tracking.registry.model import warm_up_model_logging
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ _LOG_A_MODEL = """
 import sys
 import mlflow.pytorch, torch
 from mlflow.tracking import MlflowClient
-from tracking.registry import log_trial_model, warm_up_model_logging
+from tracking.registry.model import log_trial_model, warm_up_model_logging
 
 uri = sys.argv[1]
 warm_up_model_logging()

@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from tracking.serve import MAX_BODY_BYTES, Scorer, parse_request
+from tracking.serving.inputs import MAX_BODY_BYTES, parse_request
+from tracking.serving.scorers import Scorer
 
 READ_TIMEOUT_S = 10.0  # a request body must arrive within this
 IDLE_TIMEOUT_S = 5.0  # an idle keep-alive connection is closed after this

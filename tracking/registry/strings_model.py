@@ -8,7 +8,7 @@ numpy and pandas, and runs the graph (the ``onnx`` artifact, the tokenizer's voc
 it) on review strings, one answer per string (``label`` and ``probabilities``).
 
 It is data MLflow copies into the model, loaded by ``mlflow.pyfunc.load_model`` and ``mlflow
-models serve``; ``tracking.registry`` logs it (``python_model=`` this file's path).
+models serve``; ``tracking.registry.model`` logs it (``python_model=`` this file's path).
 """
 
 from __future__ import annotations
