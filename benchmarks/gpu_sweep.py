@@ -14,7 +14,7 @@ The ways, each the same trials (trial i: config i mod 3 at its own learning rate
 - ``cpu``: the trials on the machine's cores, as a CPU sweep asking ``cpu: 1`` runs them: up to
   one process per core.
 
-Each trial is the trainable's own body (``workers.trainable``: the task from
+Each trial is the trainable's own body (``workers.trial.trainable``: the task from
 ``resident_task``, model and optimizer from ``_setup``, ``train_batches`` + ``train_epoch`` under
 ``Device.mixed_precision``, validation scores after each epoch), less Tune's report and the
 checkpoint written per epoch. Ray and MLflow are left out on purpose (the GPU host has neither):
@@ -42,11 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from workers.device import gpu_share, pick_device, resident_task  # noqa: E402
-from workers.loop import batch_size_for, train_batches, train_epoch  # noqa: E402
 from workers.optimizers import OPTIMIZERS  # noqa: E402
 from workers.tasks import load_task  # noqa: E402
-from workers.trainable import _scores, _setup, measure_trial_memory  # noqa: E402
+from workers.trial.device import gpu_share, pick_device, resident_task  # noqa: E402
+from workers.trial.loop import batch_size_for, train_batches, train_epoch  # noqa: E402
+from workers.trial.memory import measure_trial_memory
+from workers.trial.trainable import _scores, _setup
 
 # A small grid of the kind a sweep explores; trial i takes CONFIGS[i % 3] at LR_SCALES[i // 3].
 CONFIGS = [

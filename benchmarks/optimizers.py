@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from tracking import keys  # noqa: E402
-from workers.loop import batch_size_for, evaluate, shuffled_batches, train_epoch  # noqa: E402
 from workers.models import build_model  # noqa: E402
 from workers.optimizers import OPTIMIZERS, build_optimizer  # noqa: E402
 from workers.tasks import TaskData, load_task  # noqa: E402
+from workers.trial.loop import batch_size_for, evaluate, shuffled_batches, train_epoch  # noqa: E402
 
 MODEL = {"arch": "mlp", "hidden": [128, 64]}
 

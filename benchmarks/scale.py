@@ -108,7 +108,7 @@ def trial_work_s(spec, repeats: int = 30) -> float:
     import warnings
 
     from orchestrator.search.space import resolve, template_of
-    from workers.trainable import TrialContext, run_trial
+    from workers.trial.trainable import TrialContext, run_trial
 
     template = template_of(spec)
     trial = resolve(template, {"optimizer.lr": 0.01})

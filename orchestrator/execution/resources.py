@@ -43,7 +43,7 @@ def _auto_gpu(spec: ExperimentSpec, template: dict[str, Any], verbosity: int) ->
     """
     import ray
 
-    from workers.trainable import measure_trial_memory
+    from workers.trial.memory import measure_trial_memory
 
     if not ray.cluster_resources().get("GPU"):
         raise RunError(
@@ -96,7 +96,7 @@ def auto_gpu_share(memories: list[Any], margin: float | None = None) -> tuple[fl
     Where no probe ran on a real GPU (a node whose torch has no CUDA), the card's size is not
     known: one trial per GPU, as a spec's ``gpu: 1`` would ask, and the reason says so.
     """
-    from workers.device import DEFAULT_MARGIN, gpu_share
+    from workers.trial.device import DEFAULT_MARGIN, gpu_share
 
     largest = max(memories, key=lambda m: m.peak_bytes)
     cards = [m.card_bytes for m in memories if m.card_bytes]

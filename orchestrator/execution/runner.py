@@ -509,7 +509,7 @@ def _from_result(result: Any) -> FinishedTrial:
 def _settle_ended_trials(finished: dict[str, FinishedTrial], logger: Any) -> None:
     """Complete the runs of trials that ended before the driver was killed but whose last
     epochs and end had not reached MLflow (Tune restores them as ended and reports nothing)."""
-    from workers.trainable import checkpoint_history
+    from workers.trial.checkpoint import checkpoint_history
 
     for trial in finished.values():
         if not logger.needs_settling(trial.trial_id):

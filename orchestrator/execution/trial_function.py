@@ -3,7 +3,7 @@
 A trial's own failure is reported, not raised: a bug in its code would fail every retry alike, and
 a storage fault (a full disk) every trial alike, so the driver ends the trial or the sweep on the
 report instead (:mod:`orchestrator.execution.fail_fast`); only a transient error is raised for Tune
-to retry. (:mod:`workers.trainable` is the worker side this calls into.)
+to retry. (:mod:`workers.trial.trainable` is the worker side this calls into.)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def make_trainable(
     def podium_trial(config: dict[str, Any]) -> None:
         from orchestrator.execution.fail_fast import is_transient
         from tracking.faults import storage_fault
-        from workers.trainable import TrialContext, run_trial
+        from workers.trial.trainable import TrialContext, run_trial
 
         try:
             run_trial(resolve(template, config), TrialContext(threads=threads, extras=dict(extras)))

@@ -159,7 +159,7 @@ def winner_checkpoint(trial_id: str, location: str) -> Iterator[Path]:
     Raises:
         RunError: it is gone, or not whole.
     """
-    from workers.trainable import checkpoint_problem
+    from workers.trial.checkpoint import checkpoint_problem
 
     if not storage.exists(location):
         raise RunError(f"not promoting trial {trial_id}: its checkpoint {location} is gone")
@@ -181,7 +181,7 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
     from orchestrator.spec.plugins import module_paths
     from workers.recipes._run import FP32_STATE_ARTIFACT
     from workers.registry import is_plugin_ref
-    from workers.trainable import (
+    from workers.trial.checkpoint import (
         ARTIFACTS_DIR,
         load_example,
         load_pipeline_parts,
@@ -225,7 +225,7 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
 
 def trial_of(checkpoint: str | Path) -> dict[str, Any]:
     """The concrete trial spec a checkpoint was trained from."""
-    from workers.trainable import trial_facts
+    from workers.trial.checkpoint import trial_facts
 
     return dict(trial_facts(checkpoint)["trial"])
 

@@ -36,13 +36,13 @@ from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.plugins import import_roots
 from tracking import keys
 from tracking.selection import check_policy
-from workers.adversarial import check_adversarial
 from workers.models import MODELS
 from workers.optimizers import OPTIMIZERS, check_hparams
 from workers.optimizers.schedules import check_schedule
 from workers.recipes import check_qat_order, check_recipe
 from workers.registry import is_plugin_ref
 from workers.tasks import TASKS
+from workers.trial.adversarial import check_adversarial
 
 SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo", "hyperband", "median", "pbt")
@@ -229,8 +229,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     # best: the epoch with the best search.metric (a val_ metric) is tested, registered and
     # reported as the trial's; last: the last epoch trained.
     "keep": "best",
-    # Used only where Ray gives the trial a GPU (workers/device.py): bf16 autocast of the forward
-    # pass, and cuDNN autotuning of convolutions.
+    # Used only where Ray gives the trial a GPU (workers/trial/device.py): bf16 autocast of the
+    # forward pass, and cuDNN autotuning of convolutions.
     "amp": False,
     "cudnn_benchmark": False,
 }

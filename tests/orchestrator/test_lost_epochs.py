@@ -107,7 +107,7 @@ def test_a_trial_an_earlier_driver_put_in_the_ledger_is_settled_from_it(
 
     from orchestrator.execution.ledger import FinishedTrial
     from orchestrator.execution.runner import _settle_ended_trials
-    from workers.trainable import MANIFEST_KEY, STATE_FILE
+    from workers.trial.checkpoint import MANIFEST_KEY, STATE_FILE
 
     store, exp, parent, run_id = killed_after_three_epochs
     ckpt = tmp_path / "checkpoint_000004"

@@ -12,7 +12,7 @@ import pytest
 from orchestrator.execution.resources import auto_gpu_share, probe_trials, trial_resources
 from orchestrator.search.space import template_of
 from orchestrator.spec import parse_spec
-from workers.trainable import TrialMemory
+from workers.trial.memory import TrialMemory
 
 GIB = 1024**3
 

@@ -11,11 +11,11 @@ import torch
 from orchestrator.errors import SpecError
 from orchestrator.spec import parse_spec
 from tracking import keys
-from workers.adversarial import check_adversarial, make_adversary, pgd, robust_accuracy
-from workers.loop import evaluate, shuffled_batches, train_epoch
 from workers.models import build_model
 from workers.optimizers import build_optimizer
 from workers.tasks import load_task
+from workers.trial.adversarial import check_adversarial, make_adversary, pgd, robust_accuracy
+from workers.trial.loop import evaluate, shuffled_batches, train_epoch
 
 ATTACK = {"attack": "pgd", "epsilon": 0.1, "steps": 5}
 

@@ -9,19 +9,18 @@ from ray import tune
 
 from tracking import keys
 from workers.tasks import load_task
-from workers.trainable import (
+from workers.trial.checkpoint import (
     MANIFEST_KEY,
     STATE_FILE,
     _restore,
     _save,
-    _setup,
-    _with_replay,
     checkpoint_history,
     checkpoint_problem,
     load_example,
     load_trial_model,
     trial_facts,
 )
+from workers.trial.trainable import _setup, _with_replay
 
 TRIAL = {
     "task": {"name": "digits"},

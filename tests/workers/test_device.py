@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.device import (
+from workers.trial.device import (
     Device,
     choose_device,
     data_fits,
@@ -98,10 +98,10 @@ def test_bf16_forward_training_learns_as_well_as_float32():
 
 
 def _digits_accuracy(d: Device) -> float:
-    from workers.loop import evaluate, shuffled_batches, train_epoch
     from workers.models import build_model
     from workers.optimizers import build_optimizer
     from workers.tasks import load_task
+    from workers.trial.loop import evaluate, shuffled_batches, train_epoch
 
     data = load_task("digits", 0)
     torch.manual_seed(0)

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 import workers
-from workers import loop
 from workers.errors import TrialDivergedError
-from workers.loop import (
+from workers.models import build_model
+from workers.optimizers import OPTIMIZERS, build_optimizer
+from workers.tasks import load_task
+from workers.trial import loop
+from workers.trial.loop import (
     batch_size_for,
     eval_batch_size,
     eval_batches,
@@ -23,9 +26,6 @@ from workers.loop import (
     train_batches,
     train_epoch,
 )
-from workers.models import build_model
-from workers.optimizers import OPTIMIZERS, build_optimizer
-from workers.tasks import load_task
 
 
 @pytest.fixture(scope="module")

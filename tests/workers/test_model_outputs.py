@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from workers.errors import WorkerError
-from workers.loop import train_epoch
 from workers.models import build_model, logits_of
 from workers.recipes._export import export_onnx
 from workers.recipes._quantize import quantize_onnx
+from workers.trial.loop import train_epoch
 
 BERT = "hf_models:tiny_bert"  # examples/hf-text/hf_models.py, as the example's spec names it
 EXAMPLE = Path(__file__).parents[2] / "examples" / "hf-text"

@@ -11,10 +11,10 @@ from torch import nn
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import MODEL_DEFAULTS, parse_spec
-from workers.loop import batch_size_for, shuffled_batches, train_epoch
 from workers.models import build_model
 from workers.optimizers import OPTIMIZERS, build_optimizer, describe, render_markdown
 from workers.tasks import load_task
+from workers.trial.loop import batch_size_for, shuffled_batches, train_epoch
 
 CATALOGUE = (
     "gd",

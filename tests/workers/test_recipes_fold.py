@@ -13,13 +13,13 @@ from tracking import keys
 from tracking.pipeline import model_part
 from workers.errors import WorkerError
 from workers.models import build_model
+from workers.models.text import fold_head
 from workers.recipes import check_recipe, run_recipe
 from workers.recipes._export import export_onnx
 from workers.recipes._measure import model_session, onnx_predict, torch_threads
 from workers.recipes._train import make_optimizer, train_epoch
 from workers.tasks import load_task
 from workers.tasks._pipeline import head
-from workers.text_models import fold_head
 
 VOCAB, LENGTH = 500, 36
 BAGS = {

@@ -11,11 +11,11 @@ from torch.utils.data import Dataset
 
 from workers import inputs
 from workers.errors import WorkerError
-from workers.loop import eval_batches, evaluate_split, train_batches, train_epoch
 from workers.models import build_model
 from workers.recipes._export import export_onnx
 from workers.recipes._measure import onnx_session
 from workers.tasks import TaskData, check_task_data
+from workers.trial.loop import eval_batches, evaluate_split, train_batches, train_epoch
 
 
 class NumbersAndId(nn.Module):

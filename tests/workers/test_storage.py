@@ -8,7 +8,7 @@ import json
 import pytest
 
 from workers import storage
-from workers.trainable import MANIFEST_KEY, STATE_FILE, checkpoint_problem
+from workers.trial.checkpoint import MANIFEST_KEY, STATE_FILE, checkpoint_problem
 
 
 @pytest.fixture

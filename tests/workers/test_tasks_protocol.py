@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from workers.loop import eval_batches, evaluate_split, train_batches, train_epoch
 from workers.models import build_model
 from workers.tasks import KINDS, TaskData, check_task_data, load_task, split_arrays
+from workers.trial.loop import eval_batches, evaluate_split, train_batches, train_epoch
 
 
 def test_classification_metrics_include_macro_f1_which_punishes_an_ignored_class():

@@ -19,6 +19,7 @@ from tracking import keys
 from tracking.pipeline import model_part
 from workers.errors import WorkerError
 from workers.models import build_model
+from workers.models.text import drop_tokens
 from workers.recipes import run_recipe
 from workers.recipes._distill import student_section
 from workers.recipes._export import export_onnx, export_torchscript
@@ -33,7 +34,6 @@ from workers.tasks._rotten_tomatoes import (
     split_indices,
     tokenize,
 )
-from workers.text_models import drop_tokens
 
 ARCHS = {
     "embedding_bag": {"arch": "embedding_bag", "dim": 32, "dropout": 0.5},

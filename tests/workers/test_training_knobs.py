@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from workers.loop import train_epoch
 from workers.models import build_model
 from workers.tasks import load_task
-from workers.trainable import out_of_patience, training_loss, updates_per_epoch
+from workers.trial.loop import train_epoch
+from workers.trial.trainable import out_of_patience, training_loss, updates_per_epoch
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from workers.device import task_bytes
-from workers.measure import param_count
 from workers.models import build_model
 from workers.tasks import load_task
-from workers.trainable import estimate_peak, measure_trial_memory
+from workers.trial.device import task_bytes
+from workers.trial.measure import param_count
+from workers.trial.memory import estimate_peak, measure_trial_memory
 
 
 def trial(hidden: list[int], batch_size: int = 64) -> dict:

@@ -82,8 +82,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 def render_markdown() -> str:
     """``docs/OPTIMIZERS.md``: every optimizer, lr schedule and adversarial-training key."""
-    from workers.adversarial import ADVERSARIAL_KEYS
     from workers.optimizers.schedules import SCHEDULE_DOCS, SCHEDULE_KEYS
+    from workers.trial.adversarial import ADVERSARIAL_KEYS
 
     lines = [
         "# Optimizers",

@@ -1,7 +1,7 @@
 """The ``fold`` step: multiply a bag model's first head Linear into its embedding table.
 
 An ``embedding_bag`` or ``fasttext`` pools its table's rows linearly, so the Linear after the
-pooling can move inside it: ``W pool(E) = pool(E Wᵀ)`` (``workers.text_models.fold_head``). The
+pooling can move inside it: ``W pool(E) = pool(E Wᵀ)`` (``workers.models.text.fold_head``). The
 table shrinks from ``dim`` to that Linear's width (``num_classes`` without hidden layers) and the
 logits stay the same up to float rounding: compression that costs no accuracy and needs no
 training. Put it before ``quantize``: the narrower table is then what int8 quantizes.
@@ -18,9 +18,9 @@ from __future__ import annotations
 from torch import nn
 
 from workers.errors import WorkerError
+from workers.models.text import fold_head
 from workers.recipes._base import STEPS, RecipeContext, RecipeState, StepEntry
 from workers.tasks import TaskData
-from workers.text_models import fold_head
 
 
 def fold(state: RecipeState, p: dict, data: TaskData, ctx: RecipeContext) -> None:

@@ -24,7 +24,6 @@ from torch import nn
 from tracking import keys, pipeline
 from workers import inputs
 from workers.errors import WorkerError
-from workers.measure import state_dict_bytes
 from workers.recipes import _measure
 from workers.recipes._base import (
     STEPS,
@@ -38,6 +37,7 @@ from workers.recipes._export import export_onnx, export_torchscript
 from workers.recipes._quantize import CALIBRATION_BATCH, check_qat_order, quantize_onnx
 from workers.recipes._train import calibration_inputs, for_recipe, outputs, test_score
 from workers.tasks import TaskData
+from workers.trial.measure import state_dict_bytes
 
 # weights-only {state_dict, model, input_shape, num_classes, extra}: build_model's arguments
 FP32_STATE_ARTIFACT = "model_fp32.pt"

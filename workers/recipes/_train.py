@@ -88,7 +88,7 @@ def _train_streamed(
 ) -> float:
     """:func:`train_epoch` over a dataset task's training ``Dataset``, batch by batch through
     its ``DataLoader`` (shuffled from ``generator``), on the CPU where recipes run."""
-    from workers.loop import train_batches
+    from workers.trial.loop import train_batches
 
     model.train()
     total, n = 0.0, 0
@@ -110,7 +110,7 @@ def calibration_inputs(data: TaskData, n: int, seed: int = 0) -> Any:
     a seeded random draw of batches from a dataset task's training ``Dataset``."""
     if data.in_memory:
         return data.x_train[:n]
-    from workers.loop import train_batches
+    from workers.trial.loop import train_batches
 
     drawn: list[Any] = []
     for x, _ in train_batches(data, 64, torch.Generator().manual_seed(seed)):
@@ -125,7 +125,7 @@ def for_recipe(data: TaskData) -> TaskData:
     is scored on all of its outputs); training stays a ``Dataset``, read batch by batch."""
     if data.in_memory or isinstance(data.splits.get("test"), tuple):
         return data
-    from workers.loop import eval_batches
+    from workers.trial.loop import eval_batches
 
     xs, ys = zip(*eval_batches(data, "test"), strict=True)
     x, y = inputs.cat(list(xs)), torch.cat(list(ys))

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from workers.models import MODELS
+from workers.models.catalogue import MODELS
 
 PAD_ID = 0  # the id the task pads with; it never counts as a token
 # Embeddings start at N(0, 0.1^2), not nn.Embedding's N(0, 1): on rotten-tomatoes (seed 0, Adam)

@@ -75,8 +75,8 @@ def train_batches(
 ) -> Iterator[Batch]:
     """One epoch of a task's training split on ``device``: indexed tensors where they lie on the
     device; in-memory tensors left on the host (too large for the device, see
-    ``workers.device.resident_task``) batched there and copied through pinned memory; a dataset
-    task's ``train_set`` through a shuffling ``DataLoader``. Seeded by ``generator``."""
+    ``workers.trial.device.resident_task``) batched there and copied through pinned memory; a
+    dataset task's ``train_set`` through a shuffling ``DataLoader``. Seeded by ``generator``."""
     if data.in_memory and _on(data, device):
         return shuffled_batches(data.x_train, data.y_train, batch_size, generator)
     if data.in_memory:
