@@ -15,7 +15,7 @@ The ways, each the same trials (trial i: config i mod 3 at its own learning rate
   one process per core.
 
 Each trial is the trainable's own body (``workers.trial.trainable``: the task from
-``resident_task``, model and optimizer from ``_setup``, ``train_batches`` + ``train_epoch`` under
+``resident_task``, model and optimizer from ``setup_trial``, ``train_batches`` + ``train_epoch`` under
 ``Device.mixed_precision``, validation scores after each epoch), less Tune's report and the
 checkpoint written per epoch. Ray and MLflow are left out on purpose (the GPU host has neither):
 this measures the device, ``benchmarks/scale.py`` the orchestration. Untimed in every way: each
@@ -47,7 +47,7 @@ from workers.tasks import load_task  # noqa: E402
 from workers.trial.device import gpu_share, pick_device, resident_task  # noqa: E402
 from workers.trial.loop import batch_size_for, train_batches, train_epoch  # noqa: E402
 from workers.trial.memory import measure_trial_memory
-from workers.trial.trainable import _scores, _setup
+from workers.trial.trainable import _scores, setup_trial
 
 # A small grid of the kind a sweep explores; trial i takes CONFIGS[i % 3] at LR_SCALES[i // 3].
 CONFIGS = [
@@ -86,7 +86,7 @@ def trial_spec(i: int, task: str, epochs: int, batch_size: int, amp: bool) -> di
 
 def run_one(trial: dict[str, Any], data: Any, device: Any, max_steps: int | None = None) -> dict:
     """The trainable's epochs for one trial (``max_steps``: a warm-up of that many steps)."""
-    state = _setup(trial, data, device.torch_device)
+    state = setup_trial(trial, data, device.torch_device)
     entry = OPTIMIZERS.get(trial["optimizer"]["name"])
     training = trial["training"]
     batch_size = batch_size_for(entry.batch_mode, training["batch_size"], data.split_size("train"))

@@ -22,10 +22,10 @@ def one_ray():
     is tested in tests/integration/test_cli.py)."""
     import ray
 
-    from orchestrator.execution.runner import _QUIET_TUNE
+    from orchestrator.execution.fit import QUIET_TUNE
 
     with pytest.MonkeyPatch.context() as env:
-        for k, v in _QUIET_TUNE.items():
+        for k, v in QUIET_TUNE.items():
             env.setenv(k, v)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         yield

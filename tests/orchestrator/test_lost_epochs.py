@@ -105,8 +105,8 @@ def test_a_trial_an_earlier_driver_put_in_the_ledger_is_settled_from_it(
 
     import torch
 
+    from orchestrator.execution.fit import settle_ended_trials
     from orchestrator.execution.ledger import FinishedTrial
-    from orchestrator.execution.runner import _settle_ended_trials
     from workers.trial.checkpoint import MANIFEST_KEY, STATE_FILE
 
     store, exp, parent, run_id = killed_after_three_epochs
@@ -116,7 +116,7 @@ def test_a_trial_an_earlier_driver_put_in_the_ledger_is_settled_from_it(
     torch.save({MANIFEST_KEY: json.dumps({"files": {}, "history": history})}, ckpt / STATE_FILE)
     last = {**epoch(5), keys.TEST_ACCURACY: 0.9, keys.DONE: True}
     logger, writer = resumed(store, exp, parent)
-    _settle_ended_trials({"t1": FinishedTrial("t1", last, {}, str(ckpt))}, logger)
+    settle_ended_trials({"t1": FinishedTrial("t1", last, {}, str(ckpt))}, logger)
     assert writer.close(timeout_s=60)
     assert steps(store, run_id) == [(n, n / 10) for n in range(1, 6)]
     assert store.client.get_run(run_id).data.tags[keys.TAG_STATUS] == "completed"

@@ -217,7 +217,7 @@ def test_warm_start_is_checked_and_needs_a_model_based_searcher():
 def test_a_resume_command_after_more_resumes_without_it():
     import argparse
 
-    from orchestrator.cli import _resume_command
+    from orchestrator.commands import _resume_command
 
     args = argparse.Namespace(argv=["run", "s.yaml", "--more", "4", "--set", "a=1"])
     assert _resume_command(args) == "podium run s.yaml --set a=1 --resume"

@@ -12,15 +12,15 @@ from workers.tasks import load_task
 from workers.trial.checkpoint import (
     MANIFEST_KEY,
     STATE_FILE,
-    _restore,
-    _save,
     checkpoint_history,
     checkpoint_problem,
     load_example,
     load_trial_model,
+    restore_checkpoint,
+    save_checkpoint,
     trial_facts,
 )
-from workers.trial.trainable import _setup, _with_replay
+from workers.trial.trainable import _with_replay, setup_trial
 
 TRIAL = {
     "task": {"name": "digits"},
@@ -36,18 +36,18 @@ def digits():
 
 
 def checkpointed(data, folder: Path, owner: str, epochs: int) -> tune.Checkpoint:
-    state = _setup(TRIAL, data)
+    state = setup_trial(TRIAL, data)
     for epoch in range(1, epochs + 1):
         state.epoch = epoch
         state.history.append({keys.EPOCH: epoch, keys.VAL_ACCURACY: epoch / 10})
-    _save(state, TRIAL, data, folder, owner)
+    save_checkpoint(state, TRIAL, data, folder, owner)
     return tune.Checkpoint.from_directory(folder)
 
 
 def test_restoring_its_own_checkpoint_replays_the_epochs_once(digits, tmp_path):
     ckpt = checkpointed(digits, tmp_path, "trial_a", epochs=3)
-    state = _setup(TRIAL, digits)
-    _restore(state, ckpt, "trial_a")
+    state = setup_trial(TRIAL, digits)
+    restore_checkpoint(state, ckpt, "trial_a")
     assert state.epoch == 3
     first = _with_replay(state, {keys.EPOCH: 4})
     assert [e[keys.EPOCH] for e in first[keys.REPLAY]] == [1, 2, 3]
@@ -60,8 +60,8 @@ def test_restoring_its_own_checkpoint_replays_the_epochs_once(digits, tmp_path):
 def test_another_trials_checkpoint_is_not_replayed(digits, tmp_path):
     # PBT restores a donor's checkpoint into a trial: the donor's epochs are not its history.
     ckpt = checkpointed(digits, tmp_path, "donor", epochs=2)
-    state = _setup(TRIAL, digits)
-    _restore(state, ckpt, "recipient")
+    state = setup_trial(TRIAL, digits)
+    restore_checkpoint(state, ckpt, "recipient")
     assert state.epoch == 2  # the weights and the epoch count do carry over
     assert state.history == [] and keys.REPLAY not in _with_replay(state, {keys.EPOCH: 3})
 

@@ -36,7 +36,7 @@ ARTIFACTS_DIR = "artifacts"  # files a recipe produced (e.g. model.onnx), logged
 
 
 @dataclass
-class _State:
+class TrialState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Any
@@ -54,8 +54,8 @@ class _State:
     best_weights: dict[str, torch.Tensor] | None = None
 
 
-def _save(
-    state: _State,
+def save_checkpoint(
+    state: TrialState,
     trial: dict[str, Any],
     data: TaskData,
     folder: Path,
@@ -72,7 +72,7 @@ def _save(
     if state.schedule is not None and hasattr(state.schedule, "state_dict"):
         blob["schedule"] = state.schedule.state_dict()
     blob["best_epoch"] = state.best_epoch  # training.keep: best; its weights where not "model"
-    blob["best_scores"] = {k: float(v) for k, v in state.best_scores.items() if _is_real(v)}
+    blob["best_scores"] = {k: float(v) for k, v in state.best_scores.items() if is_real(v)}
     if state.best_epoch and state.best_epoch != state.epoch and state.best_weights is not None:
         blob["best_model"] = state.best_weights
     # A few inputs of the task's own dtype and shape: the driver exports and logs the winner
@@ -89,7 +89,7 @@ def _save(
         "history": {"trial_id": trial_id, "epochs": state.history},
     }
     if final is not None:  # the last report, kept with the last checkpoint (see run_trial)
-        facts["final"] = _without_replay(final)
+        facts["final"] = without_replay(final)
     blob[MANIFEST_KEY] = json.dumps({"files": _files(folder), **facts})
     torch.save(blob, folder / STATE_FILE)
 
@@ -190,7 +190,7 @@ def load_pipeline_parts(folder: str | os.PathLike) -> tuple[Any, bytes | None]:
     return blob.get("raw_example"), None if front is None else front.numpy().tobytes()
 
 
-def _restore(state: _State, checkpoint: Any, trial_id: str) -> None:
+def restore_checkpoint(state: TrialState, checkpoint: Any, trial_id: str) -> None:
     """Continue from the last checkpoint after a worker failure or a driver restart."""
     if checkpoint is None:
         return
@@ -259,9 +259,9 @@ def load_trial_model(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, An
     return model.eval(), meta
 
 
-def _is_real(value: Any) -> bool:
+def is_real(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _without_replay(report: dict[str, Any]) -> dict[str, Any]:
+def without_replay(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != keys.REPLAY}

@@ -28,7 +28,7 @@ from workers.trial.loop import (
 # (``trial``: trial_meta), its per-epoch history and, in its last checkpoint, its final report.
 # A folder can hold a copy cut short: state.pt is a zip file whose directory comes last, so a
 # short one does not open.
-from workers.trial.trainable import _setup
+from workers.trial.trainable import setup_trial
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def measure_trial_memory(trial: dict[str, Any]) -> TrialMemory:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     data = task_on(device, load_task(trial["task"], training["seed"]))
-    state = _setup(trial, data, device)
+    state = setup_trial(trial, data, device)
     batch_size = batch_size_for(entry.batch_mode, training["batch_size"], data.split_size("train"))
     first = next(iter(train_batches(data, batch_size, state.generator, device)))
     activations = _activation_bytes(state.model, first[0])

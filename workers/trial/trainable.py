@@ -29,9 +29,9 @@ from workers.tasks import TaskData, load_task
 from workers.trial.adversarial import make_adversary, robust_accuracy
 from workers.trial.checkpoint import (
     ARTIFACTS_DIR,
-    _restore,
-    _save,
-    _State,
+    TrialState,
+    restore_checkpoint,
+    save_checkpoint,
 )
 from workers.trial.device import move, pick_device, resident_task, task_on
 from workers.trial.loop import (
@@ -81,9 +81,9 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
     )
     ctx.device = device.torch_device
     data = _task_data(trial, device)
-    state = _setup(trial, data, device.torch_device)
+    state = setup_trial(trial, data, device.torch_device)
     trial_id = tune.get_context().get_trial_id()
-    _restore(state, tune.get_checkpoint(), trial_id)
+    restore_checkpoint(state, tune.get_checkpoint(), trial_id)
     where = {keys.NODE: device.node, keys.DEVICE: device.label, keys.DEVICE_REASON: device.reason}
     entry = OPTIMIZERS.get(trial["optimizer"]["name"])
     batch_size = batch_size_for(entry.batch_mode, training["batch_size"], data.split_size("train"))
@@ -153,7 +153,9 @@ def run_trial(trial: dict[str, Any], ctx: TrialContext) -> None:
                 metrics.update(_kept(state))  # the best epoch's weights and val metrics
                 metrics.update(_finish(trial, data, state, ctx, Path(folder)))
             if last or state.epoch % training.get("checkpoint_every", 1) == 0:
-                _save(state, trial, data, Path(folder), trial_id, final=metrics if last else None)
+                save_checkpoint(
+                    state, trial, data, Path(folder), trial_id, final=metrics if last else None
+                )
                 _report_checkpoint(metrics, folder)
             else:
                 tune.report(metrics)
@@ -169,7 +171,7 @@ def keeps_best(training: dict[str, Any], metric: tuple[str, str] | None) -> tupl
     return metric if str(metric[0]).startswith("val_") else None
 
 
-def _track_best(state: _State, keep: tuple[str, str] | None) -> None:
+def _track_best(state: TrialState, keep: tuple[str, str] | None) -> None:
     """After an epoch: a better ``keep`` metric makes it the best epoch (its weights copied once
     a later epoch changes them: each improvement costs one copy of the weights)."""
     if keep is None:
@@ -184,7 +186,7 @@ def _track_best(state: _State, keep: tuple[str, str] | None) -> None:
         state.best_scores = dict(state.history[-1])
 
 
-def _remember_best(state: _State) -> None:
+def _remember_best(state: TrialState) -> None:
     """Before an epoch trains: copy the model's weights if they are the best epoch's."""
     if state.best_epoch and state.best_epoch == state.epoch and state.best_weights is None:
         state.best_weights = {
@@ -192,7 +194,7 @@ def _remember_best(state: _State) -> None:
         }
 
 
-def _kept(state: _State) -> dict[str, Any]:
+def _kept(state: TrialState) -> dict[str, Any]:
     """At the end: the best epoch's weights back in the model and its val metrics as the trial's
     (what is tested, measured, registered and selected); nothing with ``keep: last``."""
     if not state.best_epoch:
@@ -277,7 +279,9 @@ def updates_per_epoch(n_train: int, batch_size: int, accumulate: int = 1) -> int
     return -(-batches // max(1, accumulate))
 
 
-def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = None) -> _State:
+def setup_trial(
+    trial: dict[str, Any], data: TaskData, device: torch.device | None = None
+) -> TrialState:
     seed = trial["training"]["seed"]
     torch.manual_seed(seed)  # same init for the same seed: trials differ only by their config
     # On the device before the optimizer exists, so its state is created there too.
@@ -302,7 +306,7 @@ def _setup(trial: dict[str, Any], data: TaskData, device: torch.device | None = 
         trial["training"]["max_epochs"],
     )
     generator = torch.Generator().manual_seed(seed)
-    return _State(model, optimizer, schedule, generator)
+    return TrialState(model, optimizer, schedule, generator)
 
 
 def _scores(model: nn.Module, data: TaskData, split: str, device: torch.device) -> dict[str, float]:
@@ -325,7 +329,7 @@ def hparams_of(trial: dict[str, Any], paths: Any) -> dict[str, float]:
     return out
 
 
-def _with_replay(state: _State, report: dict[str, Any]) -> dict[str, Any]:
+def _with_replay(state: TrialState, report: dict[str, Any]) -> dict[str, Any]:
     """The report, carrying the restored history once (the first report after a restore)."""
     if state.replay is None:
         return report
@@ -334,7 +338,7 @@ def _with_replay(state: _State, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finish(
-    trial: dict[str, Any], data: TaskData, state: _State, ctx: TrialContext, folder: Path
+    trial: dict[str, Any], data: TaskData, state: TrialState, ctx: TrialContext, folder: Path
 ) -> dict[str, Any]:
     """Final metrics: test accuracy and size of the trained model, then the compression recipe."""
     final: dict[str, Any] = {
