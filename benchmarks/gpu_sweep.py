@@ -15,8 +15,8 @@ The ways, each the same trials (trial i: config i mod 3 at its own learning rate
   one process per core.
 
 Each trial is the trainable's own body (``workers.trial.trainable``: the task from
-``resident_task``, model and optimizer from ``setup_trial``, ``train_batches`` + ``train_epoch`` under
-``Device.mixed_precision``, validation scores after each epoch), less Tune's report and the
+``resident_task``, model and optimizer from ``setup_trial``, ``train_batches`` + ``train_epoch``
+under ``Device.mixed_precision``, validation scores after each epoch), less Tune's report and the
 checkpoint written per epoch. Ray and MLflow are left out on purpose (the GPU host has neither):
 this measures the device, ``benchmarks/scale.py`` the orchestration. Untimed in every way: each
 process's start, its task load and a warm-up of a few steps per config (CUDA context, cuDNN

@@ -43,16 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator import api  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from tracking import keys  # noqa: E402
-from tracking.serving.inputs import parse_inputs
-from tracking.serving.scorers import load_scorer
-from tracking.serving.server import fetch_model
+from tracking.serving.inputs import parse_inputs  # noqa: E402
+from tracking.serving.scorers import load_scorer  # noqa: E402
+from tracking.serving.server import fetch_model  # noqa: E402
 from workers.recipes._measure import cpu_model, measure_pipeline  # noqa: E402
 from workers.tasks import load_task  # noqa: E402
-from workers.tasks._rotten_tomatoes import (  # noqa: E402
-    TOKEN_PATTERN,
-    reviews,
-    split_indices,
-)
+from workers.tasks._rotten_tomatoes import reviews, split_indices  # noqa: E402
+from workers.tasks._text import TOKEN_PATTERN  # noqa: E402
 
 MODEL_NAME = "rt-sentiment"
 # Fold, then int8. int8 alone cannot pass 4x on a model whose bytes are one float32 table (8 bits

@@ -34,10 +34,13 @@ from orchestrator.registry.sweeps import (
 from orchestrator.spec import NAME_RE, ExperimentSpec, load_spec
 from tracking import keys
 from tracking.errors import UntrustedModelError
+from tracking.registry.lock import RegistryError
+from tracking.registry.promote import rollback as _rollback
 from tracking.selection import (
     policy_from,
 )
 from tracking.store import Store, resolve_tracking_uri
+from workers.models import guarded_builder
 
 
 def validate(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentSpec:
@@ -184,8 +187,6 @@ def rollback(
     model_name: str, tracking_uri: str | None = None, workdir: str | os.PathLike = "."
 ) -> tuple[str, str]:
     """Swap ``@champion`` and ``@previous`` of ``model_name``; returns (champion, previous)."""
-    from tracking.registry.lock import RegistryError
-    from tracking.registry.promote import rollback as _rollback
 
     if not NAME_RE.match(model_name):  # before the promotion lock, whose name embeds it
         raise UnknownName(
@@ -212,7 +213,6 @@ def _serve_replicas(
     from orchestrator.registry.serve_replicas import model_files, serve_replicas
     from tracking.serving.scorers import load_scorer
     from tracking.serving.server import fetched
-    from workers.models import guarded_builder
 
     builder = guarded_builder(plugins)
     with fetched(model_uri, uri) as folder:
@@ -255,7 +255,6 @@ def serve(
     """
     from tracking.serving.scorers import ServeError
     from tracking.serving.server import serve as _serve
-    from workers.models import guarded_builder
 
     try:
         uri = resolve_tracking_uri(tracking_uri, None, workdir)

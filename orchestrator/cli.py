@@ -16,7 +16,9 @@ Exit codes: 0 success, 1 the run failed, 2 usage or spec errors.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -213,8 +215,6 @@ SUBCOMMANDS.extend([_add_promote, _add_rollback, _add_serve, _add_schema])
 
 def _quiet_libraries(verbose: bool) -> None:
     """MLflow's store-migration notices and download progress bars are noise on a terminal."""
-    import logging
-    import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not verbose:
@@ -273,9 +273,6 @@ def entry() -> None:
     parent run ended, Ray shut down), so the registered exit handlers run, the streams are
     flushed, and the process ends without the teardown.
     """
-    import atexit
-    import logging
-    import os
 
     code = main()
     atexit._run_exitfuncs()

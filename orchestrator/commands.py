@@ -5,7 +5,10 @@ code."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shlex
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +21,6 @@ USAGE_ERROR = 2  # bad arguments or a bad spec
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    import json
 
     from orchestrator.spec.schema import spec_schema
 
@@ -81,7 +83,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _resume_command(args: argparse.Namespace) -> str:
     """This ``podium run`` command line, with ``--resume``: what goes on after a fault."""
-    import shlex
 
     argv, out = list(getattr(args, "argv", None) or sys.argv[1:]), []
     while argv:  # an interrupted --more resumes like any sweep (its new trials are in its state)
@@ -146,7 +147,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a service manager, ``kill``) stops a server command as Ctrl-C does, so its
     cleanup runs and it leaves no child listening."""
-    import signal
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -159,7 +159,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def cmd_optimizers(args: argparse.Namespace) -> int:
-    import json
 
     from workers.optimizers import OPTIMIZERS, describe, render_markdown
 

@@ -14,7 +14,9 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -107,7 +109,6 @@ def write_leaderboard_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -
 def warm_up() -> None:
     """Import matplotlib and draw one empty figure (fonts, Agg): a second or two, paid while a
     sweep runs instead of after it."""
-    import io
 
     _pyplot()
     from matplotlib.figure import Figure
@@ -385,7 +386,6 @@ def publish_reports(
     Learning curves come from the ``curve_metric`` history (the sweep's ``search.metric``) of
     the best trials' runs (:func:`curve_trials`). Returns the artifact names logged.
     """
-    import tempfile
 
     drawn = set(curve_trials(candidates, policy, champion))
     histories = {

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,6 @@ def _use_wal(path: Path) -> None:
     left at its default, FULL). The log lives beside the store (``mlflow.db-wal``, ``-shm``) while
     a connection is open: copy a live store with SQLite's ``.backup``, not ``cp``.
     """
-    import sqlite3
 
     db = sqlite3.connect(path)
     try:

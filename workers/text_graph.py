@@ -41,7 +41,7 @@ import onnxruntime
 import onnxruntime_extensions
 from onnx import TensorProto, helper, numpy_helper
 
-from workers.tasks._rotten_tomatoes import TOKEN_PATTERN
+from workers.tasks._text import TOKEN_PATTERN
 
 TEXT, IDS = "text", "input"  # the tokenizer's input and output: `input` is what export names
 CONTRIB, ML = "ai.onnx.contrib", "ai.onnx.ml"

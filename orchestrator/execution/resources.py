@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.errors import RunError
-from orchestrator.search.space import resolve, template_of
-from orchestrator.spec import AUTO_GPU, ExperimentSpec
+from orchestrator.search.space import grid_variants, iter_leaves, resolve, template_of
+from orchestrator.spec import AUTO_GPU, ExperimentSpec, space_kind
 
 
 def trial_resources(
@@ -78,8 +78,6 @@ def probe_trials(template: dict[str, Any], limit: int = AUTO_PROBES) -> list[dic
         >>> [(p["model"]["hidden"], p["training"]["batch_size"]) for p in probe_trials(t)]
         [([8], 256), ([64], 256)]
     """
-    from orchestrator.search.space import grid_variants, iter_leaves
-    from orchestrator.spec import space_kind
 
     upper = {
         key: space[space_kind(space)][1]

@@ -45,7 +45,7 @@ from orchestrator.search.space import template_of
 from orchestrator.spec import ExperimentSpec
 from orchestrator.spec.plugins import make_importable, runtime_env_for
 from tracking import keys
-from tracking.faults import StorageFault, storage_fault
+from tracking.faults import StorageFault, from_text, storage_fault
 from tracking.registry.model import warm_up_model_logging
 from tracking.registry.promote import Promotion
 from tracking.selection import Candidate, Decision, policy_from
@@ -243,7 +243,6 @@ def fault_of(error: BaseException) -> StorageFault | None:
     """The storage fault that ended the sweep: reported by a trial or the MLflow writer (the
     stopper's :class:`StorageFaultStop`), or met by Tune's driver itself."""
     from orchestrator.execution.fail_fast import StorageFaultStop
-    from tracking.faults import from_text
 
     cause: BaseException | None = error
     while cause is not None:

@@ -8,6 +8,7 @@ to retry. (:mod:`workers.trial.trainable` is the worker side this calls into.)
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 from orchestrator.registry.teachers import own_plugins
@@ -56,7 +57,6 @@ def make_trainable(
 def _report_code_error(error: Exception, metric: str) -> None:
     """End the trial failed with an error of its own code, instead of raising it: a retry would
     raise it again (:mod:`orchestrator.execution.fail_fast`)."""
-    import traceback
 
     from ray import tune
 

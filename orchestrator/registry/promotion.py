@@ -16,6 +16,7 @@ from typing import Any
 from orchestrator.errors import RunError
 from orchestrator.execution.ledger import open_ledger
 from orchestrator.registry.leaderboard import TrialRow, publish_sweep_reports
+from orchestrator.spec.plugins import module_paths
 from tracking import keys
 from tracking.pipeline import ANSWER_KEY
 from tracking.registry.model import log_trial_model
@@ -23,6 +24,8 @@ from tracking.registry.promote import Promotion, register_and_alias, version_of_
 from tracking.selection import Candidate, Decision, Policy, select_best, within_sweep
 from tracking.store import Store
 from workers import storage
+from workers.recipes._run import FP32_STATE_ARTIFACT
+from workers.registry import is_plugin_ref
 
 # Where a trial's newest checkpoint is (a folder or URI); raises RunError when it has none.
 CheckpointOf = Callable[[str], str]
@@ -178,9 +181,6 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, uri: str) -> str:
     """
     import torch
 
-    from orchestrator.spec.plugins import module_paths
-    from workers.recipes._run import FP32_STATE_ARTIFACT
-    from workers.registry import is_plugin_ref
     from workers.trial.checkpoint import (
         ARTIFACTS_DIR,
         load_example,

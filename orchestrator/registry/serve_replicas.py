@@ -11,8 +11,10 @@ disk. Each replica writes them to a folder of its own, loads them with the same 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket as _socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -34,7 +36,6 @@ def replica_app(files: dict[str, bytes], build_model: Callable[..., Any] | None)
     folder, loaded, and served by the scoring app."""
 
     def build() -> Any:
-        import socket as _socket
 
         from tracking.serving.http import make_app, signature_columns
         from tracking.serving.scorers import load_scorer
@@ -61,7 +62,6 @@ def serve_replicas(
 ) -> None:
     """Run ``replicas`` copies of the model whose files are ``files`` (:func:`model_files`) on
     Ray Serve until SIGTERM or SIGINT."""
-    import logging
 
     import ray
     from ray import serve

@@ -7,14 +7,18 @@ trials' checkpoints go; a teacher whose metadata names code the spec does not na
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 from orchestrator.errors import Problem, SpecError
 from orchestrator.spec import ExperimentSpec
+from orchestrator.spec.plugins import plugin_refs
 from tracking import keys
 from workers import storage
+from workers.models import check_model_metadata
+from workers.recipes import registry_teachers
 
 
 def check_registry_teachers(spec: ExperimentSpec, uri: str) -> None:
@@ -24,7 +28,6 @@ def check_registry_teachers(spec: ExperimentSpec, uri: str) -> None:
         SpecError: each teacher URI that does not resolve in the tracking store.
     """
     from tracking.teachers import check_teacher
-    from workers.recipes import registry_teachers
 
     problems = [
         Problem("recipe.teacher", t, msg)
@@ -44,7 +47,6 @@ def fetch_registry_teachers(
     mounts ``cluster.storage_path``), or uploaded to object storage, from which each trial
     process downloads them once.
     """
-    from workers.recipes import registry_teachers
 
     uris = registry_teachers(spec.recipe)
     if not uris:
@@ -81,7 +83,6 @@ def _trusted_teachers(spec: ExperimentSpec, uris: list[str], uri: str, dst: Path
 def own_plugins(spec: ExperimentSpec) -> tuple[str, ...]:
     """The ``module:function`` references the spec itself names: the only code a registry
     teacher's metadata may name."""
-    from orchestrator.spec.plugins import plugin_refs
 
     return tuple(dict.fromkeys(ref for _, ref, _ in plugin_refs(spec)))
 
@@ -89,9 +90,6 @@ def own_plugins(spec: ExperimentSpec) -> tuple[str, ...]:
 def untrusted_teacher(folder: Path, plugins: tuple[str, ...]) -> str | None:
     """Why a downloaded teacher must not be used, or None. Its ONNX file needs no code; without
     one, its ``arch.json`` may name only a built-in architecture or one of ``plugins``."""
-    import json
-
-    from workers.models import check_model_metadata
 
     if any(folder.rglob("*.onnx")):
         return None

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.search.space import OptunaSpace, flat_space, iter_leaves
-from orchestrator.spec import ExperimentSpec, space_kind
+from orchestrator.search.space import OptunaSpace, flat_space, iter_leaves, template_of
+from orchestrator.spec import MODEL_BASED, ExperimentSpec, space_kind
 
 
 def build_scheduler(spec: ExperimentSpec) -> Any:
@@ -17,7 +17,6 @@ def build_scheduler(spec: ExperimentSpec) -> Any:
 
     from orchestrator.search.early_stop import FinishingASHA, FinishingHyperBand, FinishingMedian
     from orchestrator.search.pbt import build_pbt
-    from orchestrator.search.space import template_of
 
     s, max_t = spec.search, spec.training_max_epochs()
     grace = min(s.grace_period, max_t)
@@ -49,8 +48,6 @@ def build_param_space(spec: ExperimentSpec, seed_offset: int = 0) -> tuple[dict[
     """(Tuner param_space, search_alg) for the spec's searcher, seeded from the spec's seed plus
     ``seed_offset``: a model-based one's sampler, or random's draws (Tune's own generator draws
     from numpy's global state, so two runs of one spec would sample different configs)."""
-    from orchestrator.search.space import template_of
-    from orchestrator.spec import MODEL_BASED
 
     template = template_of(spec)
     s = spec.search
@@ -85,6 +82,5 @@ def build_param_space(spec: ExperimentSpec, seed_offset: int = 0) -> tuple[dict[
 
 
 def has_grid(spec: ExperimentSpec) -> bool:
-    from orchestrator.search.space import template_of
 
     return any(space_kind(sp) == "grid" for _, sp in iter_leaves(template_of(spec), ""))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.search.space import point_of
-from orchestrator.spec import ExperimentSpec, Problem, SpecError
+from orchestrator.spec import MULTI_OBJECTIVE, ExperimentSpec, Problem, SpecError
 from tracking import keys
 from tracking.selection import validation_twin
 from tracking.store import Store
@@ -52,7 +52,6 @@ def searcher_metrics(spec: ExperimentSpec) -> tuple[list[str], list[str]]:
     """(metrics, modes) the spec's searcher optimises: ``search.metric``, or for a
     multi-objective searcher ``promotion.objectives`` read as the sweep's selection reads them
     (on validation twins unless ``promotion.selection_split`` is ``test``)."""
-    from orchestrator.spec import MULTI_OBJECTIVE
 
     s = spec.search
     if s.searcher not in MULTI_OBJECTIVE:

@@ -103,7 +103,7 @@ def test_review_strings_in_labels_out(text):
 
 
 def _ids(reviews, data):
-    from workers.tasks._rotten_tomatoes import encode
+    from workers.tasks._text import encode
 
     return encode(reviews, data.extra)
 

@@ -26,14 +26,8 @@ from workers.recipes._export import export_onnx, export_torchscript
 from workers.recipes._measure import model_session, onnx_predict, onnx_session, torch_threads
 from workers.recipes._train import accuracy, make_optimizer, train_epoch
 from workers.tasks import load_task
-from workers.tasks._rotten_tomatoes import (
-    MIN_FREQ,
-    data_file,
-    encode,
-    reviews,
-    split_indices,
-    tokenize,
-)
+from workers.tasks._rotten_tomatoes import data_file, reviews, split_indices
+from workers.tasks._text import MIN_FREQ, encode, tokenize
 
 ARCHS = {
     "embedding_bag": {"arch": "embedding_bag", "dim": 32, "dropout": 0.5},

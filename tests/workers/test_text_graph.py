@@ -17,7 +17,8 @@ from torch import nn
 
 from workers.recipes._measure import torch_threads
 from workers.tasks import load_task
-from workers.tasks._rotten_tomatoes import encode, reviews
+from workers.tasks._rotten_tomatoes import reviews
+from workers.tasks._text import encode
 from workers.text_graph import (
     ASCII_LOWERINGS,
     session_options,

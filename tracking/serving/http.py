@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import importlib.util
 import io
 import json
+import signal
 import socket
 import threading
 import time
@@ -278,7 +280,6 @@ async def _discard(request: Any, timeout: float) -> None:
 
 
 def _config(app: Any, idle_timeout: float) -> Any:
-    import importlib.util
 
     import uvicorn
 
@@ -310,7 +311,6 @@ def bind(host: str, port: int) -> socket.socket:
 def run(app: Any, sock: socket.socket, idle_timeout: float = IDLE_TIMEOUT_S) -> None:
     """Serve ``app`` on ``sock`` in this (the main) thread until SIGTERM or SIGINT; returns
     once in-flight requests are answered and the port is closed."""
-    import signal
 
     import uvicorn
 

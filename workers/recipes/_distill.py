@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tracking import keys
+from tracking.pipeline import model_part, session
 from workers import storage
 from workers.errors import WorkerError
 from workers.models import MODELS, build_from_metadata, build_model
@@ -197,8 +198,6 @@ def _teacher_session(path: Path) -> Any:
     """A session of the teacher's model part: a registered champion is the whole pipeline
     (raw inputs to an answer); distillation feeds it model inputs and reads its logits."""
     import onnx
-
-    from tracking.pipeline import model_part, session
 
     model = model_part(onnx.load(str(path)))
     return session(model.SerializeToString(), threads=torch.get_num_threads())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,6 @@ class Pipeline:
 
 
 def _export_front(module: nn.Module, example: Any) -> bytes:
-    import warnings
 
     buffer = io.BytesIO()
     x = torch.as_tensor(np.asarray(example))
