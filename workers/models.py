@@ -22,7 +22,13 @@ from tracking import keys
 from tracking.errors import UntrustedModelError
 from workers import inputs
 from workers.errors import WorkerError
-from workers.registry import Registry, declared_settings, is_plugin_ref, load_plugin
+from workers.registry import (
+    Registry,
+    declared_settings,
+    is_plugin_ref,
+    load_plugin,
+    parse_plugin_ref,
+)
 
 ModelBuilder = Callable[..., nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("model.arch")
@@ -189,8 +195,8 @@ def check_model_metadata(cfg: Any, plugins: Collection[str] = ()) -> str | None:
     if not isinstance(arch, str):
         return f"arch must be a name, got {arch!r}"
     allowed = set(plugins)
-    named = arch.split(":")[0] in allowed or arch in allowed
-    if arch not in MODELS and not (is_plugin_ref(arch) and named):
+    ref = parse_plugin_ref(arch)
+    if arch not in MODELS and not (ref and (ref[0] in allowed or arch in allowed)):
         return (
             f"arch {arch!r} is not a built-in architecture and its module was not named as a "
             "plug-in (podium serve --plugins MODULE)"
