@@ -32,21 +32,23 @@ from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.models import (
-    AUTO_GPU,
-    MODEL_BASED,
     MODEL_DEFAULTS,
-    MULTI_OBJECTIVE,
-    NAME_RE,
-    SCHEDULERS,
-    SEARCHERS,
     SETTING_SECTIONS,
     TOP_KEYS,
     TRAINING_DEFAULTS,
     ExperimentSpec,
-    WarmStart,
 )
 from orchestrator.spec.overrides import STORAGE_VARIABLE, apply_overrides, storage_from_environment
 from orchestrator.spec.plugins import import_roots
+from orchestrator.spec.settings import (
+    AUTO_GPU,
+    MODEL_BASED,
+    MULTI_OBJECTIVE,
+    NAME_RE,
+    SCHEDULERS,
+    SEARCHERS,
+    WarmStart,
+)
 from orchestrator.spec.spaces import SPACE_KINDS, is_space, space_candidates, space_kind
 from orchestrator.spec.task import check_with_task
 

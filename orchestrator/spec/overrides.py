@@ -18,7 +18,6 @@ import yaml
 from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.spaces import is_space, space_candidates, space_kind
 
-
 # A cluster's nodes carry where Tune's storage is (the team stack's MinIO bucket), so the specs
 # run there need not name it; a spec's own value, or a --set, wins.
 STORAGE_VARIABLE = "PODIUM_STORAGE_PATH"

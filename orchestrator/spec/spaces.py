@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeGuard, TypeVar
 
 from pydantic import ConfigDict, GetCoreSchemaHandler, RootModel, ValidationError
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, core_schema
@@ -23,7 +23,7 @@ SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 RANGES = ("uniform", "loguniform", "randint")
 
 
-def is_space(value: Any) -> bool:
+def is_space(value: Any) -> TypeGuard[dict[str, Any]]:
     """True for a search-space mapping such as ``{choice: [...]}``."""
     return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACE_KINDS
 
@@ -47,7 +47,9 @@ def space_problem(value: dict) -> str | None:
     """What is wrong with a space's own form (not its candidates), or None."""
     kind, arg = space_kind(value), value[space_kind(value)]
     if kind in ("choice", "grid"):
-        return None if isinstance(arg, list) and arg else f"{kind} needs a non-empty list, got {arg!r}"
+        return (
+            None if isinstance(arg, list) and arg else f"{kind} needs a non-empty list, got {arg!r}"
+        )
     if not (isinstance(arg, list) and len(arg) == 2 and all(is_number(v) for v in arg)):
         return f"{kind} needs [low, high] numbers, got {arg!r}"
     low, high = arg
