@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -60,18 +61,38 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
+# A plug-in reference: a dotted module path, a colon, an attribute name. The one parser of it:
+# the spec's checks, its JSON Schema (``PLUGIN_REF.pattern``) and the trials all use this.
+PLUGIN_REF = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)$")
+
+
+def parse_plugin_ref(value: object) -> tuple[str, str] | None:
+    """``(module, attribute)`` of a plug-in reference, or None for anything else.
+
+    Example:
+        >>> parse_plugin_ref("team.models:bag"), parse_plugin_ref("a b:c")
+        (('team.models', 'bag'), None)
+    """
+    match = PLUGIN_REF.match(value) if isinstance(value, str) else None
+    return (match[1], match[2]) if match else None
+
+
 def is_plugin_ref(value: object) -> bool:
     """True for a user plug-in reference ``module:function``."""
-    return isinstance(value, str) and value.count(":") == 1 and all(value.split(":"))
+    return parse_plugin_ref(value) is not None
 
 
 def load_plugin(ref: str) -> Callable:
     """Import ``module:function`` and return the function.
 
     Raises:
-        WorkerError: the module or the attribute cannot be imported, with the reason.
+        WorkerError: ``ref`` is no reference, or the module or the attribute cannot be
+            imported, with the reason.
     """
-    module_name, attr = ref.split(":")
+    parsed = parse_plugin_ref(ref)
+    if parsed is None:
+        raise WorkerError(f"{ref!r} is not a plug-in reference (module:function)")
+    module_name, attr = parsed
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

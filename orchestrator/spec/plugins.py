@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from workers.registry import is_plugin_ref
+from orchestrator.spec.spaces import is_space, space_candidates
+from workers.registry import is_plugin_ref, parse_plugin_ref
 
 # What Podium passes each kind of plug-in, for the signature check (a bind, nothing called).
 _CALLS = {
@@ -68,7 +69,10 @@ def resolve(ref: str) -> Any:
     Raises:
         PluginError: the module does not import, or has no such attribute.
     """
-    module_name, attr = ref.split(":")
+    parsed = parse_plugin_ref(ref)
+    if parsed is None:
+        raise PluginError(f"{ref!r} is not a plug-in reference (module:function)")
+    module_name, attr = parsed
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any failure of the user's module is reported as such
@@ -142,8 +146,6 @@ def plugin_refs(spec: Any) -> Iterator[tuple[str, str, str]]:
 
 def sections(path: str, value: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """A section, or each branch of a choice of sections, with its spec path."""
-    from orchestrator.spec import is_space, space_candidates
-
     if is_space(value):
         for i, branch in enumerate(space_candidates(value)):
             yield from sections(f"{path}[{i}]", branch)
@@ -153,8 +155,6 @@ def sections(path: str, value: Any) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _strings(value: Any) -> list[str]:
     """A value, or a space's candidates, that are strings."""
-    from orchestrator.spec import is_space, space_candidates
-
     values = space_candidates(value) if is_space(value) else [value]
     return [v for v in values if isinstance(v, str)]
 
@@ -164,7 +164,7 @@ def module_paths(refs: Iterable[str]) -> list[str]:
     packages: what a cluster's workers need shipped (``runtime_env`` ``py_modules``)."""
     out = []
     for ref in refs:
-        top = ref.split(":")[0].split(".")[0]
+        top = (parse_plugin_ref(ref) or (ref, ""))[0].split(".")[0]
         module = sys.modules.get(top) or importlib.import_module(top)
         origin = getattr(module, "__file__", None)
         if origin is None:

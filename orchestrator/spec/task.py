@@ -29,8 +29,12 @@ from typing import Any
 
 from orchestrator.errors import Problem
 from orchestrator.spec.plugins import make_importable, plugin_refs, ref_problem, resolve, sections
+from orchestrator.spec.spaces import is_space, space_candidates
 from tracking import keys
+from tracking.constraints import parse_constraint
+from workers.models import MODELS
 from workers.registry import declared_settings, is_plugin_ref
+from workers.tasks import TASKS, check_task_data
 
 # What a trial reports besides its task's metrics: at the end always, and with a recipe.
 MODEL_FACTS = (keys.PARAM_COUNT, keys.NONZERO_PARAMS, keys.MODEL_SIZE_BYTES, keys.TRAIN_TIME_S)
@@ -90,8 +94,6 @@ def check_with_task(spec: Any, raw: dict[str, Any], check_model: bool = True) ->
 
 
 def _load_tasks(spec: Any) -> tuple[list[TaskInfo], list[Problem]]:
-    from orchestrator.spec import is_space, space_candidates
-
     names = space_candidates(spec.task) if is_space(spec.task) else [spec.task]
     infos, problems = [], []
     for name in names:
@@ -113,8 +115,6 @@ def describe_task(name: str, seed: int) -> TaskInfo:
     Raises:
         TaskLoadError: the builder raised, or returned something that breaks the protocol.
     """
-    from workers.tasks import TASKS, check_task_data
-
     builder = resolve(name) if is_plugin_ref(name) else TASKS.get(name)
     try:
         data = builder(seed)
@@ -172,15 +172,11 @@ def _final_metrics(spec: Any, info: TaskInfo) -> set[str]:
 
 
 def _adversarial(spec: Any) -> bool:
-    from orchestrator.spec import is_space
-
     section = spec.training if isinstance(spec.training, dict) else {}
     return section.get("adversarial") is not None and not is_space(section)
 
 
 def _check_metrics(spec: Any, infos: list[TaskInfo]) -> list[Problem]:
-    from tracking.constraints import parse_constraint
-
     p = []
     for info in infos:
         per_epoch = _epoch_metrics(spec, info)
@@ -246,8 +242,6 @@ def _check_kind_fits(spec: Any, infos: list[TaskInfo]) -> list[Problem]:
 def _one_input_only(spec: Any, info: TaskInfo) -> list[Problem]:
     """What takes one input tensor, against a task of several: built-in architectures,
     compression recipes, adversarial training."""
-    from orchestrator.spec import is_space, space_candidates
-
     if info.inputs == 1:
         return []
     why = f"task {info.name!r} gives {info.inputs} input tensors"
@@ -282,8 +276,6 @@ def _one_input_only(spec: Any, info: TaskInfo) -> list[Problem]:
 
 def _check_modelsections(spec: Any, infos: list[TaskInfo]) -> list[Problem]:
     """Each model section's keys against its builders' signatures; fills builder defaults."""
-    from orchestrator.spec import is_space, space_candidates
-
     p: list[Problem] = []
     extra = frozenset.intersection(*(i.extra_keys for i in infos))
     for path, section in sections("model", spec.model):
@@ -320,8 +312,6 @@ def _check_modelsections(spec: Any, infos: list[TaskInfo]) -> list[Problem]:
 
 
 def _builder(arch: str) -> Any:
-    from workers.models import MODELS
-
     return resolve(arch) if is_plugin_ref(arch) else MODELS.get(arch)
 
 

@@ -291,3 +291,49 @@ def test_resources_gpu_refuses_anything_else_naming_the_field_and_value(gpu):
 
 def test_gpu_auto_alone_is_enough_for_a_trial():
     assert parse_spec({"name": "x", "resources": {"cpu": 0, "gpu": "auto"}}).resources.gpu == "auto"
+
+
+def test_an_unknown_key_lists_the_valid_ones_and_the_nearest():
+    found = problems_of({"name": "x", "serch": {}, "search": {"num_sample": 3}})
+    assert found["serch"].startswith("unknown section 'serch'; valid: cluster, model")
+    assert found["serch"].endswith("(did you mean 'search'?)")
+    assert "(did you mean 'num_samples'?)" in found["search.num_sample"]
+    assert (
+        "did you mean 'max_epochs'"
+        in problems_of({"name": "x", "training": {"epoch": 3}})["training.epoch"]
+    )
+
+
+def test_a_module_function_reference_is_parsed_one_way_everywhere():
+    from orchestrator.spec.schema import spec_schema
+    from workers.registry import PLUGIN_REF, parse_plugin_ref
+
+    assert parse_plugin_ref("team.models:bag") == ("team.models", "bag")
+    for bad in ("a b:c", "a:b:c", ":c", "a:", "a..b:c", 3):
+        assert parse_plugin_ref(bad) is None, bad
+        found = problems_of({"name": "x", "task": bad})
+        assert "(or module:function)" in found["task"], bad
+    arch = spec_schema()["$defs"]["ModelKeys"]["properties"]["arch"]
+    assert {"pattern": PLUGIN_REF.pattern, "type": "string"} in arch["anyOf"]
+
+
+def test_settings_are_typed_strictly():
+    found = problems_of({"name": "x", "promotion": {"enabled": 1}, "resources": {"cpu": "2"}})
+    assert found["promotion.enabled"] == "must be true or false, got 1"
+    assert found["resources.cpu"] == "must be a number >= 0, got '2'"
+    # A YAML int stays an int (the dump and the spec hash keep what the file says).
+    assert parse_spec({"name": "x", "resources": {"cpu": 2}}).resources.cpu == 2
+    assert isinstance(parse_spec({"name": "x", "resources": {"cpu": 2}}).resources.cpu, int)
+
+
+def test_rules_across_sections_are_reported_with_the_fields_problems():
+    found = problems_of(
+        {
+            "name": "x",
+            "search": {"num_samples": 0, "searcher": "nsga2", "scheduler": "pbt"},
+            "model": {"dropout": {"grid": [0.1, 0.2]}},
+        }
+    )
+    assert found["search.num_samples"] == "must be a positive integer, got 0"
+    assert "pbt mutates trials itself" in found["search.scheduler"]
+    assert "search.searcher" in found

@@ -21,7 +21,12 @@ from torch import nn
 from tracking import keys
 from workers import inputs
 from workers.errors import WorkerError
-from workers.registry import Registry, declared_settings, is_plugin_ref, load_plugin
+from workers.registry import (
+    Registry,
+    declared_settings,
+    is_plugin_ref,
+    load_plugin,
+)
 
 ModelBuilder = Callable[..., nn.Module]
 

@@ -12,7 +12,7 @@ from torch import nn
 from tracking.errors import UntrustedModelError
 from workers import inputs
 from workers.models.catalogue import MODELS, build_model
-from workers.registry import is_plugin_ref
+from workers.registry import parse_plugin_ref
 
 
 def check_model_metadata(cfg: Any, plugins: Collection[str] = ()) -> str | None:
@@ -33,8 +33,8 @@ def check_model_metadata(cfg: Any, plugins: Collection[str] = ()) -> str | None:
     if not isinstance(arch, str):
         return f"arch must be a name, got {arch!r}"
     allowed = set(plugins)
-    named = arch.split(":")[0] in allowed or arch in allowed
-    if arch not in MODELS and not (is_plugin_ref(arch) and named):
+    ref = parse_plugin_ref(arch)
+    if arch not in MODELS and not (ref and (ref[0] in allowed or arch in allowed)):
         return (
             f"arch {arch!r} is not a built-in architecture and its module was not named as a "
             "plug-in (podium serve --plugins MODULE)"
