@@ -7,6 +7,9 @@ PIP    := $(PY) -m pip
 # headless Chromium for the UI test.
 DEB_PACKAGES := dataset-fashion-mnist postgresql docker-compose chromium
 PYTEST_ARGS ?=
+# Two pytest workers, a whole test file each (its module-scoped sweeps and servers run once);
+# tests/conftest.py hands out the longest files first.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install run test test-fast lint bench clean constraints docs
 
@@ -24,7 +27,7 @@ run: install
 	$(VENV)/bin/podium run
 
 test: install docs
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The documentation site, strict: a broken link or a missing page fails (and so fails CI).
 docs: install
@@ -32,7 +35,7 @@ docs: install
 
 # Unit tests only: seconds, not minutes.
 test-fast: install
-	$(PY) -m pytest -q -m 'not slow' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m 'not slow' $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check orchestrator workers tracking tests benchmarks
